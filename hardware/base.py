@@ -1,0 +1,105 @@
+"""Component base class, the type registry, and the cost record every hardware model returns.
+
+A component is a pure cost function of an op: `op_cost(op) -> OpCost`, unit-testable without SimPy.
+New hardware is one new file with a `@register("type-name")` class; the engine never branches on type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from simcore.config import Doc, Schema, validate
+from simcore.errors import ConfigError
+from simcore.ops import Op
+
+COMPONENT_TYPES: dict[str, type[Component]] = {}
+
+
+def register(type_name: str) -> Callable[[type[Component]], type[Component]]:
+    def deco(cls: type[Component]) -> type[Component]:
+        cls.type_name = type_name
+        COMPONENT_TYPES[type_name] = cls
+        return cls
+
+    return deco
+
+
+@dataclass(frozen=True, slots=True)
+class OpCost:
+    """What running one op on one component costs.
+
+    `dram_bytes` is the traffic to the component's main memory; the engine shares that memory's
+    bandwidth among concurrent ops and transfers. `actions` are counts for the energy model
+    (e.g. {"mac.bf16": 1e9, "dram.byte": 4e6}). `detail` carries model-specific figures (tiles, waves,
+    cycles, utilization).
+    """
+
+    duration_s: float
+    bound: str
+    dram_bytes: float = 0.0
+    actions: Mapping[str, float] = field(default_factory=dict)
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Component:
+    """A piece of hardware built from validated parameters (SI floats)."""
+
+    type_name: ClassVar[str] = ""
+    SCHEMA: ClassVar[Schema] = {}
+    #: op kind -> method name computing its OpCost; subclasses extend.
+    COSTS: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, name: str, params: dict[str, Any], doc: Doc | None = None) -> None:
+        self.name = name
+        self.params = params
+        self.doc = doc
+        self._cache: dict[Op, OpCost] = {}
+
+    @classmethod
+    def from_doc(cls, name: str, doc: Doc) -> Component:
+        ignore = ("type", "name", "description", "source", "count")
+        return cls(name, validate(doc, cls.SCHEMA, ignore=ignore), doc)
+
+    def supports(self, op: Op) -> bool:
+        return op.kind in self.COSTS
+
+    def op_cost(self, op: Op) -> OpCost:
+        """Cached cost of `op` (its name ignored)."""
+        sig = op.signature()
+        cost = self._cache.get(sig)
+        if cost is None:
+            method = self.COSTS.get(op.kind)
+            if method is None:
+                raise ConfigError(f"{self.type_name} {self.name!r} cannot run {op.kind} op {op.name!r}")
+            cost = self._cache[sig] = getattr(self, method)(op)
+        return cost
+
+    # energy --------------------------------------------------------------------------------------
+    def energy_per_action_J(self) -> Mapping[str, float]:
+        """Joules per action name; actions with no entry cost nothing (and are listed by `hw show`)."""
+        return {}
+
+    @property
+    def static_power_W(self) -> float:
+        return 0.0
+
+    @property
+    def memory_capacity_B(self) -> float:
+        """Bytes of memory this component owns for tensors (0 for none)."""
+        return 0.0
+
+    @property
+    def memory_bandwidth_Bps(self) -> float:
+        """Achievable bandwidth of that memory, shared by ops and transfers."""
+        return 0.0
+
+
+def component_type(doc: Doc, path: tuple[str, ...] = ()) -> type[Component]:
+    t = doc.get(path + ("type",))
+    if t is None:
+        raise doc.error(path, f"missing 'type' (one of: {', '.join(sorted(COMPONENT_TYPES))})")
+    if t not in COMPONENT_TYPES:
+        raise doc.error(path + ("type",), f"unknown component type {t!r} (known: {', '.join(sorted(COMPONENT_TYPES))})")
+    return COMPONENT_TYPES[t]

@@ -1,0 +1,264 @@
+"""GPU: SMs with tensor cores, an L2, and HBM/GDDR, costed from tiles, waves and bytes per level.
+
+GEMMs are tiled onto SMs in waves (CUTLASS-style output tiles, optional split-K); each tile streams its
+A and B panels through L2 and shared memory. The time of a kernel is the slowest of tensor-core work
+(wave-quantized), DRAM traffic (with L2 reuse within a wave), L2 traffic and shared-memory traffic,
+plus a fixed launch overhead. Attention is flash-style: query blocks over SMs, matmul FLOPs on tensor
+cores plus exponentials on the special-function units. Everything else streams bytes through DRAM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hardware.base import Component, OpCost, register
+from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
+from simcore.config import MapOf, Param, nonneg, positive
+from simcore.ops import Attention, Collective, Elementwise, Embedding, Gemm, Norm, Op, Softmax, ceil_div
+
+DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+
+# Output-tile shapes the kernel library offers (CUTLASS/cuBLAS threadblock tiles for tensor cores).
+TILES = ((256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64))
+SPLIT_K = (1, 2, 3, 4, 6, 8, 12, 16)
+K_STEP_BYTES = 64  # bytes of K per pipeline stage per row (32 x 16-bit, 64 x 8-bit)
+
+GPU_SCHEMA: dict[str, Any] = {
+    "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
+    "architecture": Param("micro-architecture family", type=str, default="generic"),
+    "sms": positive("streaming multiprocessors", type=int),
+    "clock": positive("boost clock at which the peaks are quoted", "frequency"),
+    "tensor_peak": MapOf(positive("", "flops"), "dense tensor-core peak per dtype, whole chip", DTYPES),
+    "vector_peak": MapOf(positive("", "flops"), "CUDA-core (non-tensor) peak per dtype, whole chip", DTYPES),
+    "sfu_per_sm_per_clk": positive("special-function (exp) results per SM per clock", default=16.0),
+    "l2": {
+        "size": positive("L2 cache capacity", "bytes"),
+        "bandwidth": positive("L2 read bandwidth, whole chip", "bandwidth"),
+    },
+    "smem_per_sm": positive("shared memory one block may use", "bytes"),
+    "smem_bytes_per_clk": positive("shared-memory bandwidth per SM", default=128.0),
+    "registers_per_sm": positive("register file per SM", "bytes", default=256 * 1024),
+    "launch_overhead": nonneg("kernel launch + tail latency seen by back-to-back kernels", "time", default=4e-6),
+    "memory": MEMORY_SCHEMA,
+    "pcie": {k: Param(v.doc, v.unit, None, v.type, v.choices) for k, v in PCIE_SCHEMA.items()},
+    "nvlink": {
+        "generation": Param("NVLink generation", default=None, type=int),
+        "links": Param("NVLink links", default=None, type=int),
+    },
+    "power": POWER_SCHEMA,
+    "efficiency": {
+        "tensor": positive("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
+        "vector": positive("achievable fraction of vector peak", default=0.8),
+        "memory": positive("achievable fraction of DRAM bandwidth for streaming kernels", default=0.9),
+        "l2": positive("achievable fraction of L2 bandwidth", default=0.8),
+        "mem_saturation": positive("fraction of SMs that must stream to saturate DRAM", default=0.5),
+    },
+    "energy": {
+        "tech_node": positive("process node in nm (energy scaling)", default=7.0),
+        "flop": MapOf(nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype", DTYPES),
+        "l2_per_byte": nonneg("L2 access energy", "energy_per_byte", default=None),
+        "smem_per_byte": nonneg("shared-memory/register-file access energy", "energy_per_byte", default=None),
+        "dram_per_byte": nonneg("DRAM energy incl. I/O; default from memory type", "energy_per_byte", default=None),
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GemmPlan:
+    """The kernel configuration the model picks for a GEMM (the fastest, like a library heuristic)."""
+
+    tile_m: int
+    tile_n: int
+    split_k: int
+    ctas: int
+    slots: int
+    waves: int
+    t_compute_s: float
+    t_dram_s: float
+    t_l2_s: float
+    t_smem_s: float
+    dram_bytes: float
+    l2_bytes: float
+    smem_bytes: float
+
+    @property
+    def t_s(self) -> float:
+        return max(self.t_compute_s, self.t_dram_s, self.t_l2_s, self.t_smem_s)
+
+    @property
+    def bound(self) -> str:
+        t = {"compute": self.t_compute_s, "memory": self.t_dram_s, "l2": self.t_l2_s, "smem": self.t_smem_s}
+        return max(t, key=t.__getitem__)
+
+
+@register("gpu")
+class GPU(Component):
+    SCHEMA = GPU_SCHEMA
+    COSTS = {
+        "gemm": "gemm_cost",
+        "attention": "attention_cost",
+        "elementwise": "stream_cost",
+        "norm": "stream_cost",
+        "softmax": "stream_cost",
+        "embedding": "stream_cost",
+        "allreduce": "collective_cost",
+        "allgather": "collective_cost",
+        "sendrecv": "collective_cost",
+    }
+
+    def __init__(self, name: str, params: dict[str, Any], doc: Any = None) -> None:
+        super().__init__(name, params, doc)
+        p = params
+        self.sms: int = p["sms"]
+        self.clock_Hz: float = p["clock"]
+        self.eff = p["efficiency"]
+        self.mem_bw_Bps: float = p["memory"]["bandwidth"]
+        self.l2_size_B: float = p["l2"]["size"]
+        self.l2_bw_Bps: float = p["l2"]["bandwidth"] * self.eff["l2"]
+        self.launch_s: float = p["launch_overhead"]
+        self.mem_latency_s: float = p["memory"]["latency"]
+
+    # ------------------------------------------------------------------------------ derived figures
+    @property
+    def memory_capacity_B(self) -> float:
+        return self.params["memory"]["capacity"]
+
+    @property
+    def memory_bandwidth_Bps(self) -> float:
+        return self.mem_bw_Bps * self.eff["memory"]
+
+    @property
+    def static_power_W(self) -> float:
+        return self.params["power"]["idle"]
+
+    def matmul_peak(self, dtype: str) -> tuple[float, str]:
+        """Chip FLOP/s for a matmul in `dtype` and the unit that does it (fp32 GEMMs use CUDA cores)."""
+        tp, vp = self.params["tensor_peak"], self.params["vector_peak"]
+        if dtype in tp and dtype != "fp32":
+            return tp[dtype], "tensor"
+        if dtype in vp:
+            return vp[dtype], "vector"
+        if dtype in tp:
+            return tp[dtype], "tensor"
+        raise ValueError(f"{self.name} has no peak for dtype {dtype!r} (has {', '.join({**tp, **vp})})")
+
+    def vector_peak(self, dtype: str = "fp32") -> float:
+        vp = self.params["vector_peak"]
+        return vp.get(dtype) or vp.get("fp32") or self.matmul_peak(dtype)[0] / 16
+
+    # ---------------------------------------------------------------------------------------- GEMM
+    def gemm_plan(self, op: Gemm) -> GemmPlan:
+        m, n, k, batch, e = op.m, op.n, op.k, op.batch, op.elem_bytes
+        peak, unit = self.matmul_peak(op.dtype)
+        eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
+        sm_flops = peak * eff / self.sms
+        smem_Bps = self.params["smem_bytes_per_clk"] * self.clock_Hz
+        a_B, b_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * e
+        c_B = batch * m * n * e
+        best: GemmPlan | None = None
+        for tm, tn in TILES:
+            # CTAs per SM: limited by shared memory (3-stage pipeline) and by the fp32 accumulators.
+            smem_cta = 3 * (tm + tn) * K_STEP_BYTES
+            per_sm = max(1, min(self.params["smem_per_sm"] // smem_cta,
+                                self.params["registers_per_sm"] // (tm * tn * 4 * 2), 4))  # fmt: skip
+            slots = self.sms * per_sm
+            grid_m, grid_n = ceil_div(m, tm), ceil_div(n, tn)
+            tiles = grid_m * grid_n * batch
+            for split in SPLIT_K:
+                if split > 1 and (tiles >= slots or k // split < 128):
+                    break
+                ctas = tiles * split
+                waves = ceil_div(ctas, slots)
+                k_cta = ceil_div(k, split)
+                # each CTA does a whole tile's work (padding of edge tiles is wave quantization's cost)
+                t_cta = 2.0 * tm * tn * k_cta / (sm_flops / per_sm)
+                t_compute = waves * t_cta + waves * self.mem_latency_s  # per-wave pipeline fill
+                # DRAM: inside one wave the concurrent tiles share panels through L2 (square raster).
+                conc = min(ctas, slots)
+                rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
+                cols = min(grid_n, max(1, ceil_div(conc, rows)))
+                wave_B = (rows * tm + cols * tn) * k_cta * e
+                if a_B + b_B <= self.l2_size_B / 2:
+                    dram = a_B + b_B + c_B
+                else:
+                    dram = max(a_B + b_B, min(waves * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
+                if split > 1:  # fp32 partials written and read back by the reduction
+                    dram += 2 * batch * m * n * 4 * split
+                active_frac = min(1.0, conc / (self.sms * self.eff["mem_saturation"]))
+                t_dram = dram / (self.memory_bandwidth_Bps * active_frac)
+                l2_B = ctas * (tm + tn) * k_cta * e
+                t_l2 = l2_B / self.l2_bw_Bps
+                t_smem = waves * (tm + tn) * k_cta * e * per_sm / smem_Bps
+                plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, t_dram, t_l2, t_smem, dram, l2_B,
+                                ctas * (tm + tn) * k_cta * e)  # fmt: skip
+                if best is None or plan.t_s < best.t_s:
+                    best = plan
+        assert best is not None
+        return best
+
+    def gemm_cost(self, op: Gemm) -> OpCost:
+        plan = self.gemm_plan(op)
+        actions = {f"flop.{op.dtype}": op.flops, "dram.byte": plan.dram_bytes, "l2.byte": plan.l2_bytes,
+                   "smem.byte": plan.smem_bytes}  # fmt: skip
+        detail = {"tile": f"{plan.tile_m}x{plan.tile_n}", "split_k": plan.split_k, "ctas": plan.ctas,
+                  "waves": plan.waves, "t_compute_s": plan.t_compute_s, "t_dram_s": plan.t_dram_s,
+                  "t_l2_s": plan.t_l2_s}  # fmt: skip
+        return OpCost(plan.t_s + self.launch_s, plan.bound, plan.dram_bytes, actions, detail)
+
+    # ----------------------------------------------------------------------------------- attention
+    def attention_cost(self, op: Attention) -> OpCost:
+        e, d = op.elem_bytes, op.head_dim
+        peak, unit = self.matmul_peak(op.dtype)
+        eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
+        sm_mm = peak * eff / self.sms
+        sm_sfu = self.params["sfu_per_sm_per_clk"] * self.clock_Hz
+        sm_fma = self.vector_peak("fp32") * self.eff["vector"] / self.sms
+        # Per (query, key) pair: 4·d matmul FLOPs, one exp, ~4 fp32 FLOPs of scaling/max/sum bookkeeping.
+        t_pair = 4.0 * d / sm_mm + 1.0 / sm_sfu + 4.0 / sm_fma
+        block_q = 128 if d <= 128 else 64
+        q_blocks = ceil_div(op.q_len, block_q)
+        units = op.batch * op.heads * q_blocks
+        if op.q_len <= 16:  # decode: split the KV sequence across SMs (flash-decoding) to fill the chip
+            splits = max(1, min(ceil_div(op.kv_len, 256), ceil_div(self.sms * 2, units)))
+            units *= splits
+        pairs_total = op.batch * op.heads * op.score_pairs
+        # the largest work unit: the last query block, which (causal) sees the whole kv length
+        unit_pairs = min(op.q_len, block_q) * op.kv_len / (splits if op.q_len <= 16 else 1)
+        t_compute = max(pairs_total * t_pair / self.sms, unit_pairs * t_pair)
+        if op.q_len > 16 and not op.causal:
+            t_compute = ceil_div(units, self.sms) * unit_pairs * t_pair
+        dram = op.bytes
+        active = min(1.0, units / (self.sms * self.eff["mem_saturation"]))
+        t_mem = dram / (self.memory_bandwidth_Bps * active)
+        bound = "compute" if t_compute >= t_mem else "memory"
+        actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": 5.0 * op.batch * op.heads * op.score_pairs,
+                   "dram.byte": dram, "smem.byte": 2 * dram}  # fmt: skip
+        detail = {"units": units, "t_compute_s": t_compute, "t_dram_s": t_mem}
+        return OpCost(max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail)
+
+    # ------------------------------------------------------------------------------ memory-bound ops
+    def stream_cost(self, op: Elementwise | Norm | Softmax | Embedding | Op) -> OpCost:
+        """Bytes through DRAM at the achievable rate after one access latency; FLOPs on CUDA cores."""
+        dram = op.bytes
+        t_mem = self.mem_latency_s + dram / self.memory_bandwidth_Bps
+        t_compute = op.flops / (self.vector_peak("fp32") * self.eff["vector"])
+        bound = "memory" if t_mem >= t_compute else "compute"
+        actions = {"flop.fp32": op.flops, "dram.byte": dram}
+        return OpCost(max(t_mem, t_compute) + self.launch_s, bound, dram, actions, {})
+
+    def collective_cost(self, op: Collective) -> OpCost:
+        """The device side of a collective: reading/writing its buffers and the reduction FLOPs.
+
+        The wire time is added by the engine from the links the collective crosses.
+        """
+        dram = 2.0 * op.bytes_per_device
+        actions = {"flop.fp32": op.flops, "dram.byte": dram}
+        return OpCost(self.launch_s, "network", dram, actions, {})
+
+    # ---------------------------------------------------------------------------------------- energy
+    def energy_per_action_J(self) -> dict[str, float]:
+        from simcore.energy_defaults import component_energy
+
+        return component_energy(self.params["energy"], self.params["memory"]["type"])

@@ -1,0 +1,149 @@
+"""Flow-level sharing of links and memories: max-min fair rates, recomputed when a flow starts or ends.
+
+A flow moves `nbytes` over a path of resources (link directions, memory ports) at one rate, optionally
+capped (an op that needs only part of its memory's bandwidth). One SimPy timeout per flow; the rates of
+the flows that share a resource with a starting or ending flow are recomputed by progressive filling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import simpy
+
+_EPS_B = 1e-6  # bytes left that count as done (float round-off)
+
+
+@dataclass(eq=False, slots=True)
+class Resource:
+    """A shared bandwidth: one direction of a link, or a device memory's port."""
+
+    name: str
+    capacity_Bps: float
+    kind: str = "link"
+    flows: set[Flow] = field(default_factory=set)
+    bytes_carried: float = 0.0
+    busy_s: float = 0.0  # time with at least one flow
+    _busy_since: float = -1.0
+
+
+@dataclass(eq=False, slots=True)
+class Flow:
+    path: tuple[Resource, ...]
+    remaining_B: float
+    cap_Bps: float
+    done: simpy.Event
+    rate_Bps: float = 0.0
+    updated_at: float = 0.0
+    generation: int = 0
+    label: str = ""
+
+
+class FlowNetwork:
+    """All active flows of one simulation and the rates they get."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.active: set[Flow] = set()
+        self.timeouts = 0
+
+    def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf,
+              label: str = "") -> simpy.Event:  # fmt: skip
+        """Begin moving `nbytes` over `path`; the returned event fires when the last byte arrives."""
+        done = self.env.event()
+        if nbytes <= 0:
+            done.succeed()
+            return done
+        now = self.env.now
+        flow = Flow(path, nbytes, cap_Bps, done, updated_at=now, label=label)
+        for r in path:
+            if not r.flows:
+                r._busy_since = now
+            r.flows.add(flow)
+        self.active.add(flow)
+        if all(len(r.flows) == 1 for r in path):  # alone: no one else's rate changes
+            flow.rate_Bps = min(cap_Bps, min(r.capacity_Bps for r in path))
+            self._schedule(flow)
+        else:
+            self._reallocate(self._component(flow))
+        return done
+
+    # ------------------------------------------------------------------------------------ internals
+    def _component(self, flow: Flow) -> set[Flow]:
+        """Flows transitively sharing a resource with `flow` (only their rates can change)."""
+        seen, todo = {flow}, [flow]
+        while todo:
+            f = todo.pop()
+            for r in f.path:
+                for g in r.flows:
+                    if g not in seen:
+                        seen.add(g)
+                        todo.append(g)
+        return seen
+
+    def _advance(self, flows: set[Flow]) -> None:
+        now = self.env.now
+        for f in flows:
+            moved = f.rate_Bps * (now - f.updated_at)
+            if moved:
+                f.remaining_B -= moved
+                for r in f.path:
+                    r.bytes_carried += moved
+            f.updated_at = now
+
+    def _reallocate(self, flows: set[Flow]) -> None:
+        """Progressive filling: raise all unfrozen rates together until a resource or a cap saturates."""
+        self._advance(flows)
+        resources = {r for f in flows for r in f.path}
+        left = {r: r.capacity_Bps for r in resources}
+        users = {r: sum(1 for f in r.flows if f in flows) for r in resources}
+        unfrozen = set(flows)
+        rate = dict.fromkeys(flows, 0.0)
+        while unfrozen:
+            inc = min(left[r] / users[r] for r in resources if users[r] > 0)
+            inc = min([inc] + [f.cap_Bps - rate[f] for f in unfrozen])
+            frozen = set()
+            for f in unfrozen:
+                rate[f] += inc
+                if rate[f] >= f.cap_Bps * (1 - 1e-12):
+                    frozen.add(f)
+            for r in resources:
+                left[r] -= inc * users[r]
+            for r in resources:
+                if users[r] > 0 and left[r] <= r.capacity_Bps * 1e-12:
+                    frozen.update(f for f in r.flows if f in unfrozen)
+            for f in frozen:
+                unfrozen.discard(f)
+                for r in f.path:
+                    users[r] -= 1
+        for f in flows:
+            if f.rate_Bps != rate[f] or f.generation == 0:
+                f.rate_Bps = rate[f]
+                self._schedule(f)
+
+    def _schedule(self, flow: Flow) -> None:
+        flow.generation += 1
+        gen = flow.generation
+        delay = max(flow.remaining_B, 0.0) / flow.rate_Bps if flow.rate_Bps > 0 else math.inf
+        if math.isinf(delay):
+            return
+        self.timeouts += 1
+        t = self.env.timeout(delay)
+        t.callbacks.append(lambda _ev, f=flow, g=gen: self._maybe_finish(f, g))
+
+    def _maybe_finish(self, flow: Flow, generation: int) -> None:
+        if generation != flow.generation or flow not in self.active:
+            return  # superseded by a later rate change
+        now = self.env.now
+        others = self._component(flow) - {flow}
+        self._advance({flow})
+        flow.remaining_B = 0.0
+        self.active.discard(flow)
+        for r in flow.path:
+            r.flows.discard(flow)
+            if not r.flows:
+                r.busy_s += now - r._busy_since
+        flow.done.succeed()
+        if others:
+            self._reallocate(others)

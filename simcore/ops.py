@@ -1,0 +1,339 @@
+"""Operator IR: one frozen record per operator, with its shape, dtype, FLOPs and bytes per tensor.
+
+Each op kind is a class registered under its `kind` name; hardware cost models dispatch on that name.
+Ops are hashable values, so a cost computed once for an (op, device) pair is reused everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import networkx as nx
+
+DTYPE_BYTES: dict[str, float] = {
+    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "int32": 4,
+}  # fmt: skip
+
+
+
+def dtype_bytes(dtype: str) -> float:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A tensor an op touches: `role` is 'in', 'weight' or 'out'."""
+
+    name: str
+    bytes: float
+    role: str = "in"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """Base operator record. Subclasses add their shape fields and define flops and tensors."""
+
+    name: str
+    dtype: str = "bf16"
+    kind: ClassVar[str] = "op"
+
+    @property
+    def elem_bytes(self) -> float:
+        return dtype_bytes(self.dtype)
+
+    @property
+    def flops(self) -> float:
+        return 0.0
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return ()
+
+    @property
+    def bytes_read(self) -> float:
+        return sum(t.bytes for t in self.tensors() if t.role != "out")
+
+    @property
+    def bytes_written(self) -> float:
+        return sum(t.bytes for t in self.tensors() if t.role == "out")
+
+    @property
+    def bytes(self) -> float:
+        """Compulsory bytes: every tensor read or written once."""
+        return self.bytes_read + self.bytes_written
+
+    def signature(self) -> Op:
+        """The op without its name: equal signatures have equal costs."""
+        return replace(self, name="")
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm(Op):
+    """C[b, m, n] = A[b, m, k] @ B[b, k, n]; `b_is_weight` marks B as a (shared) weight."""
+
+    m: int = 1
+    n: int = 1
+    k: int = 1
+    batch: int = 1
+    b_is_weight: bool = True
+    kind: ClassVar[str] = "gemm"
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.batch * self.m * self.n * self.k
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        e, b = self.elem_bytes, self.batch
+        w_count = 1 if self.b_is_weight else b
+        return (
+            Tensor("A", b * self.m * self.k * e, "in"),
+            Tensor("B", w_count * self.k * self.n * e, "weight" if self.b_is_weight else "in"),
+            Tensor("C", b * self.m * self.n * e, "out"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attention(Op):
+    """Scaled-dot-product attention; q_len == 1 is a decode step reading the KV cache."""
+
+    batch: int = 1
+    heads: int = 1
+    kv_heads: int = 1
+    q_len: int = 1
+    kv_len: int = 1
+    head_dim: int = 128
+    causal: bool = True
+    kind: ClassVar[str] = "attention"
+
+    @property
+    def score_pairs(self) -> float:
+        """(query, key) pairs actually computed per head; causal masking skips the upper triangle."""
+        q, kv = self.q_len, self.kv_len
+        if not self.causal or q == 1:
+            return float(q * kv)
+        # query i (0-based, aligned to the end of the kv sequence) sees kv - q + i + 1 keys
+        offset = kv - q
+        return q * offset + q * (q + 1) / 2.0
+
+    @property
+    def flops(self) -> float:
+        return 4.0 * self.batch * self.heads * self.head_dim * self.score_pairs
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        e, b, d = self.elem_bytes, self.batch, self.head_dim
+        return (
+            Tensor("Q", b * self.heads * self.q_len * d * e, "in"),
+            Tensor("K", b * self.kv_heads * self.kv_len * d * e, "in"),
+            Tensor("V", b * self.kv_heads * self.kv_len * d * e, "in"),
+            Tensor("O", b * self.heads * self.q_len * d * e, "out"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Elementwise(Op):
+    """`inputs` tensors of `elements` each combined into one output (add, mul, GeLU, SiLU...)."""
+
+    elements: int = 1
+    inputs: int = 1
+    flops_per_element: float = 1.0
+    function: str = "add"
+    kind: ClassVar[str] = "elementwise"
+
+    @property
+    def flops(self) -> float:
+        return self.elements * self.flops_per_element
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        e = self.elem_bytes
+        ins = tuple(Tensor(f"x{i}", self.elements * e, "in") for i in range(self.inputs))
+        return (*ins, Tensor("y", self.elements * e, "out"))
+
+
+@dataclass(frozen=True, slots=True)
+class Norm(Op):
+    """LayerNorm / RMSNorm over the last dimension of a [rows, cols] tensor."""
+
+    rows: int = 1
+    cols: int = 1
+    function: str = "layernorm"
+    kind: ClassVar[str] = "norm"
+
+    @property
+    def flops(self) -> float:
+        return 7.0 * self.rows * self.cols
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        e, n = self.elem_bytes, self.rows * self.cols
+        return (Tensor("x", n * e, "in"), Tensor("gamma", self.cols * e, "weight"), Tensor("y", n * e, "out"))
+
+
+@dataclass(frozen=True, slots=True)
+class Softmax(Op):
+    """Softmax over the last dimension of a [rows, cols] tensor."""
+
+    rows: int = 1
+    cols: int = 1
+    kind: ClassVar[str] = "softmax"
+
+    @property
+    def flops(self) -> float:
+        return 5.0 * self.rows * self.cols
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        n = self.rows * self.cols * self.elem_bytes
+        return (Tensor("x", n, "in"), Tensor("y", n, "out"))
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding(Op):
+    """Gather `tokens` rows of width `hidden` from a `vocab`-row table."""
+
+    tokens: int = 1
+    hidden: int = 1
+    vocab: int = 1
+    kind: ClassVar[str] = "embedding"
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        row = self.hidden * self.elem_bytes
+        return (Tensor("ids", self.tokens * 4, "in"), Tensor("rows", self.tokens * row, "weight"),
+                Tensor("y", self.tokens * row, "out"))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Collective(Op):
+    """A collective over `group` devices; `bytes_per_device` is each rank's input buffer size."""
+
+    bytes_per_device: float = 0.0
+    group: int = 1
+    kind: ClassVar[str] = "collective"
+    pattern: ClassVar[str] = ""
+
+    @property
+    def wire_bytes_per_device(self) -> float:
+        """Bytes each rank sends on its link for a ring algorithm."""
+        raise NotImplementedError
+
+    @property
+    def ring_steps(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def flops(self) -> float:
+        return 0.0
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (Tensor("buf", self.bytes_per_device, "in"), Tensor("buf_out", self.bytes_per_device, "out"))
+
+
+@dataclass(frozen=True, slots=True)
+class AllReduce(Collective):
+    kind: ClassVar[str] = "allreduce"
+
+    @property
+    def wire_bytes_per_device(self) -> float:
+        p = self.group
+        return 2.0 * (p - 1) / p * self.bytes_per_device
+
+    @property
+    def ring_steps(self) -> int:
+        return 2 * (self.group - 1)
+
+    @property
+    def flops(self) -> float:  # the reduction adds
+        p = self.group
+        return (p - 1) / p * self.bytes_per_device / self.elem_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AllGather(Collective):
+    kind: ClassVar[str] = "allgather"
+
+    @property
+    def wire_bytes_per_device(self) -> float:
+        return (self.group - 1) * self.bytes_per_device
+
+    @property
+    def ring_steps(self) -> int:
+        return self.group - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecv(Collective):
+    kind: ClassVar[str] = "sendrecv"
+
+    @property
+    def wire_bytes_per_device(self) -> float:
+        return self.bytes_per_device
+
+    @property
+    def ring_steps(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer(Op):
+    """Move `nbytes` from one device's memory to another's over the topology (copy engine / DMA)."""
+
+    nbytes: float = 0.0
+    src: str = ""
+    dst: str = ""
+    kind: ClassVar[str] = "transfer"
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (Tensor("src", self.nbytes, "in"), Tensor("dst", self.nbytes, "out"))
+
+
+def register_op(cls: type[Op]) -> type[Op]:
+    """Make an op kind known by its `kind` name (used by external op families such as CNN layers)."""
+    OP_KINDS[cls.kind] = cls
+    return cls
+
+
+OP_KINDS: dict[str, type[Op]] = {}
+for _cls in (Gemm, Attention, Elementwise, Norm, Softmax, Embedding, AllReduce, AllGather, SendRecv, Transfer):
+    register_op(_cls)
+
+# --------------------------------------------------------------------------------------------- graph
+
+
+@dataclass
+class OpGraph:
+    """A DAG of ops. Node attributes: `op` (the record), `devices` (placement, a tuple of device names
+    that run it in lock-step; empty until mapped), `phase` (label for per-phase results)."""
+
+    name: str = "graph"
+    g: nx.DiGraph = field(default_factory=nx.DiGraph)
+
+    def add(self, op: Op, deps: tuple[str, ...] | list[str] = (), devices: tuple[str, ...] = (),
+            phase: str = "", allocs: tuple[Tensor, ...] = ()) -> str:  # fmt: skip
+        """Add `op` after `deps`; `allocs` are tensors this op creates that stay resident (KV cache)."""
+        if op.name in self.g:
+            raise ValueError(f"duplicate op name {op.name!r}")
+        self.g.add_node(op.name, op=op, devices=devices, phase=phase, allocs=allocs)
+        for d in deps:
+            if d not in self.g:
+                raise ValueError(f"op {op.name!r} depends on unknown op {d!r}")
+            self.g.add_edge(d, op.name)
+        return op.name
+
+    def __len__(self) -> int:
+        return self.g.number_of_nodes()
+
+    def ops(self) -> list[Op]:
+        return [self.g.nodes[n]["op"] for n in nx.topological_sort(self.g)]
+
+    @property
+    def flops(self) -> float:
+        return sum(d["op"].flops for _, d in self.g.nodes(data=True))
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def prod(xs: tuple[int, ...] | list[int]) -> int:
+    return math.prod(xs)

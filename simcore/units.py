@@ -1,0 +1,104 @@
+"""Unit strings parsed once, at the boundary, into SI floats.
+
+Rates are decimal ("3.35 TB/s" = 3.35e12 B/s); capacities say what they mean ("80 GiB" vs "80 GB").
+Each quantity kind has its own table, so "80 GB/s" is never accepted where a capacity is expected.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DEC = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+_BIN = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
+_SMALL = {"": 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12, "f": 1e-15}
+
+
+def _table(prefixes: dict[str, float], units: dict[str, float]) -> dict[str, float]:
+    return {p + u: pv * uv for p, pv in prefixes.items() for u, uv in units.items()}
+
+
+#: kind -> {unit symbol: multiplier to the SI base of that kind}
+UNITS: dict[str, dict[str, float]] = {
+    "bytes": {**_table(_DEC, {"B": 1.0}), **_table(_BIN, {"B": 1.0})},
+    "bandwidth": {**_table(_DEC, {"B/s": 1.0}), **_table(_DEC, {"bit/s": 0.125, "b/s": 0.125})},
+    "frequency": _table(_DEC, {"Hz": 1.0}),
+    "time": {**_table(_SMALL, {"s": 1.0}), "min": 60.0, "h": 3600.0},
+    "flops": _table(_DEC, {"FLOP/s": 1.0, "FLOPS": 1.0, "OP/s": 1.0, "OPS": 1.0}),
+    "power": _table({**_SMALL, **_DEC}, {"W": 1.0}),
+    "energy": _table({**_SMALL, **_DEC}, {"J": 1.0}),
+    "energy_per_bit": _table(_SMALL, {"J/bit": 1.0, "J/b": 1.0}),
+    "energy_per_byte": {**_table(_SMALL, {"J/B": 1.0}), **_table(_SMALL, {"J/bit": 8.0})},
+    "energy_per_op": _table(_SMALL, {"J/FLOP": 1.0, "J/op": 1.0, "J/MAC": 0.5}),
+    "length": _table({**_SMALL, "c": 1e-2}, {"m": 1.0}),
+}
+
+_NUM = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\s\d].*?)?\s*$")
+
+
+class UnitError(ValueError):
+    """A value that is not a number with a unit of the expected kind."""
+
+
+def parse(value: object, kind: str) -> float:
+    """Parse `value` ("3.35 TB/s", "80 GiB", 1.41e9) into the SI base unit of `kind`.
+
+    Bare numbers are taken as already in SI base units.
+    """
+    table = UNITS[kind]
+    if isinstance(value, bool):
+        raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
+    m = _NUM.match(value)
+    if not m:
+        raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
+    number, unit = float(m.group(1)), (m.group(2) or "").strip()
+    if unit == "":
+        return number
+    if unit not in table:
+        raise UnitError(f"unknown unit {unit!r} for a {kind.replace('_', ' ')} (e.g. {example(kind)!r})")
+    return number * table[unit]
+
+
+def example(kind: str) -> str:
+    return {
+        "bytes": "80 GiB",
+        "bandwidth": "3.35 TB/s",
+        "frequency": "1.98 GHz",
+        "time": "5 us",
+        "flops": "989 TFLOP/s",
+        "power": "700 W",
+        "energy": "1 mJ",
+        "energy_per_bit": "5 pJ/bit",
+        "energy_per_byte": "40 pJ/B",
+        "energy_per_op": "0.4 pJ/FLOP",
+        "length": "7 nm",
+    }[kind]
+
+
+_FMT = {
+    "bytes": [(2.0**40, "TiB"), (2.0**30, "GiB"), (2.0**20, "MiB"), (2.0**10, "KiB"), (1.0, "B")],
+    "bandwidth": [(1e12, "TB/s"), (1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s"), (1.0, "B/s")],
+    "frequency": [(1e9, "GHz"), (1e6, "MHz"), (1e3, "kHz"), (1.0, "Hz")],
+    "time": [(1.0, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns"), (1e-12, "ps")],
+    "flops": [(1e15, "PFLOP/s"), (1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s"), (1.0, "FLOP/s")],
+    "power": [(1e3, "kW"), (1.0, "W"), (1e-3, "mW")],
+    "energy": [(1e3, "kJ"), (1.0, "J"), (1e-3, "mJ"), (1e-6, "uJ"), (1e-9, "nJ"), (1e-12, "pJ")],
+    "energy_per_bit": [(1e-12, "pJ/bit")],
+    "energy_per_byte": [(1e-12, "pJ/B")],
+    "energy_per_op": [(1e-12, "pJ/FLOP")],
+    "length": [(1.0, "m"), (1e-3, "mm"), (1e-9, "nm")],
+}
+
+
+def fmt(value: float, kind: str, digits: int = 4) -> str:
+    """Human-readable string for an SI value of `kind` (inverse of `parse`, up to rounding)."""
+    if value == 0:
+        return f"0 {_FMT[kind][-1][1]}"
+    for scale, sym in _FMT[kind]:
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g} {sym}"
+    scale, sym = _FMT[kind][-1]
+    return f"{value / scale:.{digits}g} {sym}"
