@@ -26,7 +26,7 @@ def register(type_name: str) -> Callable[[type[Component]], type[Component]]:
     return deco
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity-hashed: cached costs are shared objects
 class OpCost:
     """What running one op on one component costs.
 
@@ -76,6 +76,10 @@ class Component:
             cost = self._cache[sig] = getattr(self, method)(op)
         return cost
 
+    def derived(self) -> dict[str, tuple[float, str, str]]:
+        """Figures derived from the parameters: name -> (value, unit kind, how), for `hw show`."""
+        return {}
+
     # energy --------------------------------------------------------------------------------------
     def energy_per_action_J(self) -> Mapping[str, float]:
         """Joules per action name; actions with no entry cost nothing (and are listed by `hw show`)."""
@@ -103,3 +107,22 @@ def component_type(doc: Doc, path: tuple[str, ...] = ()) -> type[Component]:
     if t not in COMPONENT_TYPES:
         raise doc.error(path + ("type",), f"unknown component type {t!r} (known: {', '.join(sorted(COMPONENT_TYPES))})")
     return COMPONENT_TYPES[t]
+
+
+def default_action_energy(energy: Mapping[str, Any], mem_type: str,
+                          sram_B: Mapping[str, float] | None = None) -> dict[str, float]:  # fmt: skip
+    """Joules per action for a device: explicit values from its `energy:` block win; the rest come from
+    the default energy table scaled to the device's technology node.
+
+    `sram_B` maps on-chip memory actions (e.g. "l2.byte") to the array size that serves them.
+    """
+    from simcore.energy import energy_table
+
+    table = energy_table(energy.get("tech_node"))
+    out = table.compute_actions()
+    out.update({f"flop.{k}": v for k, v in (energy.get("flop") or {}).items()})
+    out["dram.byte"] = energy.get("dram_per_byte") or table.dram_J_per_byte(mem_type)
+    for action, size in (sram_B or {}).items():
+        own = energy.get(action.replace(".byte", "_per_byte"))
+        out[action] = own if own is not None else table.sram_J_per_byte(size)
+    return out

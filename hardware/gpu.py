@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hardware.base import Component, OpCost, register
+from hardware.base import Component, OpCost, default_action_energy, register
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.ops import Attention, Collective, Elementwise, Embedding, Gemm, Norm, Op, Softmax, ceil_div
@@ -39,6 +39,8 @@ GPU_SCHEMA: dict[str, Any] = {
     },
     "smem_per_sm": positive("shared memory one block may use", "bytes"),
     "smem_bytes_per_clk": positive("shared-memory bandwidth per SM", default=128.0),
+    "l2_multicast": positive("CTAs served by one L2 read of a shared operand panel (Hopper TMA multicast "
+                             "within a thread-block cluster: 2)", default=1.0),
     "registers_per_sm": positive("register file per SM", "bytes", default=256 * 1024),
     "launch_overhead": nonneg("kernel launch + tail latency seen by back-to-back kernels", "time", default=4e-6),
     "memory": MEMORY_SCHEMA,
@@ -133,6 +135,14 @@ class GPU(Component):
     def static_power_W(self) -> float:
         return self.params["power"]["idle"]
 
+    def derived(self) -> dict[str, tuple[float, str, str]]:
+        out = {f"tensor_peak_per_sm.{d}": (v / self.sms, "flops", "tensor_peak / sms")
+               for d, v in self.params["tensor_peak"].items()}  # fmt: skip
+        out["memory.achievable_bandwidth"] = (self.memory_bandwidth_Bps, "bandwidth", "bandwidth x efficiency.memory")
+        out["ridge_point_bf16"] = (self.matmul_peak("bf16")[0] / self.mem_bw_Bps if "bf16" in self.params["tensor_peak"]
+                                   else 0.0, "", "FLOP per DRAM byte where compute and memory time meet")  # fmt: skip
+        return out
+
     def matmul_peak(self, dtype: str) -> tuple[float, str]:
         """Chip FLOP/s for a matmul in `dtype` and the unit that does it (fp32 GEMMs use CUDA cores)."""
         tp, vp = self.params["tensor_peak"], self.params["vector_peak"]
@@ -188,7 +198,7 @@ class GPU(Component):
                     dram += 2 * batch * m * n * 4 * split
                 active_frac = min(1.0, conc / (self.sms * self.eff["mem_saturation"]))
                 t_dram = dram / (self.memory_bandwidth_Bps * active_frac)
-                l2_B = ctas * (tm + tn) * k_cta * e
+                l2_B = ctas * (tm + tn) * k_cta * e / self.params["l2_multicast"]
                 t_l2 = l2_B / self.l2_bw_Bps
                 t_smem = waves * (tm + tn) * k_cta * e * per_sm / smem_Bps
                 plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, t_dram, t_l2, t_smem, dram, l2_B,
@@ -259,6 +269,5 @@ class GPU(Component):
 
     # ---------------------------------------------------------------------------------------- energy
     def energy_per_action_J(self) -> dict[str, float]:
-        from simcore.energy_defaults import component_energy
-
-        return component_energy(self.params["energy"], self.params["memory"]["type"])
+        sram = {"l2.byte": self.l2_size_B, "smem.byte": self.params["smem_per_sm"]}
+        return default_action_energy(self.params["energy"], self.params["memory"]["type"], sram)

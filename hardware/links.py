@@ -64,6 +64,7 @@ class Link:
     latency_s: float
     energy_per_bit_J: float | None
     peak_Bps: float
+    generation: int | None = None
 
     @property
     def label(self) -> str:
@@ -106,7 +107,7 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[L
         for b in sides[1]:
             if a == b:
                 continue
-            links.append(Link(f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak))
+            links.append(Link(f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, p["generation"]))
     if not links:
         raise ConfigError("link connects nothing", *doc.where(path), key=".".join(path))
     return links
@@ -116,3 +117,16 @@ def _expand(pattern: str, names: list[str]) -> list[str]:
     import fnmatch
 
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def link_energy_per_bit_J(link: Link) -> float:
+    """The link's own figure, else the energy table's for its kind and generation."""
+    if link.energy_per_bit_J is not None:
+        return link.energy_per_bit_J
+    from simcore.energy import energy_table
+
+    table = energy_table()
+    key = f"{link.type}{link.generation}" if link.generation else link.type
+    if key not in table.link_J_per_bit_by_type:
+        key = "pcie5"  # a long-reach SerDes of today's rates stands in for links the table lacks
+    return table.link_J_per_bit(key)

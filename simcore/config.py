@@ -193,6 +193,9 @@ def resolve_bases(kind: str, doc: Doc, seen: tuple[str, ...] = ()) -> Doc:
     if str(p) in seen:
         raise doc.error(("base",), f"inheritance cycle through {base!r}")
     parent = load_preset(kind, p, _seen=seen)
+    if isinstance(parent.data, dict) and "abstract" in parent.data:  # abstractness is not inherited
+        parent = Doc({k: v for k, v in parent.data.items() if k != "abstract"},
+                     {q: o for q, o in parent.origin.items() if q[:1] != ("abstract",)}, parent.file)  # fmt: skip
     data = {k: v for k, v in doc.data.items() if k != "base"}
     origin = {q: o for q, o in doc.origin.items() if q[:1] != ("base",)}
     return merge(parent, Doc(data, origin, doc.file))

@@ -41,7 +41,7 @@ class System:
             if g.has_edge(link.a, link.b):
                 old: Link = g.edges[link.a, link.b]["link"]
                 link = Link(old.name, old.type, old.a, old.b, old.bw_Bps + link.bw_Bps,
-                            min(old.latency_s, link.latency_s), old.energy_per_bit_J, old.peak_Bps + link.peak_Bps)  # fmt: skip
+                            min(old.latency_s, link.latency_s), old.energy_per_bit_J, old.peak_Bps + link.peak_Bps, old.generation)  # fmt: skip
             g.add_edge(link.a, link.b, link=link, weight=link.latency_s)
         self._routes: dict[tuple[str, str], list[tuple[str, str, Link]]] = {}
 
@@ -63,28 +63,36 @@ class System:
         return self._routes[key]
 
 
-def _expand_shorthand(doc: Doc, overrides: Iterable[str]) -> list[str]:
-    """On a system, `gpu.memory.bandwidth=..` means `devices.gpu.memory.bandwidth=..`."""
-    groups = doc.data.get("devices", {}) if isinstance(doc.data, Mapping) else {}
-    out = []
-    for o in overrides:
-        head = o.split(".", 1)[0]
-        out.append(f"devices.{o}" if head in groups and "=" in o else o)
-    return out
+def _fold_device_groups(doc: Doc) -> Doc:
+    """On a system, a top-level key naming a device group (`gpu.memory.bandwidth`) overrides that
+    group's entry (`devices.gpu.memory.bandwidth`)."""
+    groups = doc.data.get("devices")
+    stray = [k for k in doc.data if k not in SYSTEM_KEYS and isinstance(groups, Mapping) and k in groups]
+    if not stray:
+        return doc
+    data = {k: v for k, v in doc.data.items() if k not in stray}
+    origin = {q: o for q, o in doc.origin.items() if q[:1] not in [(k,) for k in stray]}
+    over = Doc({"devices": {k: doc.data[k] for k in stray}},
+               {("devices",) + q: o for q, o in doc.origin.items() if q[:1] in [(k,) for k in stray]}, doc.file)  # fmt: skip
+    return merge(Doc(data, origin, doc.file), over)
 
 
 def load_system(ref: str | Path | Doc, overrides: Iterable[str] = ()) -> System:
-    """Load a system or device preset by name or path, apply `--set` overrides, validate, connect."""
-    doc = ref if isinstance(ref, Doc) else load_preset("hardware", str(ref))
-    doc = resolve_bases("hardware", doc)
-    overrides = list(overrides)
+    """Load a system or device preset by name, path or Doc (with `base:`), apply `--set` overrides,
+    validate and connect."""
+    if isinstance(ref, Doc):
+        base = ref.data.get("base") if isinstance(ref.data, Mapping) else None
+        name, doc = str(base or Path(ref.file).stem), ref
+    else:
+        name, doc = Path(str(ref)).stem, load_preset("hardware", str(ref))
+    doc = apply_overrides(resolve_bases("hardware", doc), overrides)
     if doc.data.get("type") == "system":
-        doc = apply_overrides(doc, _expand_shorthand(doc, overrides))
-        return _build_system(doc)
-    doc = apply_overrides(doc, overrides)
-    name = str(ref) if not isinstance(ref, Doc) else doc.file
-    comp = _build_component(doc.data.get("type", "device"), doc)
-    return System(Path(name).stem, {comp.name: comp}, doc=doc)
+        sys_ = _build_system(_fold_device_groups(doc))
+    else:
+        comp = _build_component(str(doc.data.get("type", "device")), doc)
+        sys_ = System(name, {comp.name: comp}, doc=doc)
+    sys_.name = name
+    return sys_
 
 
 def _build_component(name: str, doc: Doc, path: tuple[str, ...] = ()) -> Component:

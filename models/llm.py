@@ -1,0 +1,205 @@
+"""Decoder-only LLMs from a Hugging Face `config.json`: a normalized spec and operator graphs for
+prefill and decode, tensor-parallel across a device group (Megatron-style column/row splits with an
+all-reduce after attention and after the MLP).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simcore.errors import ConfigError
+from simcore.ops import (AllGather, AllReduce, Attention, Elementwise, Embedding, Gemm, Norm, OpGraph, Tensor,
+                         dtype_bytes)  # fmt: skip
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """The shape of a decoder-only transformer, independent of the HF field names it came from."""
+
+    name: str
+    family: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    gated_ffn: bool  # SwiGLU (gate, up, down) vs. two-matrix MLP
+    norm: str  # rmsnorm | layernorm
+    activation: str
+    tie_embeddings: bool = False
+    max_positions: int = 4096
+    bias: bool = False
+
+    @property
+    def params(self) -> int:
+        """Parameter count (embeddings included; tied embeddings counted once)."""
+        h, d = self.hidden, self.head_dim
+        attn = h * (self.heads * d) + 2 * h * (self.kv_heads * d) + (self.heads * d) * h
+        mlp = (3 if self.gated_ffn else 2) * h * self.ffn
+        norms = 2 * h * (2 if self.norm == "layernorm" else 1)
+        bias = (self.heads + 2 * self.kv_heads) * d + h + self.ffn * (2 if self.gated_ffn else 1) + h
+        per_layer = attn + mlp + norms + (bias if self.bias else 0)
+        emb = self.vocab * h * (1 if self.tie_embeddings else 2)
+        pos = self.max_positions * h if self.family in ("opt", "gpt3") else 0
+        return self.layers * per_layer + emb + pos + h
+
+    def kv_bytes_per_token(self, dtype: str = "bf16") -> float:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes(dtype)
+
+
+# ---------------------------------------------------------------------------------- HF config parsing
+
+FAMILIES: dict[str, Callable[[str, Mapping[str, Any]], LLMSpec]] = {}
+
+
+def family(*model_types: str) -> Callable:
+    def deco(fn: Callable[[str, Mapping[str, Any]], LLMSpec]) -> Callable:
+        for t in model_types:
+            FAMILIES[t] = fn
+        return fn
+
+    return deco
+
+
+@family("llama", "mistral", "qwen2", "yi")
+def _llama_like(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    heads = c["num_attention_heads"]
+    return LLMSpec(
+        name, c["model_type"], c["hidden_size"], c["num_hidden_layers"], heads,
+        c.get("num_key_value_heads", heads), c.get("head_dim") or c["hidden_size"] // heads,
+        c["intermediate_size"], c["vocab_size"], True, "rmsnorm", c.get("hidden_act", "silu"),
+        bool(c.get("tie_word_embeddings", False)), c.get("max_position_embeddings", 4096),
+        bias=c["model_type"] == "qwen2",
+    )  # fmt: skip
+
+
+@family("opt")
+def _opt(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    h, heads = c["hidden_size"], c["num_attention_heads"]
+    return LLMSpec(name, "opt", h, c["num_hidden_layers"], heads, heads, h // heads, c["ffn_dim"], c["vocab_size"],
+                   False, "layernorm", c.get("activation_function", "relu"), bool(c.get("tie_word_embeddings", True)),
+                   c.get("max_position_embeddings", 2048), bias=True)  # fmt: skip
+
+
+@family("gpt2", "gpt3")
+def _gpt(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    h, heads = c["n_embd"], c["n_head"]
+    return LLMSpec(name, "gpt3", h, c["n_layer"], heads, heads, h // heads, c.get("n_inner") or 4 * h,
+                   c["vocab_size"], False, "layernorm", c.get("activation_function", "gelu"), True,
+                   c.get("n_positions", 2048), bias=True)  # fmt: skip
+
+
+def model_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_llm(ref: str | Path) -> LLMSpec:
+    """A shipped model name (`llama-2-7b`) or a path to a Hugging Face config.json."""
+    p = Path(ref)
+    if not p.suffix:
+        p = CONFIG_DIR / f"{ref}.json"
+        if not p.exists():
+            raise ConfigError(f"unknown model {str(ref)!r} (shipped: {', '.join(model_names())}; or give a config.json path)")
+    if not p.exists():
+        raise ConfigError("no such file", str(ref))
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"malformed JSON: {e.msg}", str(p), e.lineno) from None
+    mt = cfg.get("model_type")
+    if mt not in FAMILIES:
+        raise ConfigError(f"unsupported model_type {mt!r} (supported: {', '.join(sorted(FAMILIES))})", str(p),
+                          key="model_type")  # fmt: skip
+    try:
+        return FAMILIES[mt](p.stem, cfg)
+    except KeyError as e:
+        raise ConfigError(f"missing field {e.args[0]!r} for model_type {mt!r}", str(p), key=e.args[0]) from None
+
+
+# ------------------------------------------------------------------------------------------ graphs
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Tensor parallelism over `devices` (one SPMD group)."""
+
+    devices: tuple[str, ...]
+
+    @property
+    def tp(self) -> int:
+        return len(self.devices)
+
+
+def weight_bytes_per_device(spec: LLMSpec, tp: int, dtype: str) -> float:
+    """Weights each TP rank holds: layer matrices split tp ways, norms and embeddings split too."""
+    return spec.params * dtype_bytes(dtype) / tp
+
+
+def _check_tp(spec: LLMSpec, tp: int) -> None:
+    if spec.heads % tp or spec.ffn % tp:
+        raise ConfigError(f"tensor parallelism {tp} does not divide {spec.name}'s {spec.heads} heads "
+                          f"and FFN width {spec.ffn}", key="parallelism.tp")  # fmt: skip
+
+
+def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int, dtype: str = "bf16",
+               phase: str = "decode", kv_alloc_tokens: int = 0) -> OpGraph:  # fmt: skip
+    """One forward pass over `q_len` new tokens per sequence with `kv_len` tokens of context
+    (prefill: q_len == kv_len; decode: q_len == 1). `kv_alloc_tokens` > 0 allocates each layer's KV
+    cache for that many tokens when the layer first runs."""
+    tp = par.tp
+    _check_tp(spec, tp)
+    e = dtype_bytes(dtype)
+    h, d, T = spec.hidden, spec.head_dim, batch * q_len
+    heads, kvh = spec.heads // tp, max(1, spec.kv_heads // tp)
+    ffn = spec.ffn // tp
+    g = OpGraph(f"{spec.name}-{phase}")
+    dev, seq = par.devices, [0]
+    last: list[str] = []
+
+    def add(op: Any, allocs: tuple[Tensor, ...] = ()) -> None:
+        seq[0] += 1
+        g.add(op, last[-1:], dev, phase, allocs)
+        g.g.nodes[op.name]["seq"] = seq[0]
+        last.append(op.name)
+
+    add(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab))
+    for i in range(spec.layers):
+        p = f"L{i}."
+        add(Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm))
+        add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h))
+        if spec.family != "opt" and spec.family != "gpt3":
+            add(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1, flops_per_element=3,
+                            function="rope"))  # fmt: skip
+        kv = (Tensor(f"{p}kv_cache", 2 * batch * kvh * kv_alloc_tokens * d * e),) if kv_alloc_tokens else ()
+        add(Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv_len,
+                      head_dim=d, causal=True), kv)  # fmt: skip
+        add(Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d))
+        if tp > 1:
+            add(AllReduce(p + "allreduce_attn", dtype, bytes_per_device=T * h * e, group=tp))
+        add(Elementwise(p + "residual1", dtype, elements=T * h, inputs=2))
+        add(Norm(p + "norm2", dtype, rows=T, cols=h, function=spec.norm))
+        if spec.gated_ffn:
+            add(Gemm(p + "gate_up", dtype, m=T, n=2 * ffn, k=h))
+            add(Elementwise(p + "act_mul", dtype, elements=T * ffn, inputs=2, flops_per_element=5,
+                            function=spec.activation))  # fmt: skip
+        else:
+            add(Gemm(p + "fc1", dtype, m=T, n=ffn, k=h))
+            add(Elementwise(p + "act", dtype, elements=T * ffn, inputs=1, flops_per_element=8,
+                            function=spec.activation))  # fmt: skip
+        add(Gemm(p + "down", dtype, m=T, n=h, k=ffn))
+        if tp > 1:
+            add(AllReduce(p + "allreduce_mlp", dtype, bytes_per_device=T * h * e, group=tp))
+        add(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
+    add(Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm))
+    add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h))
+    if tp > 1:
+        add(AllGather("logits_allgather", dtype, bytes_per_device=batch * (spec.vocab // tp) * e, group=tp))
+    return g

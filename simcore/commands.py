@@ -1,0 +1,170 @@
+"""Core subcommands: run, op, hw, models."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from simcore.cli import command, emit, positive_int
+from simcore.config import preset_names, preset_path
+from simcore.errors import ConfigError
+
+
+# ------------------------------------------------------------------------------------------- run
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto) to FILE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@command("run", _run_args)
+def run_cmd(args: argparse.Namespace) -> int:
+    """Simulate an experiment YAML (hardware + model + scenario) and print its summary."""
+    from simcore.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, args.set)
+    res = exp.run(keep_records=bool(args.trace))
+    if args.trace:
+        res.to_chrome_trace(args.trace)
+    emit(res.summary, args.json, None if args.json else f"{exp.name}: {exp.model.name} on {exp.system.name}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- op
+def _hw_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hw", required=True, help="hardware preset name or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _gemm_args(p: argparse.ArgumentParser) -> None:
+    _hw_args(p)
+    p.add_argument("-m", type=positive_int("-m"), required=True)
+    p.add_argument("-n", type=positive_int("-n"), required=True)
+    p.add_argument("-k", type=positive_int("-k"), required=True)
+    p.add_argument("--batch", type=positive_int("--batch"), default=1)
+
+
+def _attention_args(p: argparse.ArgumentParser) -> None:
+    _hw_args(p)
+    p.add_argument("--batch", type=positive_int("--batch"), default=1)
+    p.add_argument("--heads", type=positive_int("--heads"), required=True)
+    p.add_argument("--kv-heads", type=positive_int("--kv-heads"), default=None)
+    p.add_argument("--q-len", type=positive_int("--q-len"), required=True)
+    p.add_argument("--kv-len", type=positive_int("--kv-len"), default=None)
+    p.add_argument("--head-dim", type=positive_int("--head-dim"), default=128)
+    p.add_argument("--causal", action="store_true")
+
+
+def _make_gemm(a: argparse.Namespace) -> Any:
+    from simcore.ops import Gemm
+
+    return Gemm("gemm", a.dtype, m=a.m, n=a.n, k=a.k, batch=a.batch)
+
+
+def _make_attention(a: argparse.Namespace) -> Any:
+    from simcore.ops import Attention
+
+    kvh = a.kv_heads or a.heads
+    if a.heads % kvh:
+        raise ConfigError(f"--heads {a.heads} is not a multiple of --kv-heads {kvh}")
+    return Attention("attention", a.dtype, batch=a.batch, heads=a.heads, kv_heads=kvh, q_len=a.q_len,
+                     kv_len=a.kv_len or a.q_len, head_dim=a.head_dim, causal=a.causal)  # fmt: skip
+
+
+#: op name -> (argument setup, op factory); op families add entries (e.g. conv2d).
+OP_COMMANDS: dict[str, tuple[Any, Any]] = {"gemm": (_gemm_args, _make_gemm), "attention": (_attention_args, _make_attention)}
+
+
+def _op_args(p: argparse.ArgumentParser) -> None:
+    from simcore import cli
+
+    sub = p.add_subparsers(dest="op", metavar="OP", parser_class=cli._Parser, required=True)
+    for name, (setup, _) in OP_COMMANDS.items():
+        setup(sub.add_parser(name, help=f"cost of one {name}"))
+
+
+@command("op", _op_args)
+def op_cmd(args: argparse.Namespace) -> int:
+    """Cost of a single operator on one device: time, energy, FLOPs, bytes, what bounds it."""
+    from simcore.oprun import op_report
+    from simcore.system import load_system
+
+    op = OP_COMMANDS[args.op][1](args)
+    system = load_system(args.hw, args.set)
+    emit(op_report(system, op), args.json, f"{args.op} on {system.name}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- hw
+def _hw_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+
+
+@command("hw", _hw_cmd_args)
+def hw_cmd(args: argparse.Namespace) -> int:
+    """List hardware presets, or show one with every resolved value, its unit and where it came from."""
+    import json
+
+    from simcore.config import load_preset
+
+    if args.action == "list":
+        rows = []
+        for name in preset_names("hardware"):
+            doc = load_preset("hardware", name)
+            if doc.data.get("abstract"):
+                continue
+            rows.append((name, str(doc.data.get("type", "")), str(doc.data.get("description", ""))))
+        if args.json:
+            print(json.dumps([{"name": n, "type": t, "description": d} for n, t, d in rows]))
+        else:
+            w = max(len(n) for n, _, _ in rows)
+            print(f"{'name':<{w}}  {'type':<8}  description\n{'-' * w}  {'-' * 8}  {'-' * 11}")
+            for n, t, d in rows:
+                print(f"{n:<{w}}  {t:<8}  {d}")
+        return 0
+    if not args.name:
+        raise ConfigError("hw show needs a preset NAME", key="simcore hw show")
+    from simcore.hwshow import show_rows
+    from simcore.system import load_system
+
+    if preset_path("hardware", args.name) is None and not args.name.endswith((".yaml", ".yml")):
+        raise ConfigError(f"unknown hardware preset {args.name!r} (see `simcore hw list`)")
+    system = load_system(args.name, args.set)
+    rows = show_rows(system)
+    if args.json:
+        print(json.dumps([dict(zip(("component", "key", "value", "source"), r, strict=True)) for r in rows]))
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for comp, key, value, source in rows:
+            print(f"{comp:<{widths[0]}}  {key:<{widths[1]}}  {value:<{widths[2]}}  {source}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ models
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+@command("models", _models_args)
+def models_cmd(args: argparse.Namespace) -> int:
+    """List the shipped LLM configs with their sizes."""
+    import json
+
+    from models.llm import load_llm, model_names
+
+    rows = [load_llm(n) for n in model_names()]
+    if args.json:
+        print(json.dumps([{"name": s.name, "params": s.params, "layers": s.layers, "hidden": s.hidden} for s in rows]))
+        return 0
+    print(f"{'model':<14} {'params':>8} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3}")
+    for s in rows:
+        print(f"{s.name:<14} {s.params / 1e9:>7.1f}B {s.layers:>6} {s.hidden:>6} {s.heads:>5} {s.kv_heads:>3}")
+    return 0
+
+

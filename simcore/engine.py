@@ -1,0 +1,286 @@
+"""The SimPy engine: runs placed op graphs with one event per op or transfer.
+
+Ops on the same device group run in program order on that group's compute lane; transfers run on copy
+lanes; a step waits only for its dependencies on other lanes. Every op and transfer is a flow over the
+memories and links it uses, so concurrent work shares bandwidth (flows.py). Memory capacity is tracked
+per device; a tensor that does not fit raises OutOfMemory naming tensor, device, needed and free bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+import simpy
+
+from hardware.base import Component, OpCost
+from simcore.errors import OutOfMemory
+from simcore.flows import FlowNetwork, Resource
+from simcore.ops import Collective, Op, OpGraph, Tensor, Transfer
+from simcore.system import System
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One placed op: what runs, on which device group (in lock-step), after which steps."""
+
+    op: Op
+    devices: tuple[str, ...]
+    deps: tuple[int, ...]
+    phase: str
+    allocs: tuple[Tensor, ...] = ()
+
+    @property
+    def lane(self) -> tuple[str, ...]:
+        if isinstance(self.op, Transfer):
+            return ("copy", self.op.src, self.op.dst)
+        return self.devices
+
+
+@dataclass
+class Program:
+    """A placed graph in topological order, compiled once and runnable many times."""
+
+    name: str
+    steps: list[Step]
+    lanes: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
+    signals: frozenset[int] = frozenset()  # steps that another lane waits for
+    costs: list[OpCost | None] = field(default_factory=list)  # filled by the engine, kept by replace_ops
+
+    @classmethod
+    def from_graph(cls, graph: OpGraph, default_devices: tuple[str, ...] = ()) -> Program:
+        g = graph.g
+        order = list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n].get("seq", 0)))
+        index = {n: i for i, n in enumerate(order)}
+        steps = []
+        for n in order:
+            d = g.nodes[n]
+            devices = d["devices"] or default_devices
+            deps = tuple(sorted(index[p] for p in g.predecessors(n)))
+            steps.append(Step(d["op"], tuple(devices), deps, d.get("phase", ""), tuple(d.get("allocs", ()))))
+        return cls.compile(graph.name, steps)
+
+    @classmethod
+    def compile(cls, name: str, steps: list[Step]) -> Program:
+        lanes: dict[tuple[str, ...], list[int]] = {}
+        for i, s in enumerate(steps):
+            lanes.setdefault(s.lane, []).append(i)
+        signals = {d for s in steps for d in s.deps if steps[d].lane != s.lane}
+        return cls(name, steps, lanes, frozenset(signals), [None] * len(steps))
+
+    def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None) -> Program:
+        """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
+        next decode step); costs of untouched steps are kept."""
+        steps, costs = list(self.steps), list(self.costs)
+        for i, s in enumerate(steps):
+            new = fn(s.op)
+            if new is not None:
+                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs)
+                costs[i] = None
+        return Program(name or self.name, steps, self.lanes, self.signals, costs)
+
+
+@dataclass
+class Trace:
+    """Columnar per-op records: cheap to append a million of."""
+
+    programs: list[Program] = field(default_factory=list)
+    prog: list[int] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
+    start: list[float] = field(default_factory=list)
+    end: list[float] = field(default_factory=list)
+
+
+class Engine:
+    """Runs programs on a System; accumulates time, energy counts, memory and utilization."""
+
+    def __init__(self, system: System, keep_records: bool = True) -> None:
+        self.system = system
+        self.env = simpy.Environment()
+        self.net = FlowNetwork(self.env)
+        self.keep_records = keep_records
+        self.trace = Trace()
+        self.mem: dict[str, Resource] = {}
+        self.used_B: dict[str, float] = {}
+        self.peak_B: dict[str, float] = {}
+        self.resident: dict[str, dict[str, float]] = {}
+        for name, comp in system.devices.items():
+            if comp.memory_bandwidth_Bps > 0:
+                self.mem[name] = Resource(f"{name}.mem", comp.memory_bandwidth_Bps, kind="memory")
+            self.used_B[name] = self.peak_B[name] = 0.0
+            self.resident[name] = {}
+        self.link_res: dict[tuple[str, str], Resource] = {}
+        for link in system.links:
+            for a, b in ((link.a, link.b), (link.b, link.a)):
+                if (a, b) not in self.link_res:
+                    edge = system.graph.edges[a, b]["link"]  # bundled
+                    self.link_res[(a, b)] = Resource(f"{edge.type}:{a}->{b}", edge.bw_Bps)
+        self.busy_s: Counter[str] = Counter()  # compute time per device
+        self.cost_counts: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
+        self.steps_run = 0
+        self.phase_time: Counter[str] = Counter()
+        self._paths: dict[tuple, tuple[tuple[Resource, ...], float]] = {}
+
+    # ------------------------------------------------------------------------------------ memory
+    def allocate(self, device: str, tensor: str, nbytes: float) -> None:
+        comp = self.system.devices[device]
+        cap = comp.memory_capacity_B
+        free = cap - self.used_B[device]
+        if nbytes > free:
+            raise OutOfMemory(tensor, device, nbytes, free, cap)
+        self.used_B[device] += nbytes
+        self.resident[device][tensor] = self.resident[device].get(tensor, 0.0) + nbytes
+        self.peak_B[device] = max(self.peak_B[device], self.used_B[device])
+
+    def free(self, device: str, tensor: str) -> None:
+        self.used_B[device] -= self.resident[device].pop(tensor, 0.0)
+
+    # -------------------------------------------------------------------------------------- paths
+    def transfer_path(self, src: str, dst: str) -> tuple[tuple[Resource, ...], float]:
+        key = ("xfer", src, dst)
+        if key not in self._paths:
+            hops = self.system.route(src, dst)
+            res = [self.mem[src]] if src in self.mem else []
+            res += [self.link_res[(a, b)] for a, b, _ in hops]
+            res += [self.mem[dst]] if dst in self.mem else []
+            self._paths[key] = (tuple(res), sum(link.latency_s for _, _, link in hops))
+        return self._paths[key]
+
+    def ring_path(self, group: tuple[str, ...]) -> tuple[tuple[Resource, ...], float]:
+        """Every link direction a ring over `group` uses, and one hop's worst latency."""
+        key = ("ring", group)
+        if key not in self._paths:
+            res: dict[str, Resource] = {}
+            lat = 0.0
+            for a, b in zip(group, group[1:] + group[:1], strict=True):
+                hops = self.system.route(a, b)
+                lat = max(lat, sum(link.latency_s for _, _, link in hops))
+                for x, y, _ in hops:
+                    r = self.link_res[(x, y)]
+                    res[r.name] = r
+            self._paths[key] = (tuple(res[k] for k in sorted(res)), lat)
+        return self._paths[key]
+
+    # ---------------------------------------------------------------------------------- execution
+    def cost(self, step: Step) -> OpCost:
+        comps = [self.system.devices[d] for d in step.devices]
+        costs = [c.op_cost(step.op) for c in comps]
+        return max(costs, key=lambda c: c.duration_s)  # lock-step: the slowest member sets the pace
+
+    def run(self, program: Program, phase: str = "") -> float:
+        """Run one program to completion; returns its makespan in seconds."""
+        env = self.env
+        t0 = env.now
+        done = {i: env.event() for i in program.signals}
+        pid = len(self.trace.programs)
+        self.trace.programs.append(program)
+        for lane, idxs in program.lanes.items():
+            env.process(self._lane(program, pid, idxs, done))
+        env.run()
+        span = env.now - t0
+        self.phase_time[phase or program.name] += span
+        return span
+
+    def _lane(self, program: Program, pid: int, idxs: list[int], done: dict[int, simpy.Event]):
+        env, steps, trace, keep = self.env, program.steps, self.trace, self.keep_records
+        costs = program.costs
+        for i in idxs:
+            step = steps[i]
+            for d in step.deps:
+                ev = done.get(d)
+                if ev is not None and not ev.triggered:
+                    yield ev
+            for t in step.allocs:
+                for dev in step.devices:
+                    self.allocate(dev, t.name, t.bytes)
+            start = env.now
+            op = step.op
+            if isinstance(op, Transfer):
+                yield from self._transfer(op)
+            else:
+                cost = costs[i]
+                if cost is None:
+                    cost = costs[i] = self.cost(step)
+                self.cost_counts[(step.devices, cost)] += 1
+                if isinstance(op, Collective) and len(step.devices) > 1:
+                    path, lat = self.ring_path(step.devices)
+                    yield env.timeout(cost.duration_s + op.ring_steps * lat)
+                    yield self.net.start(path, op.wire_bytes_per_device, label=op.name)
+                elif cost.dram_bytes > 0 and step.devices[0] in self.mem:
+                    mems = tuple(self.mem[d] for d in step.devices)
+                    yield self.net.start(mems, cost.dram_bytes, cost.dram_bytes / cost.duration_s, op.name)
+                else:
+                    yield env.timeout(cost.duration_s)
+                dt = env.now - start
+                for dev in step.devices:
+                    self.busy_s[dev] += dt
+            self.steps_run += 1
+            if keep:
+                trace.prog.append(pid)
+                trace.step.append(i)
+                trace.start.append(start)
+                trace.end.append(env.now)
+            ev = done.get(i)
+            if ev is not None:
+                ev.succeed()
+
+    def _transfer(self, op: Transfer):
+        path, lat = self.transfer_path(op.src, op.dst)
+        if lat:
+            yield self.env.timeout(lat)
+        yield self.net.start(path, op.nbytes, label=op.name)
+
+    # -------------------------------------------------------------------------------------- energy
+    def energy_breakdown_J(self) -> dict[str, dict[str, float]]:
+        """Joules per component and action: op actions × energy per action, link bits, static power."""
+        out: dict[str, Counter[str]] = {}
+        epa_cache: dict[str, Mapping[str, float]] = {}
+        for (devices, cost), count in self.cost_counts.items():
+            for dev in devices:
+                epa = epa_cache.get(dev)
+                if epa is None:
+                    epa = epa_cache[dev] = self.system.devices[dev].energy_per_action_J()
+                acc = out.setdefault(dev, Counter())
+                for action, n in cost.actions.items():
+                    j = epa.get(action)
+                    if j:
+                        acc[action] += n * j * count
+        from hardware.links import link_energy_per_bit_J
+
+        for (a, b), r in self.link_res.items():
+            if r.bytes_carried:
+                link = self.system.graph.edges[a, b]["link"]
+                name = f"{link.type}:{min(a, b)}-{max(a, b)}"
+                out.setdefault(name, Counter())["link.bit"] += r.bytes_carried * 8 * link_energy_per_bit_J(link)
+        total_t = self.env.now
+        for dev, comp in self.system.devices.items():
+            if comp.static_power_W:
+                out.setdefault(dev, Counter())["static"] += comp.static_power_W * total_t
+        return {k: dict(v) for k, v in out.items()}
+
+    def utilization(self) -> dict[str, float]:
+        t = self.env.now or math.inf
+        util = {f"{d}.compute": self.busy_s[d] / t for d in self.system.devices if self.busy_s[d]}
+        for name, r in self.mem.items():
+            util[f"{name}.memory_bw"] = r.bytes_carried / (r.capacity_Bps * t)
+        for r in self.link_res.values():
+            if r.bytes_carried:
+                util[r.name] = r.bytes_carried / (r.capacity_Bps * t)
+        return util
+
+    @property
+    def events(self) -> int:
+        """Timeouts and flow completions scheduled (SimPy events that advanced time)."""
+        return self.steps_run + self.net.timeouts
+
+
+def run_graph(system: System, graph: OpGraph, resident: Iterable[tuple[str, str, float]] = ()) -> Engine:
+    """Convenience: place nothing, allocate resident tensors, run one graph."""
+    eng = Engine(system)
+    for dev, tensor, nbytes in resident:
+        eng.allocate(dev, tensor, nbytes)
+    eng.run(Program.from_graph(graph))
+    return eng

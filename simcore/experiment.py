@@ -1,0 +1,192 @@
+"""Experiments: a system, an LLM, a parallel layout and a scenario (prefill, decode step, generation),
+from Python or from a YAML file, simulated to a Result.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.llm import LLMSpec, Parallel, build_pass, load_llm, weight_bytes_per_device
+from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
+from simcore.engine import Engine, Program
+from simcore.errors import ConfigError
+from simcore.ops import Attention, DTYPE_BYTES
+from simcore.results import Result
+from simcore.system import System, load_system
+
+
+@dataclass(frozen=True)
+class Prefill:
+    batch: int = 1
+    prompt_len: int = 512
+
+
+@dataclass(frozen=True)
+class Decode:
+    """One decode step with `context_len` tokens already in the KV cache."""
+
+    batch: int = 1
+    context_len: int = 512
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Prefill a prompt, then decode until `new_tokens` tokens exist (the first comes from prefill)."""
+
+    batch: int = 1
+    prompt_len: int = 512
+    new_tokens: int = 128
+
+
+Scenario = Prefill | Decode | Generate
+SCENARIOS: dict[str, type] = {"prefill": Prefill, "decode": Decode, "generate": Generate}
+
+
+def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
+             tp: int | None = None, keep_records: bool = True) -> Result:  # fmt: skip
+    """Simulate `scenario` of `model` on `system` with tensor parallelism over its first `tp` GPUs
+    (default: all of them)."""
+    system = load_system(system) if isinstance(system, str) else system
+    spec = load_llm(model) if isinstance(model, str) else model
+    gpus = system.of_type("gpu") or list(system.devices)
+    tp = tp or len(gpus)
+    if tp > len(gpus):
+        raise ConfigError(f"tp={tp} but system {system.name!r} has {len(gpus)} GPUs", key="parallelism.tp")
+    par = Parallel(tuple(gpus[:tp]))
+    eng = Engine(system, keep_records=keep_records)
+    for dev in par.devices:
+        eng.allocate(dev, f"{spec.name} weights", weight_bytes_per_device(spec, tp, dtype))
+    b = scenario.batch
+    summary: dict[str, Any] = {}
+    if isinstance(scenario, Decode):
+        kv_B = b * scenario.context_len * spec.kv_bytes_per_token(dtype) / tp
+        for dev in par.devices:
+            eng.allocate(dev, "kv_cache", kv_B)
+        prog = Program.from_graph(build_pass(spec, par, b, 1, scenario.context_len + 1, dtype, "decode"))
+        t = eng.run(prog, "decode")
+        summary.update(latency_s=t, time_per_output_token_s=t, tokens_per_s=b / t)
+    else:
+        prompt = scenario.prompt_len
+        total = prompt + (scenario.new_tokens if isinstance(scenario, Generate) else 1)
+        g = build_pass(spec, par, b, prompt, prompt, dtype, "prefill", kv_alloc_tokens=total)
+        t_prefill = eng.run(Program.from_graph(g), "prefill")
+        summary.update(prefill_time_s=t_prefill, time_to_first_token_s=t_prefill)
+        steps = scenario.new_tokens - 1 if isinstance(scenario, Generate) else 0
+        if steps > 0:
+            template = Program.from_graph(build_pass(spec, par, b, 1, prompt + 1, dtype, "decode"))
+            t_decode = 0.0
+            for j in range(1, steps + 1):
+                kv = prompt + j
+                attn: dict[Attention, Attention] = {}
+
+                def swap(op: Any, kv: int = kv, attn: dict = attn) -> Any:
+                    if isinstance(op, Attention):
+                        return attn.setdefault(op, Attention(op.name, op.dtype, op.batch, op.heads, op.kv_heads, 1, kv,
+                                                             op.head_dim, op.causal))  # fmt: skip
+                    return None
+
+                t_decode += eng.run(template.replace_ops(swap) if j > 1 else template, "decode")
+            summary.update(decode_time_s=t_decode, time_per_output_token_s=t_decode / steps)
+        tokens = b * (scenario.new_tokens if isinstance(scenario, Generate) else 1)
+        latency = eng.env.now
+        summary.update(latency_s=latency, tokens_per_s=tokens / latency, output_tokens=tokens)
+    return _finish(eng, spec, par, summary, dtype)
+
+
+def _finish(eng: Engine, spec: LLMSpec, par: Parallel, summary: dict[str, Any], dtype: str) -> Result:
+    energy = eng.energy_breakdown_J()
+    total_J = sum(sum(v.values()) for v in energy.values())
+    tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
+    summary.update(
+        energy_j=total_J,
+        energy_per_token_j=total_J / tokens,
+        events=eng.events,
+        ops=eng.steps_run,
+        model=spec.name,
+        params=spec.params,
+        tp=par.tp,
+        dtype=dtype,
+        peak_memory_B={d: eng.peak_B[d] for d in par.devices},
+        utilization=eng.utilization(),
+        energy_by_component_j={k: sum(v.values()) for k, v in energy.items()},
+    )
+    return Result(summary, eng)
+
+
+# ------------------------------------------------------------------------------------------ YAML
+
+EXPERIMENT_SCHEMA = {
+    "name": Param("experiment name", type=str, default="experiment"),
+    "description": Param("free text", type=str, default=""),
+    "model": Param("shipped model name or path to a HF config.json", type=str),
+    "dtype": Param("weights/activations dtype", type=str, default="bf16", choices=tuple(DTYPE_BYTES)),
+    "parallelism": {"tp": positive("tensor-parallel degree (default: every GPU)", type=int, default=None)},
+    "scenario": {
+        "kind": Param("what to simulate", type=str, choices=tuple(SCENARIOS)),
+        "batch": positive("sequences in the batch", type=int, default=1),
+        "prompt_len": positive("prompt tokens (prefill, generate)", type=int, default=512),
+        "new_tokens": positive("tokens to generate (generate)", type=int, default=128),
+        "context_len": positive("tokens in the KV cache (decode)", type=int, default=512),
+    },
+}
+
+
+@dataclass
+class Experiment:
+    name: str
+    system: System
+    model: LLMSpec
+    scenario: Scenario
+    dtype: str
+    tp: int | None
+    doc: Doc
+
+    def run(self, keep_records: bool = True) -> Result:
+        res = simulate(self.system, self.model, self.scenario, self.dtype, self.tp, keep_records)
+        res.summary = {"experiment": self.name, "hardware": self.system.name, **res.summary}
+        return res
+
+
+def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterable[str] = ()) -> Experiment:
+    """Parse and validate an experiment (file, mapping or Doc) with `--set` overrides; nothing runs yet."""
+    if isinstance(ref, Doc):
+        doc = ref
+    elif isinstance(ref, Mapping):
+        import yaml
+
+        doc = parse_yaml(yaml.safe_dump(dict(ref), sort_keys=False), "<experiment>")
+    else:
+        doc = load_yaml(ref)
+    if not isinstance(doc.data, Mapping):
+        raise doc.error((), "an experiment must be a mapping")
+    if isinstance(doc.data.get("hardware"), str):  # `hardware: NAME` is shorthand for `hardware: {base: NAME}`
+        data = copy.deepcopy(doc.data)
+        data["hardware"] = {"base": data["hardware"]}
+        origin = dict(doc.origin)
+        origin[("hardware", "base")] = doc.where(("hardware",))
+        doc = Doc(data, origin, doc.file)
+    doc = apply_overrides(doc, overrides)
+    if "hardware" not in doc.data:
+        raise doc.error((), "missing required key 'hardware' (a preset name or path)")
+    p = validate(doc, EXPERIMENT_SCHEMA, ignore=("hardware",))
+    hw = doc.sub(("hardware",))
+    if not isinstance(hw.data, Mapping) or "base" not in hw.data:
+        raise doc.error(("hardware",), "expected a preset name, a YAML path, or a mapping with 'base:'")
+    system = load_system(hw)
+    try:
+        model = load_llm(p["model"])
+    except ConfigError as e:
+        raise doc.error(("model",), e.message) from None
+    sc = p["scenario"]
+    cls = SCENARIOS[sc["kind"]]
+    fields = {k: v for k, v in sc.items() if k in cls.__dataclass_fields__}
+    return Experiment(p["name"], system, model, cls(**fields), p["dtype"], p["parallelism"]["tp"], doc)
+
+
+def run(ref: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), keep_records: bool = True) -> Result:
+    """Load, validate and simulate an experiment in one call."""
+    return load_experiment(ref, overrides).run(keep_records)

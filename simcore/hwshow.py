@@ -1,0 +1,52 @@
+"""Rows for `simcore hw show`: every resolved parameter with its unit and where its value came from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from simcore.config import MapOf, Param
+from simcore.system import System
+from simcore.units import fmt
+
+
+def _value(spec: Param | None, v: Any) -> str:
+    if v is None:
+        return "-"
+    if spec is not None and spec.unit and isinstance(v, int | float):
+        return fmt(float(v), spec.unit)
+    return str(v)
+
+
+def _walk(schema: Mapping[str, Any], params: Mapping[str, Any], path: tuple[str, ...]):
+    for key, spec in schema.items():
+        if key == "abstract":
+            continue
+        p = path + (key,)
+        v = params.get(key)
+        if isinstance(spec, Param):
+            yield p, spec, v
+        elif isinstance(spec, MapOf):
+            for k, item in (v or {}).items():
+                yield p + (k,), spec.item, item
+        else:
+            yield from _walk(spec, v or {}, p)
+
+
+def show_rows(system: System) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, comp in system.devices.items():
+        rows.append((name, "type", comp.type_name, ""))
+        for path, spec, v in _walk(comp.SCHEMA, comp.params, ()):
+            src = "default"
+            if comp.doc is not None and path in comp.doc.origin:
+                file, line = comp.doc.origin[path]
+                src = f"{file}:{line}" if line else file
+            rows.append((name, ".".join(path), _value(spec, v), src))
+        for key, (v, kind, how) in comp.derived().items():
+            rows.append((name, key, fmt(v, kind) if kind else f"{v:.4g}", f"derived: {how}"))
+    for link in system.links:
+        rows.append((link.name, "bandwidth_per_direction", fmt(link.bw_Bps, "bandwidth"),
+                     f"derived: {fmt(link.peak_Bps, 'bandwidth')} x efficiency"))  # fmt: skip
+        rows.append((link.name, "latency", fmt(link.latency_s, "time"), "link default" if link.latency_s else ""))
+    return rows

@@ -1,0 +1,40 @@
+"""Cost of one op on one device, as the `simcore op` commands report it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hardware.base import Component, OpCost
+from simcore.errors import ConfigError
+from simcore.ops import Op
+from simcore.system import System
+
+
+def device_for(system: System, op: Op) -> Component:
+    for comp in system.devices.values():
+        if comp.supports(op):
+            return comp
+    raise ConfigError(f"no device in {system.name!r} can run a {op.kind} op")
+
+
+def op_energy_J(comp: Component, cost: OpCost) -> float:
+    """Action counts × energy per action, plus the device's static power over the op's duration."""
+    epa = comp.energy_per_action_J()
+    dynamic = sum(n * epa.get(a, 0.0) for a, n in cost.actions.items())
+    return dynamic + comp.static_power_W * cost.duration_s
+
+
+def op_report(system: System, op: Op) -> dict[str, Any]:
+    comp = device_for(system, op)
+    cost = comp.op_cost(op)
+    out: dict[str, Any] = {
+        "device": comp.name,
+        "time_s": cost.duration_s,
+        "energy_j": op_energy_J(comp, cost),
+        "flops": op.flops,
+        "bytes": cost.dram_bytes,
+        "bound": cost.bound,
+        "achieved_flops": op.flops / cost.duration_s if cost.duration_s else 0.0,
+    }
+    out.update({k: v for k, v in cost.detail.items() if k not in out})
+    return out

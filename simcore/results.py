@@ -1,0 +1,102 @@
+"""Simulation results: a summary, per-op records, tables, JSON, DataFrames and Chrome traces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simcore.engine import Engine, Transfer
+from simcore.units import fmt
+
+
+@dataclass
+class Result:
+    """What one simulation produced. `summary` is flat JSON-able figures in SI units."""
+
+    summary: dict[str, Any]
+    engine: Engine | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------------------------ records
+    def records(self) -> Iterator[dict[str, Any]]:
+        """One dict per executed op or transfer, in execution order."""
+        if self.engine is None:
+            return
+        tr = self.engine.trace
+        for pid, i, t0, t1 in zip(tr.prog, tr.step, tr.start, tr.end, strict=True):
+            prog = tr.programs[pid]
+            step = prog.steps[i]
+            cost = prog.costs[i]
+            op = step.op
+            yield {
+                "name": op.name, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
+                "devices": ",".join(step.lane if isinstance(op, Transfer) else step.devices),
+                "start_s": t0, "end_s": t1, "duration_s": t1 - t0, "flops": op.flops, "bytes": op.bytes,
+                "bound": cost.bound if cost else "transfer", "dtype": op.dtype,
+            }  # fmt: skip
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd  # optional dependency, imported only here
+
+        return pd.DataFrame(list(self.records()))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.summary, indent=2, sort_keys=True, default=float)
+        if path:
+            Path(path).write_text(text)
+        return text
+
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Chrome trace JSON (opens in Perfetto / chrome://tracing): one lane per device group or link."""
+        events: list[dict[str, Any]] = []
+        lanes: dict[str, int] = {}
+        for r in self.records():
+            tid = lanes.setdefault(r["devices"], len(lanes) + 1)
+            events.append({"name": r["name"], "cat": r["kind"], "ph": "X", "pid": 1, "tid": tid,
+                           "ts": r["start_s"] * 1e6, "dur": r["duration_s"] * 1e6,
+                           "args": {"phase": r["phase"], "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"]}})  # fmt: skip
+        for name, tid in lanes.items():
+            events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}})
+        events.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "simcore"}})
+        p = Path(path)
+        p.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        return p
+
+    # ---------------------------------------------------------------------------------- terminal
+    def table(self) -> str:
+        """The summary as an aligned two-column table with units."""
+        return summary_table(self.summary)
+
+
+_KINDS = {"_s": "time", "_j": "energy", "_J": "energy", "_B": "bytes", "_Bps": "bandwidth", "_W": "power",
+          "_flops": "flops"}  # fmt: skip
+
+
+def _fmt_value(key: str, value: Any) -> str:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        for suffix, kind in _KINDS.items():
+            if key.endswith(suffix):
+                return fmt(float(value), kind)
+        if key.endswith(("_frac", "utilization")) or key.startswith("util"):
+            return f"{100 * value:.1f} %"
+        return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
+    return str(value)
+
+
+def summary_table(summary: Mapping[str, Any], title: str | None = None) -> str:
+    rows: list[tuple[str, str]] = []
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                rows.append((prefix + k, _fmt_value(k, v)))
+
+    walk(summary, "")
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = [title, "-" * len(title)] if title else []
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
