@@ -5,10 +5,11 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install run test bench lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml simcore/native/refkernels.c
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m simcore.native build
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -56,6 +56,8 @@ class Component:
         self.params = params
         self.doc = doc
         self._cache: dict[Op, OpCost] = {}
+        #: equal for components built from identical parameters (they cost every op identically)
+        self.config_key = (type(self).__name__, repr(sorted(params.items())))
 
     @classmethod
     def from_doc(cls, name: str, doc: Doc) -> Component:

@@ -48,6 +48,8 @@ GPU_SCHEMA: dict[str, Any] = {
     "nvlink": {
         "generation": Param("NVLink generation", default=None, type=int),
         "links": Param("NVLink links", default=None, type=int),
+        "bandwidth": positive("per-direction total, where the part's links run slower than the generation's "
+                              "standard rate (e.g. GA102 bridges)", "bandwidth", default=None),
     },
     "power": POWER_SCHEMA,
     "efficiency": {

@@ -17,7 +17,7 @@ MEMORY_SCHEMA = {
 
 PCIE_SCHEMA = {
     "generation": Param("PCIe generation", type=int, choices=(3, 4, 5, 6)),
-    "lanes": Param("lane count", type=int, choices=(1, 2, 4, 8, 16, 32, 64, 128)),
+    "lanes": positive("lane count", type=int),
 }
 
 POWER_SCHEMA = {

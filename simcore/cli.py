@@ -94,5 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the registry of the imported module, not this __main__ copy
+    from simcore.cli import main as _main
+
+    sys.exit(_main())

@@ -8,7 +8,6 @@ file, the line and the key path of the value it is about.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +47,12 @@ class Doc:
     def get(self, path: Path_, default: Any = None) -> Any:
         node = self.data
         for key in path:
-            if not isinstance(node, Mapping) or key not in node:
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            elif isinstance(node, Mapping) and key in node:
+                node = node[key]
+            else:
                 return default
-            node = node[key]
         return node
 
     def sub(self, path: Path_) -> Doc:
@@ -63,9 +65,10 @@ class Doc:
 
 
 def _short(path: str | Path) -> str:
+    """Paths below the working directory are shown relative to it, others absolute."""
     p = Path(path).resolve()
     try:
-        return os.path.relpath(p)
+        return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
 

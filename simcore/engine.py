@@ -49,6 +49,7 @@ class Program:
     lanes: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
     signals: frozenset[int] = frozenset()  # steps that another lane waits for
     costs: list[OpCost | None] = field(default_factory=list)  # filled by the engine, kept by replace_ops
+    plans: list[Plan | None] = field(default_factory=list)
 
     @classmethod
     def from_graph(cls, graph: OpGraph, default_devices: tuple[str, ...] = ()) -> Program:
@@ -69,18 +70,34 @@ class Program:
         for i, s in enumerate(steps):
             lanes.setdefault(s.lane, []).append(i)
         signals = {d for s in steps for d in s.deps if steps[d].lane != s.lane}
-        return cls(name, steps, lanes, frozenset(signals), [None] * len(steps))
+        return cls(name, steps, lanes, frozenset(signals), [None] * len(steps), [None] * len(steps))
 
     def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None) -> Program:
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
         next decode step); costs of untouched steps are kept."""
-        steps, costs = list(self.steps), list(self.costs)
+        steps, costs, plans = list(self.steps), list(self.costs), list(self.plans)
         for i, s in enumerate(steps):
             new = fn(s.op)
             if new is not None:
                 steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs)
-                costs[i] = None
-        return Program(name or self.name, steps, self.lanes, self.signals, costs)
+                costs[i] = plans[i] = None
+        return Program(name or self.name, steps, self.lanes, self.signals, costs, plans)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A step's use of shared resources: wait `delay_s`, then move `nbytes` over `path` at <= `cap_Bps`."""
+
+    delay_s: float
+    path: tuple[Resource, ...]
+    nbytes: float
+    cap_Bps: float
+    solo_s: float  # duration when nothing else shares the path: delay + bytes at the lesser of cap and capacity
+
+    @classmethod
+    def make(cls, delay_s: float, path: tuple[Resource, ...], nbytes: float, cap_Bps: float) -> Plan:
+        rate = min([cap_Bps] + [r.capacity_Bps for r in path])
+        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0))
 
 
 @dataclass
@@ -118,7 +135,9 @@ class Engine:
                 if (a, b) not in self.link_res:
                     edge = system.graph.edges[a, b]["link"]  # bundled
                     self.link_res[(a, b)] = Resource(f"{edge.type}:{a}->{b}", edge.bw_Bps)
-        self.busy_s: Counter[str] = Counter()  # compute time per device
+        self.busy_group: Counter[tuple[str, ...]] = Counter()  # compute time per device group
+        self.solo_bytes: Counter[tuple[Resource, ...]] = Counter()  # bytes of steps run without contention
+        self._distinct: dict[tuple[str, ...], list[Component]] = {}
         self.cost_counts: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
         self.steps_run = 0
         self.phase_time: Counter[str] = Counter()
@@ -166,9 +185,28 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- execution
     def cost(self, step: Step) -> OpCost:
-        comps = [self.system.devices[d] for d in step.devices]
-        costs = [c.op_cost(step.op) for c in comps]
-        return max(costs, key=lambda c: c.duration_s)  # lock-step: the slowest member sets the pace
+        """Lock-step group: the slowest distinct member sets the pace (identical devices costed once)."""
+        comps = self._distinct.get(step.devices)
+        if comps is None:
+            seen: dict[int, Component] = {}
+            for d in step.devices:
+                c = self.system.devices[d]
+                seen.setdefault(c.config_key, c)
+            comps = self._distinct[step.devices] = list(seen.values())
+        if len(comps) == 1:
+            return comps[0].op_cost(step.op)
+        return max((c.op_cost(step.op) for c in comps), key=lambda c: c.duration_s)
+
+    def _plan(self, step: Step, cost: OpCost) -> Plan:
+        """How a step occupies shared resources: a fixed delay, then `nbytes` over `path` (capped)."""
+        op = step.op
+        if isinstance(op, Collective) and len(step.devices) > 1:
+            path, lat = self.ring_path(step.devices)
+            return Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device, math.inf)
+        if cost.dram_bytes > 0 and step.devices[0] in self.mem:
+            path = tuple(self.mem[d] for d in step.devices)
+            return Plan.make(0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s)
+        return Plan.make(cost.duration_s, (), 0.0, math.inf)
 
     def run(self, program: Program, phase: str = "") -> float:
         """Run one program to completion; returns its makespan in seconds."""
@@ -177,16 +215,20 @@ class Engine:
         done = {i: env.event() for i in program.signals}
         pid = len(self.trace.programs)
         self.trace.programs.append(program)
-        for lane, idxs in program.lanes.items():
-            env.process(self._lane(program, pid, idxs, done))
+        solo = len(program.lanes) == 1 and not self.net.active
+        for idxs in program.lanes.values():
+            env.process(self._lane(program, pid, idxs, done, solo))
         env.run()
         span = env.now - t0
         self.phase_time[phase or program.name] += span
         return span
 
-    def _lane(self, program: Program, pid: int, idxs: list[int], done: dict[int, simpy.Event]):
+    def _lane(self, program: Program, pid: int, idxs: list[int], done: dict[int, simpy.Event], solo: bool):
+        """Execute one lane's steps in order. With `solo` (a single lane and no other traffic) every flow
+        would run alone at its own rate, so a step is one exact timeout and its bytes are booked directly."""
         env, steps, trace, keep = self.env, program.steps, self.trace, self.keep_records
-        costs = program.costs
+        costs, plans = program.costs, program.plans
+        busy, carried = self.busy_group, self.solo_bytes
         for i in idxs:
             step = steps[i]
             for d in step.deps:
@@ -204,19 +246,19 @@ class Engine:
                 cost = costs[i]
                 if cost is None:
                     cost = costs[i] = self.cost(step)
+                    plans[i] = self._plan(step, cost)
+                plan = plans[i]
                 self.cost_counts[(step.devices, cost)] += 1
-                if isinstance(op, Collective) and len(step.devices) > 1:
-                    path, lat = self.ring_path(step.devices)
-                    yield env.timeout(cost.duration_s + op.ring_steps * lat)
-                    yield self.net.start(path, op.wire_bytes_per_device, label=op.name)
-                elif cost.dram_bytes > 0 and step.devices[0] in self.mem:
-                    mems = tuple(self.mem[d] for d in step.devices)
-                    yield self.net.start(mems, cost.dram_bytes, cost.dram_bytes / cost.duration_s, op.name)
+                if solo:
+                    if plan.path:
+                        carried[plan.path] += plan.nbytes
+                    yield env.timeout(plan.solo_s)
                 else:
-                    yield env.timeout(cost.duration_s)
-                dt = env.now - start
-                for dev in step.devices:
-                    self.busy_s[dev] += dt
+                    if plan.delay_s:
+                        yield env.timeout(plan.delay_s)
+                    if plan.path:
+                        yield self.net.start(plan.path, plan.nbytes, plan.cap_Bps, op.name)
+                busy[step.devices] += env.now - start
             self.steps_run += 1
             if keep:
                 trace.prog.append(pid)
@@ -250,6 +292,7 @@ class Engine:
                         acc[action] += n * j * count
         from hardware.links import link_energy_per_bit_J
 
+        self._book_solo_bytes()
         for (a, b), r in self.link_res.items():
             if r.bytes_carried:
                 link = self.system.graph.edges[a, b]["link"]
@@ -261,9 +304,26 @@ class Engine:
                 out.setdefault(dev, Counter())["static"] += comp.static_power_W * total_t
         return {k: dict(v) for k, v in out.items()}
 
+    @property
+    def busy_s(self) -> Counter[str]:
+        """Compute-busy seconds per device."""
+        out: Counter[str] = Counter()
+        for group, t in self.busy_group.items():
+            for d in group:
+                out[d] += t
+        return out
+
+    def _book_solo_bytes(self) -> None:
+        for path, nbytes in self.solo_bytes.items():
+            for r in path:
+                r.bytes_carried += nbytes
+        self.solo_bytes.clear()
+
     def utilization(self) -> dict[str, float]:
+        self._book_solo_bytes()
         t = self.env.now or math.inf
-        util = {f"{d}.compute": self.busy_s[d] / t for d in self.system.devices if self.busy_s[d]}
+        busy = self.busy_s
+        util = {f"{d}.compute": busy[d] / t for d in self.system.devices if busy[d]}
         for name, r in self.mem.items():
             util[f"{name}.memory_bw"] = r.bytes_carried / (r.capacity_Bps * t)
         for r in self.link_res.values():

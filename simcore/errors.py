@@ -26,10 +26,12 @@ class OutOfMemory(SimError):
     exit_code = 3
 
     def __init__(self, tensor: str, device: str, needed_B: float, free_B: float, capacity_B: float):
+        # the raw fields are the exception's args, so re-raising through SimPy keeps them
+        super().__init__(tensor, device, needed_B, free_B, capacity_B)
+        self.tensor, self.device, self.needed_B, self.free_B, self.capacity_B = self.args
+
+    def __str__(self) -> str:
         from simcore.units import fmt
 
-        self.tensor, self.device, self.needed_B, self.free_B = tensor, device, needed_B, free_B
-        super().__init__(
-            f"out of memory: tensor {tensor!r} needs {fmt(needed_B, 'bytes')} on {device}, "
-            f"which has {fmt(free_B, 'bytes')} free of {fmt(capacity_B, 'bytes')}"
-        )
+        return (f"out of memory: tensor {self.tensor!r} needs {fmt(self.needed_B, 'bytes')} on {self.device}, "
+                f"which has {fmt(self.free_B, 'bytes')} free of {fmt(self.capacity_B, 'bytes')}")  # fmt: skip

@@ -70,32 +70,66 @@ class Result:
         return summary_table(self.summary)
 
 
-_KINDS = {"_s": "time", "_j": "energy", "_J": "energy", "_B": "bytes", "_Bps": "bandwidth", "_W": "power",
-          "_flops": "flops"}  # fmt: skip
+_KINDS = {"_per_s": "rate", "_s": "time", "_j": "energy", "_J": "energy", "_B": "bytes", "_Bps": "bandwidth",
+          "_W": "power", "_flops": "flops", "utilization": "percent", "_frac": "percent"}  # fmt: skip
 
 
-def _fmt_value(key: str, value: Any) -> str:
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        for suffix, kind in _KINDS.items():
-            if key.endswith(suffix):
-                return fmt(float(value), kind)
-        if key.endswith(("_frac", "utilization")) or key.startswith("util"):
-            return f"{100 * value:.1f} %"
-        return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
-    return str(value)
+def _kind(key: str) -> str | None:
+    for suffix, kind in _KINDS.items():
+        if key.endswith(suffix):
+            return kind
+    return None
+
+
+def _fmt_value(kind: str | None, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, float | int):
+        return str(value)
+    if kind == "percent":
+        return f"{100 * value:.1f} %"
+    if kind == "rate":
+        return f"{value:,.4g} /s"
+    if kind:
+        return fmt(float(value), kind)
+    return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
+
+
+def _compact(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """gpu0..gpu7 with one value -> gpu[0-7]: identical devices of a group are listed once."""
+    import re
+
+    out: list[tuple[str, str]] = []
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    order: list[tuple[str, str, str] | tuple[str, str]] = []
+    for key, val in items:
+        m = re.fullmatch(r"([^\d]*?)(\d+)(\D.*)?", key)
+        if m:
+            g = (m.group(1), m.group(3) or "", val)
+            if g not in groups:
+                groups[g] = []
+                order.append(g)
+            groups[g].append(int(m.group(2)))
+        else:
+            order.append((key, val))
+    for g in order:
+        if len(g) == 2:
+            out.append(g)  # type: ignore[arg-type]
+            continue
+        nums = sorted(groups[g])
+        idx = str(nums[0]) if len(nums) == 1 else f"[{nums[0]}-{nums[-1]}]" if nums == list(range(nums[0], nums[-1] + 1)) else f"[{','.join(map(str, nums))}]"
+        out.append((f"{g[0]}{idx}{g[1]}", g[2]))
+    return out
 
 
 def summary_table(summary: Mapping[str, Any], title: str | None = None) -> str:
+    """Aligned `key  value` rows with units; nested figures per device are compacted and zeros dropped."""
     rows: list[tuple[str, str]] = []
-
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            else:
-                rows.append((prefix + k, _fmt_value(k, v)))
-
-    walk(summary, "")
+    for k, v in summary.items():
+        kind = _kind(k)
+        if isinstance(v, Mapping):
+            items = [(str(sk), _fmt_value(kind or _kind(str(sk)), sv)) for sk, sv in v.items() if sv]
+            rows += [(f"{k}.{sk}", sv) for sk, sv in _compact(items)]
+        else:
+            rows.append((k, _fmt_value(kind, v)))
     width = max((len(k) for k, _ in rows), default=0)
     lines = [title, "-" * len(title)] if title else []
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

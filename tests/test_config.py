@@ -1,0 +1,117 @@
+"""Bad input: one line naming file, line and key path; never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simcore.config import apply_overrides, parse_yaml
+from simcore.errors import ConfigError
+from simcore.experiment import load_experiment
+from simcore.system import load_system
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+GOOD_EXPERIMENT = """\
+name: t
+hardware: a100-sxm4-80gb
+model: llama-2-7b
+scenario:
+  kind: decode
+  batch: 1
+  context_len: 128
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        ("hardware: a100-sxm4-80gb\nmodel: llama: 2\n", 2, "malformed YAML"),
+        (GOOD_EXPERIMENT.replace("batch: 1", "batchh: 1"), 6, "scenario.batchh: unknown key"),
+        (GOOD_EXPERIMENT.replace("batch: 1", "batch: -4"), 6, "scenario.batch: must be > 0"),
+        (GOOD_EXPERIMENT.replace("kind: decode", "kind: dance"), 5, "scenario.kind: expected one of"),
+        (GOOD_EXPERIMENT.replace("llama-2-7b", "llama-9-1b"), 3, "model: unknown model 'llama-9-1b'"),
+        (GOOD_EXPERIMENT.replace("a100-sxm4-80gb", "a999"), 2, "unknown hardware preset 'a999'"),
+    ],
+)
+def test_experiment_errors_name_file_line_and_key(tmp_path, text, line, needle):
+    p = _write(tmp_path, "exp.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        load_experiment(p)
+    msg = str(e.value)
+    assert f"exp.yaml:{line}:" in msg, msg
+    assert needle in msg, msg
+    assert "\n" not in msg
+
+
+def test_hardware_errors_point_into_the_system_file(tmp_path):
+    bad_bw = "type: system\ndevices:\n  gpu:\n    base: a100-sxm4-80gb\n    memory:\n      bandwidth: -2 TB/s\n"
+    with pytest.raises(ConfigError, match=r"sys.yaml:6: memory.bandwidth: must be > 0"):
+        load_system(_write(tmp_path, "sys.yaml", bad_bw))
+    wrong_unit = bad_bw.replace("-2 TB/s", "2 TB")
+    with pytest.raises(ConfigError, match=r"sys.yaml:6: memory.bandwidth: unknown unit 'TB' for a bandwidth"):
+        load_system(_write(tmp_path, "sys.yaml", wrong_unit))
+    dangling = ("type: system\ndevices:\n  gpu: {base: a100-sxm4-80gb, count: 2}\nswitches: [sw]\nlinks:\n"
+                "  - {type: nvlink, generation: 3, links: 12, between: [gpu*, sw]}\n"
+                "  - {type: pcie, generation: 4, lanes: 16, between: [gpu0, cpu9]}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"sys.yaml:7: links.1.between.1: no device or switch named 'cpu9'"):
+        load_system(_write(tmp_path, "sys.yaml", dangling))
+    zero_bw = "type: system\ndevices:\n  gpu: {base: a100-sxm4-80gb, count: 2}\nlinks:\n  - {type: generic, bandwidth: 0 GB/s, between: [gpu0, gpu1]}\n"
+    with pytest.raises(ConfigError, match=r"sys.yaml:5: links.0.bandwidth: must be > 0"):
+        load_system(_write(tmp_path, "sys.yaml", zero_bw))
+
+
+def test_cli_overrides_are_named_by_flag():
+    with pytest.raises(ConfigError, match=r"--set memory.bandwidth: must be > 0"):
+        load_system("h100-sxm5-80gb", ["memory.bandwidth=0 TB/s"])
+    with pytest.raises(ConfigError, match=r"--set memory.bandwith: unknown key 'bandwith'"):
+        load_system("h100-sxm5-80gb", ["memory.bandwith=3 TB/s"])
+
+
+def test_override_changes_the_value_and_inheritance_keeps_the_rest():
+    base = load_system("h100-sxm5-80gb").devices["gpu"]
+    over = load_system("h100-sxm5-80gb", ["memory.bandwidth=4 TB/s"]).devices["gpu"]
+    assert over.params["memory"]["bandwidth"] == 4e12
+    assert over.params["sms"] == base.params["sms"] == 132
+    # h100-pcie-80gb inherits from h100-sxm5-80gb and overrides what differs
+    pcie = load_system("h100-pcie-80gb").devices["gpu"]
+    assert pcie.params["sms"] == 114 and pcie.params["memory"]["bandwidth"] == pytest.approx(2.0e12, rel=0.01)
+
+
+def test_system_shorthand_override_reaches_every_device_of_the_group():
+    s = load_system("dgx-a100-8", ["gpu.memory.bandwidth=3 TB/s"])
+    assert {s.devices[f"gpu{i}"].params["memory"]["bandwidth"] for i in range(8)} == {3e12}
+
+
+def test_duplicate_key_is_an_error():
+    with pytest.raises(ConfigError, match=r"f.yaml:2: a: duplicate key"):
+        parse_yaml("a: 1\na: 2\n", "f.yaml")
+
+
+def test_override_through_a_scalar_is_an_error():
+    doc = parse_yaml("a: 1\n", "f.yaml")
+    with pytest.raises(ConfigError, match="a is not a mapping"):
+        apply_overrides(doc, ["a.b=2"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hw", "show", "no-such-preset"],
+        ["op", "gemm", "--hw", "h100-sxm5-80gb", "-m", "-5", "-n", "8", "-k", "8"],
+        ["op", "gemm", "--hw", "h100-sxm5-80gb", "-m", "8", "-n", "8", "-k", "8", "--set", "memory.bandwidth=-1 TB/s"],
+        ["run", "no/such/file.yaml"],
+        ["op", "attention", "--hw", "h100-sxm5-80gb", "--heads", "6", "--kv-heads", "4", "--q-len", "8"],
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(args):
+    p = subprocess.run([sys.executable, "-m", "simcore", *args], capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -1,0 +1,103 @@
+"""The engine against closed forms: sums of op costs, link contention, HBM sharing, out-of-memory."""
+
+import math
+
+import pytest
+
+from simcore.engine import Engine, Program
+from simcore.errors import OutOfMemory
+from simcore.experiment import Decode, Generate, simulate
+from simcore.ops import Elementwise, Gemm, OpGraph, Transfer
+from simcore.system import load_system
+
+
+def test_uncontended_chain_takes_the_sum_of_its_op_costs():
+    system = load_system("a100-sxm4-80gb")
+    gpu = system.devices["gpu"]
+    g = OpGraph("chain")
+    ops = [Gemm("g1", m=4096, n=4096, k=4096), Elementwise("add", elements=1 << 24, inputs=2),
+           Gemm("g2", m=1, n=8192, k=8192)]  # fmt: skip
+    prev: list[str] = []
+    for op in ops:
+        prev = [g.add(op, prev, ("gpu",))]
+    eng = Engine(system)
+    t = eng.run(Program.from_graph(g))
+    assert t == pytest.approx(sum(gpu.op_cost(op).duration_s for op in ops), rel=1e-12)
+
+
+def _transfers(system, pairs, nbytes):
+    g = OpGraph("xfers")
+    for i, (src, dst) in enumerate(pairs):
+        g.add(Transfer(f"t{i}", nbytes=nbytes, src=src, dst=dst), (), (src,))
+    eng = Engine(system)
+    eng.run(Program.from_graph(g))
+    return eng
+
+
+def test_two_transfers_sharing_one_pcie_link_each_take_twice_as_long():
+    # In dgx-a100-8, gpu0 and gpu1 sit behind pcie-sw0, whose single Gen4 x16 uplink reaches cpu0.
+    system = load_system("dgx-a100-8")
+    nbytes = 1e9
+    alone = _transfers(system, [("cpu0", "gpu0")], nbytes)
+    both = _transfers(system, [("cpu0", "gpu0"), ("cpu0", "gpu1")], nbytes)
+    link_bw = system.graph.edges["pcie-sw0", "cpu0"]["link"].bw_Bps
+    latency = sum(link.latency_s for _, _, link in system.route("cpu0", "gpu0"))
+    assert alone.env.now == pytest.approx(latency + nbytes / link_bw, rel=1e-9)
+    ends = sorted(alone.trace.end), sorted(both.trace.end)
+    assert both.env.now - latency == pytest.approx(2 * (alone.env.now - latency), rel=1e-9)
+    assert ends[1][0] == pytest.approx(ends[1][1])
+
+
+def test_a_copy_into_hbm_slows_a_memory_bound_kernel():
+    # A memory-bound kernel alone on the A100 runs at its own pace; a concurrent 30 GB copy from the
+    # host lands in the same HBM and, with max-min fair sharing, stretches the kernel.
+    system = load_system("dgx-a100-8")
+    kernel = Elementwise("stream", elements=4 << 30, inputs=1)
+    g = OpGraph("k")
+    g.add(kernel, (), ("gpu0",))
+    solo = Engine(system)
+    t_solo = solo.run(Program.from_graph(g))
+    g.add(Transfer("h2d", nbytes=30e9, src="gpu1", dst="gpu0"), (), ("gpu1",))
+    both = Engine(system)
+    both.run(Program.from_graph(g))
+    rec = {both.trace.programs[0].steps[i].op.name: (s, e) for i, s, e in zip(both.trace.step, both.trace.start, both.trace.end, strict=True)}
+    t_kernel = rec["stream"][1] - rec["stream"][0]
+    assert t_kernel > t_solo * 1.05
+    # bytes are conserved on the shared memory port
+    hbm = both.mem["gpu0"]
+    cost = system.devices["gpu0"].op_cost(kernel)
+    assert hbm.bytes_carried == pytest.approx(cost.dram_bytes + 30e9, rel=1e-9)
+
+
+def test_weights_that_do_not_fit_are_an_out_of_memory_outcome():
+    with pytest.raises(OutOfMemory) as e:
+        simulate("a100-sxm4-80gb", "llama-2-70b", Decode(batch=1, context_len=128))
+    msg = str(e.value)
+    assert "llama-2-70b weights" in msg and "gpu" in msg and "free" in msg
+    assert e.value.needed_B == pytest.approx(68.98e9 * 2, rel=0.01)
+
+
+def test_kv_cache_overflow_names_the_layer_tensor():
+    with pytest.raises(OutOfMemory, match=r"tensor 'L\d+\.kv_cache'"):
+        simulate("a100-sxm4-80gb", "llama-2-7b", Generate(batch=256, prompt_len=2048, new_tokens=2))
+
+
+def test_decode_is_memory_bound_at_a_sensible_fraction_of_hbm_bandwidth():
+    # Batch-1 decode reads every weight once per token: time ~ weight bytes / achievable HBM bandwidth
+    # (1.876 TB/s = 2.039 TB/s x 0.92) plus per-kernel launch overheads.
+    res = simulate("a100-sxm4-80gb", "llama-2-7b", Decode(batch=1, context_len=512))
+    s = res.summary
+    weights_B = s["params"] * 2
+    floor = weights_B / 2.039e12
+    assert floor < s["latency_s"] < 1.5 * floor
+    assert 0.6 < s["utilization"]["gpu.memory_bw"] < 0.95
+
+
+def test_tensor_parallel_generation_places_collectives_on_nvlink():
+    res = simulate("dgx-a100-8", "llama-2-13b", Generate(batch=2, prompt_len=128, new_tokens=4), tp=8)
+    util = res.summary["utilization"]
+    assert any(k.startswith("nvlink:gpu0") and v > 0 for k, v in util.items())
+    assert res.summary["tp"] == 8
+    # every rank holds 1/8 of the weights plus its KV share
+    assert res.summary["peak_memory_B"]["gpu3"] == pytest.approx(res.summary["peak_memory_B"]["gpu0"])
+    assert math.isclose(res.summary["peak_memory_B"]["gpu0"], 13.0e9 * 2 / 8, rel_tol=0.05)

@@ -1,0 +1,100 @@
+"""GPU cost model: closed forms it must reduce to, and measured anchors it must land near."""
+
+import pytest
+
+from simcore.ops import Attention, Elementwise, Gemm, Softmax
+from simcore.system import load_system
+
+
+@pytest.fixture(scope="module")
+def a100():
+    return load_system("a100-sxm4-80gb").devices["gpu"]
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return load_system("h100-sxm5-80gb").devices["gpu"]
+
+
+def test_h100_large_bf16_gemm_is_near_measured_throughput(h100):
+    # ~790 TFLOP/s measured for 8192^3 bf16 on H100 SXM (stas00/ml-engineering MAMF table: 794.5);
+    # the promise is 15%.
+    op = Gemm("g", "bf16", m=8192, n=8192, k=8192)
+    tflops = op.flops / h100.op_cost(op).duration_s / 1e12
+    assert tflops == pytest.approx(790, rel=0.15)
+
+
+def test_a100_large_gemm_is_compute_bound_below_peak(a100):
+    op = Gemm("g", "bf16", m=8192, n=8192, k=8192)
+    c = a100.op_cost(op)
+    assert c.bound == "compute"
+    # dense peak 312 TFLOP/s; measured large-GEMM throughput ~250-280 (shared/calibration/gemm_a100.csv)
+    assert 230e12 < op.flops / c.duration_s < 300e12
+
+
+def test_skinny_decode_gemm_is_memory_bound_and_reads_the_weight_once(a100):
+    op = Gemm("g", "bf16", m=1, n=8192, k=8192)
+    c = a100.op_cost(op)
+    assert c.bound == "memory"
+    weight_B = 8192 * 8192 * 2
+    assert weight_B <= c.dram_bytes < 1.1 * weight_B
+    # time cannot beat the achievable bandwidth, and a full-chip streaming kernel gets close to it
+    floor = weight_B / a100.memory_bandwidth_Bps
+    assert floor < c.duration_s < floor * 1.3 + a100.launch_s
+
+
+def test_wave_quantization_is_paid_in_whole_waves(a100):
+    # The closed form the GEMM model uses: waves = ceil(CTAs / slots), and each wave costs a full tile's
+    # work on every busy slot plus one DRAM latency of pipeline fill.
+    for m, n, k in [(8192, 8192, 8192), (3000, 5000, 4096), (128 * 108, 256, 8192), (128 * 108 + 1, 256, 8192)]:
+        plan = a100.gemm_plan(Gemm("g", "bf16", m=m, n=n, k=k))
+        per_sm = plan.slots // a100.sms
+        grid = -(-m // plan.tile_m) * -(-n // plan.tile_n)
+        assert plan.ctas == grid * plan.split_k
+        assert plan.waves == -(-plan.ctas // plan.slots)
+        k_cta = -(-k // plan.split_k)
+        slot_flops = 312e12 * a100.eff["tensor"] / a100.sms / per_sm
+        t = plan.waves * (2 * plan.tile_m * plan.tile_n * k_cta / slot_flops + a100.mem_latency_s)
+        assert plan.t_compute_s == pytest.approx(t, rel=1e-12)
+    # one row of tiles too many costs (nearly) a whole extra wave
+    fit = a100.op_cost(Gemm("g", "bf16", m=128 * 108, n=256, k=8192)).duration_s
+    over = a100.op_cost(Gemm("g", "bf16", m=128 * 108 + 128, n=256, k=8192)).duration_s
+    assert over / fit > 1.3
+
+
+def test_elementwise_is_bytes_over_bandwidth_after_latency_and_launch(a100):
+    op = Elementwise("add", "bf16", elements=1 << 26, inputs=2)
+    c = a100.op_cost(op)
+    expected = a100.launch_s + a100.mem_latency_s + 3 * (1 << 26) * 2 / a100.memory_bandwidth_Bps
+    assert c.duration_s == pytest.approx(expected, rel=1e-9)
+    assert c.bound == "memory"
+
+
+def test_causal_attention_costs_about_half_of_full(a100):
+    full = Attention("a", "bf16", batch=4, heads=32, kv_heads=32, q_len=8192, kv_len=8192, head_dim=128, causal=False)
+    causal = Attention("a", "bf16", batch=4, heads=32, kv_heads=32, q_len=8192, kv_len=8192, head_dim=128, causal=True)
+    ratio = a100.op_cost(causal).duration_s / a100.op_cost(full).duration_s
+    assert 0.45 < ratio < 0.6  # FLOPs ratio (q+1)/(2q) ~ 0.5; the diagonal blocks add a little
+
+
+def test_flash_attention_on_a100_lands_in_the_measured_range(a100):
+    # FlashAttention-2 forward on A100, head_dim 128, non-causal, seqlen 4k-16k: ~180-230 TFLOP/s
+    # (shared/calibration/attention_a100.csv, Dao 2023 fig. 5); we ask for a 25% band around 200.
+    op = Attention("a", "bf16", batch=2, heads=16, kv_heads=16, q_len=8192, kv_len=8192, head_dim=128, causal=False)
+    tflops = op.flops / a100.op_cost(op).duration_s / 1e12
+    assert tflops == pytest.approx(200, rel=0.25)
+
+
+def test_decode_attention_reads_the_kv_cache(a100):
+    op = Attention("a", "bf16", batch=8, heads=32, kv_heads=8, q_len=1, kv_len=4096, head_dim=128)
+    c = a100.op_cost(op)
+    kv_B = 2 * 8 * 8 * 4096 * 128 * 2
+    assert c.bound == "memory"
+    assert c.dram_bytes >= kv_B
+    assert c.duration_s > kv_B / a100.memory_bandwidth_Bps
+
+
+def test_softmax_bytes(a100):
+    op = Softmax("s", "fp16", rows=4096, cols=4096)
+    assert op.bytes == 2 * 4096 * 4096 * 2
+    assert a100.op_cost(op).duration_s > op.bytes / a100.memory_bandwidth_Bps
