@@ -19,7 +19,7 @@ import simpy
 from hardware.base import Component, OpCost
 from simcore.errors import OutOfMemory
 from simcore.flows import FlowNetwork, Resource
-from simcore.ops import Collective, Op, OpGraph, Tensor, Transfer
+from simcore.ops import AllReduce, Collective, Op, OpGraph, Tensor, Transfer
 from simcore.system import System
 
 
@@ -202,7 +202,11 @@ class Engine:
         op = step.op
         if isinstance(op, Collective) and len(step.devices) > 1:
             path, lat = self.ring_path(step.devices)
-            return Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device, math.inf)
+            ring = Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device, math.inf)
+            if isinstance(op, AllReduce):  # like NCCL, take the faster of ring and tree
+                tree = Plan.make(cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device, math.inf)
+                return min(ring, tree, key=lambda p: p.solo_s)
+            return ring
         if cost.dram_bytes > 0 and step.devices[0] in self.mem:
             path = tuple(self.mem[d] for d in step.devices)
             return Plan.make(0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s)

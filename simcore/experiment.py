@@ -14,7 +14,7 @@ from models.llm import LLMSpec, Parallel, build_pass, load_llm, weight_bytes_per
 from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
 from simcore.engine import Engine, Program
 from simcore.errors import ConfigError
-from simcore.ops import Attention, DTYPE_BYTES
+from simcore.ops import DTYPE_BYTES, Attention
 from simcore.results import Result
 from simcore.system import System, load_system
 

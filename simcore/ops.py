@@ -243,6 +243,12 @@ class AllReduce(Collective):
         return 2 * (self.group - 1)
 
     @property
+    def tree_steps(self) -> int:
+        """Reduce up and broadcast down a binary tree: 2 log2(p) latency steps, ~2x the buffer on the
+        busiest link (NCCL's double binary tree); wins for small, latency-bound messages."""
+        return 2 * max(1, math.ceil(math.log2(self.group)))
+
+    @property
     def flops(self) -> float:  # the reduction adds
         p = self.group
         return (p - 1) / p * self.bytes_per_device / self.elem_bytes

@@ -101,3 +101,21 @@ def test_tensor_parallel_generation_places_collectives_on_nvlink():
     # every rank holds 1/8 of the weights plus its KV share
     assert res.summary["peak_memory_B"]["gpu3"] == pytest.approx(res.summary["peak_memory_B"]["gpu0"])
     assert math.isclose(res.summary["peak_memory_B"]["gpu0"], 13.0e9 * 2 / 8, rel_tol=0.05)
+
+
+def test_all_reduce_takes_ring_for_large_and_tree_for_small_messages():
+    # Ring: 2(p-1) latency steps and 2(p-1)/p of the buffer on each link; tree: 2 log2(p) steps and ~2x
+    # the buffer. With p = 8 behind NVSwitch: 14 vs 6 hops of latency; 1.75x vs 2x the bytes.
+    from simcore.ops import AllReduce
+
+    system = load_system("dgx-a100-8")
+    group = tuple(f"gpu{i}" for i in range(8))
+    eng = Engine(system)
+    _, hop = eng.ring_path(group)
+    bw = system.graph.edges["gpu0", "nvswitch"]["link"].bw_Bps
+    launch = system.devices["gpu0"].launch_s
+    for nbytes, steps, wire in [(4096, 6, 2 * 4096), (1 << 30, 14, 1.75 * (1 << 30))]:
+        g = OpGraph("ar")
+        g.add(AllReduce("ar", "bf16", bytes_per_device=nbytes, group=8), (), group)
+        t = Engine(system).run(Program.from_graph(g))
+        assert t == pytest.approx(launch + steps * hop + wire / bw, rel=1e-9)
