@@ -138,6 +138,8 @@ class Engine:
         self.busy_group: Counter[tuple[str, ...]] = Counter()  # compute time per device group
         self.solo_bytes: Counter[tuple[Resource, ...]] = Counter()  # bytes of steps run without contention
         self._distinct: dict[tuple[str, ...], list[Component]] = {}
+        self.transfer_bytes: Counter[str] = Counter()  # DMA bytes read or written per device memory
+        self._epa: dict[str, Mapping[str, float]] = {}
         self.cost_counts: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
         self.steps_run = 0
         self.phase_time: Counter[str] = Counter()
@@ -274,6 +276,8 @@ class Engine:
                 ev.succeed()
 
     def _transfer(self, op: Transfer):
+        self.transfer_bytes[op.src] += op.nbytes  # read at the source, written at the destination
+        self.transfer_bytes[op.dst] += op.nbytes
         path, lat = self.transfer_path(op.src, op.dst)
         if lat:
             yield self.env.timeout(lat)
@@ -283,17 +287,15 @@ class Engine:
     def energy_breakdown_J(self) -> dict[str, dict[str, float]]:
         """Joules per component and action: op actions × energy per action, link bits, static power."""
         out: dict[str, Counter[str]] = {}
-        epa_cache: dict[str, Mapping[str, float]] = {}
         for (devices, cost), count in self.cost_counts.items():
             for dev in devices:
-                epa = epa_cache.get(dev)
-                if epa is None:
-                    epa = epa_cache[dev] = self.system.devices[dev].energy_per_action_J()
                 acc = out.setdefault(dev, Counter())
-                for action, n in cost.actions.items():
-                    j = epa.get(action)
-                    if j:
-                        acc[action] += n * j * count
+                for action, j in self.op_energy_J(dev, cost).items():
+                    acc[action] += j * count
+        for dev, nbytes in self.transfer_bytes.items():
+            j = self.energy_per_action(dev).get("dram.byte", 0.0)
+            if j:
+                out.setdefault(dev, Counter())["dram.byte"] += nbytes * j
         from hardware.links import link_energy_per_bit_J
 
         self._book_solo_bytes()
@@ -322,6 +324,17 @@ class Engine:
             for r in path:
                 r.bytes_carried += nbytes
         self.solo_bytes.clear()
+
+    def energy_per_action(self, device: str) -> Mapping[str, float]:
+        epa = self._epa.get(device)
+        if epa is None:
+            epa = self._epa[device] = self.system.devices[device].energy_per_action_J()
+        return epa
+
+    def op_energy_J(self, device: str, cost: OpCost) -> dict[str, float]:
+        """Dynamic joules per action of one op on one device (actions the device has no price for cost 0)."""
+        epa = self.energy_per_action(device)
+        return {a: n * epa[a] for a, n in cost.actions.items() if epa.get(a)}
 
     def utilization(self) -> dict[str, float]:
         self._book_solo_bytes()

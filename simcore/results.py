@@ -11,6 +11,8 @@ from typing import Any
 from simcore.engine import Engine, Transfer
 from simcore.units import fmt
 
+COLLECTIVE_KINDS = ("allreduce", "allgather", "sendrecv")
+
 
 @dataclass
 class Result:
@@ -24,17 +26,22 @@ class Result:
         """One dict per executed op or transfer, in execution order."""
         if self.engine is None:
             return
-        tr = self.engine.trace
+        eng = self.engine
+        tr = eng.trace
+        energy: dict[int, float] = {}
         for pid, i, t0, t1 in zip(tr.prog, tr.step, tr.start, tr.end, strict=True):
             prog = tr.programs[pid]
             step = prog.steps[i]
             cost = prog.costs[i]
             op = step.op
+            if cost is not None and id(cost) not in energy:
+                energy[id(cost)] = sum(sum(eng.op_energy_J(d, cost).values()) for d in step.devices)
             yield {
                 "name": op.name, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
                 "devices": ",".join(step.lane if isinstance(op, Transfer) else step.devices),
                 "start_s": t0, "end_s": t1, "duration_s": t1 - t0, "flops": op.flops, "bytes": op.bytes,
                 "bound": cost.bound if cost else "transfer", "dtype": op.dtype,
+                "energy_j": energy[id(cost)] if cost is not None else 0.0,
             }  # fmt: skip
 
     def to_dataframe(self) -> Any:
@@ -53,10 +60,15 @@ class Result:
         events: list[dict[str, Any]] = []
         lanes: dict[str, int] = {}
         for r in self.records():
-            tid = lanes.setdefault(r["devices"], len(lanes) + 1)
-            events.append({"name": r["name"], "cat": r["kind"], "ph": "X", "pid": 1, "tid": tid,
-                           "ts": r["start_s"] * 1e6, "dur": r["duration_s"] * 1e6,
-                           "args": {"phase": r["phase"], "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"]}})  # fmt: skip
+            lane_names = [r["devices"]]
+            if r["kind"] in COLLECTIVE_KINDS:  # the collective also occupies the group's links
+                lane_names.append(f"links {r['devices']}")
+            for lane in lane_names:
+                tid = lanes.setdefault(lane, len(lanes) + 1)
+                events.append({"name": r["name"], "cat": r["kind"], "ph": "X", "pid": 1, "tid": tid,
+                               "ts": r["start_s"] * 1e6, "dur": r["duration_s"] * 1e6,
+                               "args": {"phase": r["phase"], "bound": r["bound"], "flops": r["flops"],
+                                        "bytes": r["bytes"], "energy_j": r["energy_j"]}})  # fmt: skip
         for name, tid in lanes.items():
             events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}})
         events.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "simcore"}})

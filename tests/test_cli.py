@@ -56,7 +56,7 @@ def test_run_quickstart_json_and_trace(tmp_path):
     d = json.loads(p.stdout)
     assert {"latency_s", "energy_j", "tokens_per_s", "prefill_time_s", "time_per_output_token_s"} <= d.keys()
     events = json.loads(trace.read_text())["traceEvents"]
-    assert sum(1 for e in events if e["ph"] == "X") == d["ops"]
+    assert sum(1 for e in events if e["ph"] == "X") == d["ops"]  # tp=1: no collectives, one event per op
 
 
 def test_run_prints_a_table_not_a_dict():

@@ -119,3 +119,26 @@ def test_all_reduce_takes_ring_for_large_and_tree_for_small_messages():
         g.add(AllReduce("ar", "bf16", bytes_per_device=nbytes, group=8), (), group)
         t = Engine(system).run(Program.from_graph(g))
         assert t == pytest.approx(launch + steps * hop + wire / bw, rel=1e-9)
+
+
+def test_energy_of_a_run_is_the_sum_of_its_op_energies_plus_static_power():
+    res = simulate("a100-sxm4-80gb", "llama-2-7b", Decode(batch=1, context_len=256))
+    gpu = res.engine.system.devices["gpu"]
+    dynamic = sum(r["energy_j"] for r in res.records())
+    static = gpu.static_power_W * res.summary["latency_s"]
+    assert res.summary["energy_j"] == pytest.approx(dynamic + static, rel=1e-9)
+    assert res.engine.energy_breakdown_J()["gpu"]["dram.byte"] > 0
+
+
+def test_a_transfer_costs_link_bits_and_dram_bytes_at_both_ends():
+    system = load_system("dgx-a100-8")
+    g = OpGraph("x")
+    g.add(Transfer("t", nbytes=1e9, src="cpu0", dst="gpu0"), (), ("cpu0",))
+    eng = Engine(system)
+    eng.run(Program.from_graph(g))
+    e = eng.energy_breakdown_J()
+    hops = len(system.route("cpu0", "gpu0"))
+    links = [k for k, v in e.items() if "link.bit" in v]
+    assert len(links) == hops
+    assert e["gpu0"]["dram.byte"] == pytest.approx(1e9 * eng.energy_per_action("gpu0")["dram.byte"])
+    assert e["cpu0"]["dram.byte"] == pytest.approx(1e9 * eng.energy_per_action("cpu0")["dram.byte"])
