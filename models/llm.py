@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from simcore.errors import ConfigError
-from simcore.ops import (AllGather, AllReduce, Attention, Elementwise, Embedding, Gemm, Norm, OpGraph, Tensor,
-                         dtype_bytes)  # fmt: skip
+from simcore.ops import (
+    AllGather,
+    AllReduce,
+    Attention,
+    Elementwise,
+    Embedding,
+    Gemm,
+    Norm,
+    OpGraph,
+    Tensor,
+    dtype_bytes,  # fmt: skip
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

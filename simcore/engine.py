@@ -138,6 +138,7 @@ class Engine:
         self.busy_group: Counter[tuple[str, ...]] = Counter()  # compute time per device group
         self.solo_bytes: Counter[tuple[Resource, ...]] = Counter()  # bytes of steps run without contention
         self._distinct: dict[tuple[str, ...], list[Component]] = {}
+        self.workspace_B: dict[str, float] = {}  # transient activations of the running program
         self.transfer_bytes: Counter[str] = Counter()  # DMA bytes read or written per device memory
         self._epa: dict[str, Mapping[str, float]] = {}
         self.cost_counts: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
@@ -146,15 +147,34 @@ class Engine:
         self._paths: dict[tuple, tuple[tuple[Resource, ...], float]] = {}
 
     # ------------------------------------------------------------------------------------ memory
-    def allocate(self, device: str, tensor: str, nbytes: float) -> None:
-        comp = self.system.devices[device]
-        cap = comp.memory_capacity_B
-        free = cap - self.used_B[device]
+    def allocate(self, device: str, tensor: str, nbytes: float, workspace: float | None = None) -> None:
+        """Make `tensor` resident on `device` (or, with `workspace`, set the transient reserve)."""
+        if workspace is not None:
+            self.workspace_B[device] = workspace
+        cap = self.system.devices[device].memory_capacity_B
+        reserve = self.workspace_B.get(device, 0.0)
+        if workspace is not None and self.used_B[device] + reserve > cap:
+            raise OutOfMemory(tensor, device, reserve, cap - self.used_B[device], cap)
+        free = cap - self.used_B[device] - reserve
         if nbytes > free:
             raise OutOfMemory(tensor, device, nbytes, free, cap)
         self.used_B[device] += nbytes
-        self.resident[device][tensor] = self.resident[device].get(tensor, 0.0) + nbytes
-        self.peak_B[device] = max(self.peak_B[device], self.used_B[device])
+        if nbytes:
+            self.resident[device][tensor] = self.resident[device].get(tensor, 0.0) + nbytes
+        self.peak_B[device] = max(self.peak_B[device], self.used_B[device] + self.workspace_B.get(device, 0.0))
+
+    def _reserve_workspace(self, program: Program) -> None:
+        """Set aside the largest op's activations per device for the program's duration, so peak memory
+        counts them and a program whose activations do not fit ends as out-of-memory before it starts."""
+        self.workspace_B.clear()
+        largest: dict[str, Op] = {}
+        for s in program.steps:
+            if not isinstance(s.op, Transfer):
+                for d in s.devices:
+                    if d not in largest or s.op.activation_bytes > largest[d].activation_bytes:
+                        largest[d] = s.op
+        for d, op in largest.items():
+            self.allocate(d, f"activations of {op.name}", 0.0, workspace=op.activation_bytes)
 
     def free(self, device: str, tensor: str) -> None:
         self.used_B[device] -= self.resident[device].pop(tensor, 0.0)
@@ -221,6 +241,7 @@ class Engine:
         done = {i: env.event() for i in program.signals}
         pid = len(self.trace.programs)
         self.trace.programs.append(program)
+        self._reserve_workspace(program)
         solo = len(program.lanes) == 1 and not self.net.active
         for idxs in program.lanes.values():
             env.process(self._lane(program, pid, idxs, done, solo))

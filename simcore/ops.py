@@ -66,6 +66,11 @@ class Op:
         """Compulsory bytes: every tensor read or written once."""
         return self.bytes_read + self.bytes_written
 
+    @property
+    def activation_bytes(self) -> float:
+        """Transient bytes live while the op runs (inputs and outputs that are not weights)."""
+        return sum(t.bytes for t in self.tensors() if t.role != "weight")
+
     def signature(self) -> Op:
         """The op without its name: equal signatures have equal costs."""
         return replace(self, name="")
@@ -122,6 +127,11 @@ class Attention(Op):
     @property
     def flops(self) -> float:
         return 4.0 * self.batch * self.heads * self.head_dim * self.score_pairs
+
+    @property
+    def activation_bytes(self) -> float:
+        """Q and O; K and V live in the KV cache, which is allocated as a resident tensor."""
+        return 2.0 * self.batch * self.heads * self.q_len * self.head_dim * self.elem_bytes
 
     def tensors(self) -> tuple[Tensor, ...]:
         e, b, d = self.elem_bytes, self.batch, self.head_dim

@@ -142,3 +142,17 @@ def test_a_transfer_costs_link_bits_and_dram_bytes_at_both_ends():
     assert len(links) == hops
     assert e["gpu0"]["dram.byte"] == pytest.approx(1e9 * eng.energy_per_action("gpu0")["dram.byte"])
     assert e["cpu0"]["dram.byte"] == pytest.approx(1e9 * eng.energy_per_action("cpu0")["dram.byte"])
+
+
+def test_peak_memory_counts_weights_kv_cache_and_the_largest_activation():
+    from models.llm import load_llm
+
+    spec = load_llm("llama-2-7b")
+    b, prompt, new = 4, 1024, 8
+    res = simulate("a100-sxm4-80gb", spec, Generate(batch=b, prompt_len=prompt, new_tokens=new))
+    weights = spec.params * 2
+    kv = b * (prompt + new) * spec.kv_bytes_per_token("bf16")
+    # prefill's largest activation: SiLU(gate) * up reads two T x ffn tensors and writes a third
+    t = b * prompt
+    act = 3 * t * spec.ffn * 2
+    assert res.summary["peak_memory_B"]["gpu"] == pytest.approx(weights + kv + act, rel=1e-9)
