@@ -16,6 +16,7 @@ from typing import Any
 from hardware.base import Component, OpCost, default_action_energy, register
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
+from simcore.errors import ConfigError
 from simcore.ops import Attention, Collective, Elementwise, Embedding, Gemm, Norm, Op, Softmax, ceil_div
 
 DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
@@ -154,7 +155,7 @@ class GPU(Component):
             return vp[dtype], "vector"
         if dtype in tp:
             return tp[dtype], "tensor"
-        raise ValueError(f"{self.name} has no peak for dtype {dtype!r} (has {', '.join({**tp, **vp})})")
+        raise ConfigError(f"{self.name} has no {dtype} compute (tensor: {', '.join(tp) or '-'}; vector: {', '.join(vp) or '-'})")
 
     def vector_peak(self, dtype: str = "fp32") -> float:
         vp = self.params["vector_peak"]
