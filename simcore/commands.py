@@ -8,6 +8,7 @@ from typing import Any
 from simcore.cli import command, emit, positive_int
 from simcore.config import preset_names, preset_path
 from simcore.errors import ConfigError
+from simcore.ops import DTYPE_BYTES
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -35,7 +36,7 @@ def run_cmd(args: argparse.Namespace) -> int:
 def _hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hw", required=True, help="hardware preset name or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
-    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
