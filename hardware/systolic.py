@@ -164,6 +164,23 @@ class GemmRun:
     def dram_B(self) -> float:
         return sum(self.dram_read_B.values()) + self.dram_write_B
 
+    def add(self, other: GemmRun, count: int = 1) -> None:
+        """Append `count` sequential copies of `other` (time and traffic add up)."""
+        self.cycles += other.cycles * count
+        self.compute_cycles += other.compute_cycles * count
+        self.folds += other.folds * count
+        self.row_folds, self.col_folds = (
+            max(self.row_folds, other.row_folds),
+            max(self.col_folds, other.col_folds),
+        )
+        self.macs += other.macs * count
+        self.pe_slots += other.pe_slots * count
+        for key, b in other.dram_read_B.items():
+            self.dram_read_B[key] += b * count
+        self.dram_write_B += other.dram_write_B * count
+        self.sram_read_B += other.sram_read_B * count
+        self.sram_write_B += other.sram_write_B * count
+
     def scaled(self, k: float, time_k: float) -> GemmRun:
         """`k` copies of this run (traffic x k) taking `time_k` times as long."""
         return GemmRun(self.cycles * time_k, self.compute_cycles * time_k, int(self.folds * k), self.row_folds,
@@ -266,6 +283,46 @@ def physical_gemm(spec: ArraySpec, m: int, n: int, k: int, a_dram_scale: float =
     exposed = (first_rd + last_wr) / bpc if bpc > 0 else 0.0
     run.cycles = steady + (preload if spec.preload_overlap else 0) + exposed
     return run
+
+
+def tiled_gemm(spec: ArraySpec, m: int, n: int, k: int, a_dram_scale: float = 1.0,
+               by_time: bool = True) -> GemmRun:  # fmt: skip
+    """The GEMM cut into outer chunks when that avoids re-fetching: the cheapest of running it whole
+    or in chunks of the non-reduction dimension sized so that an operand (or the partial sums) stays
+    in its SRAM half. os chunks M (A stays for all column folds); ws chunks M = T (A chunk or
+    partial sums fit); is chunks N = T (B chunk or partial sums fit). Cheapest is fewest cycles
+    (`by_time`) or, for SCALE-Sim timing, fewest DRAM bytes."""
+    e, acc, R, C = spec.elem_B, spec.acc_B, spec.rows, spec.cols
+    cands: set[tuple[str, int]] = set()
+    if spec.dataflow == "os":
+        mc = int(spec.ifmap_B / 2 // (k * e * a_dram_scale)) // R * R
+        cands.add(("m", mc))
+    else:
+        dim, extent = ("m", m) if spec.dataflow == "ws" else ("n", n)
+        t_psum = int(spec.ofmap_B / 2 // (min(C, n if spec.dataflow == "ws" else m) * acc))
+        buf, scale = (spec.ifmap_B, a_dram_scale) if spec.dataflow == "ws" else (spec.filter_B, 1.0)
+        t_in = int(buf / 2 // (k * e * scale))
+        for tc in (t_psum, t_in, min(t_psum, t_in)):
+            cands.add((dim, tc))
+    best = physical_gemm(spec, m, n, k, a_dram_scale)
+
+    def key(r: GemmRun) -> tuple[float, float]:
+        return (r.cycles, r.dram_B) if by_time else (r.dram_B, r.cycles)
+
+    for dim, size in sorted(cands):
+        extent = m if dim == "m" else n
+        if not 1 <= size < extent:
+            continue
+        full, rem = divmod(extent, size)
+        run = GemmRun()
+        for cnt, sz in ((full, size), (1 if rem else 0, rem)):
+            if cnt:
+                mm, nn = (sz, n) if dim == "m" else (m, sz)
+                run.add(physical_gemm(spec, mm, nn, k, a_dram_scale), cnt)
+        run.row_folds, run.col_folds = best.row_folds, best.col_folds
+        if key(run) < key(best):
+            best = run
+    return best
 
 
 # ------------------------------------------------------------------------------------------- component
@@ -402,7 +459,7 @@ class SystolicArray(Component):
             dims = {"sr": sr, "sc": sc, "t": t}
             dims[axis] = size
             mm, nn, kk = _gemm_from_st(df, dims["sr"], dims["sc"], dims["t"])
-            part = physical_gemm(spec, mm, nn, kk, a_scale)
+            part = tiled_gemm(spec, mm, nn, kk, a_scale, by_time=self.mode == "physical")
             if self.mode == "scalesim":  # SCALE-Sim's timing; traffic still from the buffer model
                 part.cycles = part.compute_cycles = float(scalesim_gemm(R, C, df, mm, nn, kk).cycles)
             total.cycles = max(total.cycles, part.cycles)
@@ -470,19 +527,25 @@ class SystolicArray(Component):
         return self._cost_from_run(run, self._dtype())
 
     def _conv_cost(self, op: Any) -> OpCost:
-        """scalesim: one SCALE-Sim layer per image and per group (its topology has no batch or
-        groups; padding enters as the padded input size). physical: implicit GEMM, batch in M."""
+        """scalesim: what SCALE-Sim reports for this layer written as its topology row (the padded
+        input size, batch 1, one layer per image and per group as its "DP" rows): its output size is
+        ceil((H + 2p - k_eff + s) / s), which counts a last partial window where frameworks floor.
+        physical: the implicit GEMM of the real output size, batch folded into M."""
         kh, kw = op.kernel
         g = op.groups
         cin, cout = op.c_in // g, op.c_out // g
-        pixels = op.h_out * op.w_out
         if self.mode == "scalesim":
-            run = self.gemm_run(pixels, cout, kh * kw * cin, groups=op.batch * g)
+            (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
+            oh = ceil_div(op.h + 2 * ph - (dh * (kh - 1) + 1) + sh, sh)
+            ow = ceil_div(op.w + 2 * pw - (dw * (kw - 1) + 1) + sw, sw)
+            m = oh * ow
+            run = self.gemm_run(m, cout, kh * kw * cin, groups=op.batch * g)
+            m *= op.batch
         else:
-            m, k = op.batch * pixels, kh * kw * cin
+            m, k = op.batch * op.h_out * op.w_out, kh * kw * cin
             a_scale = min(1.0, op.batch * op.h * op.w * cin / (m * k))
             run = self.gemm_run(m, cout, k, groups=g, a_scale=a_scale)
-        extra = {"gemm_m": op.batch * pixels, "gemm_n": cout, "gemm_k": kh * kw * cin, "groups": g}
+        extra = {"gemm_m": m, "gemm_n": cout, "gemm_k": kh * kw * cin, "groups": g}
         return self._cost_from_run(run, self._dtype(), extra)
 
     def _attention_cost(self, op: Attention) -> OpCost:
