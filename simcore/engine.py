@@ -50,6 +50,24 @@ class Program:
     signals: frozenset[int] = frozenset()  # steps that another lane waits for
     costs: list[OpCost | None] = field(default_factory=list)  # filled by the engine, kept by replace_ops
     plans: list[Plan | None] = field(default_factory=list)
+    #: device -> (bytes, op name) of the largest activation; computed once, updated by replace_ops
+    workspace: dict[str, tuple[float, str]] = field(default_factory=dict)
+    base: Program | None = None  # the program this one was derived from by replace_ops
+    changed: tuple[int, ...] = ()  # the steps that differ from `base`
+    _tally: Tally | None = None
+
+    def __post_init__(self) -> None:
+        if not self.workspace:
+            for s in self.steps:
+                self._grow_workspace(s)
+
+    def _grow_workspace(self, s: Step) -> None:
+        if isinstance(s.op, Transfer):
+            return
+        nbytes = s.op.activation_bytes
+        for d in s.devices:
+            if nbytes > self.workspace.get(d, (-1.0, ""))[0]:
+                self.workspace[d] = (nbytes, s.op.name)
 
     @classmethod
     def from_graph(cls, graph: OpGraph, default_devices: tuple[str, ...] = ()) -> Program:
@@ -76,12 +94,50 @@ class Program:
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
         next decode step); costs of untouched steps are kept."""
         steps, costs, plans = list(self.steps), list(self.costs), list(self.plans)
+        prog = Program(name or self.name, steps, self.lanes, self.signals, costs, plans, dict(self.workspace), self)
+        changed = []
         for i, s in enumerate(steps):
             new = fn(s.op)
             if new is not None:
                 steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs)
                 costs[i] = plans[i] = None
-        return Program(name or self.name, steps, self.lanes, self.signals, costs, plans)
+                prog._grow_workspace(steps[i])
+                changed.append(i)
+        prog.changed = tuple(changed)
+        return prog
+
+    def tally(self) -> Tally:
+        """How often each (device group, cost) occurs and the bytes each resource path carries, for one
+        run; derived programs reuse their base's tally and adjust only the steps that changed."""
+        if self._tally is None:
+            t = Tally()
+            if self.base is not None and self.base.costs[0] is not None:
+                b = self.base.tally()
+                t.costs.update(b.costs)
+                t.path_bytes.update(b.path_bytes)
+                for i in self.changed:
+                    t.remove(self.base.steps[i], self.base.costs[i], self.base.plans[i])
+                    t.add(self.steps[i], self.costs[i], self.plans[i])
+            else:
+                for s, c, p in zip(self.steps, self.costs, self.plans, strict=True):
+                    t.add(s, c, p)
+            self._tally = t
+        return self._tally
+
+
+@dataclass
+class Tally:
+    costs: Counter[tuple[tuple[str, ...], OpCost]] = field(default_factory=Counter)
+    path_bytes: Counter[tuple[Resource, ...]] = field(default_factory=Counter)
+
+    def add(self, step: Step, cost: OpCost | None, plan: Plan | None, sign: int = 1) -> None:
+        if cost is not None:
+            self.costs[(step.devices, cost)] += sign
+        if plan is not None and plan.path:
+            self.path_bytes[plan.path] += sign * plan.nbytes
+
+    def remove(self, step: Step, cost: OpCost | None, plan: Plan | None) -> None:
+        self.add(step, cost, plan, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +192,12 @@ class Engine:
                     edge = system.graph.edges[a, b]["link"]  # bundled
                     self.link_res[(a, b)] = Resource(f"{edge.type}:{a}->{b}", edge.bw_Bps)
         self.busy_group: Counter[tuple[str, ...]] = Counter()  # compute time per device group
-        self.solo_bytes: Counter[tuple[Resource, ...]] = Counter()  # bytes of steps run without contention
+        self.cost_counts: Counter[tuple[tuple[str, ...], OpCost]] = Counter()  # settled from runs
         self._distinct: dict[tuple[str, ...], list[Component]] = {}
         self.workspace_B: dict[str, float] = {}  # transient activations of the running program
         self.transfer_bytes: Counter[str] = Counter()  # DMA bytes read or written per device memory
         self._epa: dict[str, Mapping[str, float]] = {}
-        self.cost_counts: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
+        self.runs: list[tuple[Program, bool]] = []  # every program run, and whether it ran alone
         self.steps_run = 0
         self.phase_time: Counter[str] = Counter()
         self._paths: dict[tuple, tuple[tuple[Resource, ...], float]] = {}
@@ -167,14 +223,8 @@ class Engine:
         """Set aside the largest op's activations per device for the program's duration, so peak memory
         counts them and a program whose activations do not fit ends as out-of-memory before it starts."""
         self.workspace_B.clear()
-        largest: dict[str, Op] = {}
-        for s in program.steps:
-            if not isinstance(s.op, Transfer):
-                for d in s.devices:
-                    if d not in largest or s.op.activation_bytes > largest[d].activation_bytes:
-                        largest[d] = s.op
-        for d, op in largest.items():
-            self.allocate(d, f"activations of {op.name}", 0.0, workspace=op.activation_bytes)
+        for d, (nbytes, name) in program.workspace.items():
+            self.allocate(d, f"activations of {name}", 0.0, workspace=nbytes)
 
     def free(self, device: str, tensor: str) -> None:
         self.used_B[device] -= self.resident[device].pop(tensor, 0.0)
@@ -244,18 +294,49 @@ class Engine:
         self._reserve_workspace(program)
         solo = len(program.lanes) == 1 and not self.net.active
         for idxs in program.lanes.values():
-            env.process(self._lane(program, pid, idxs, done, solo))
+            if solo and not isinstance(program.steps[idxs[0]].op, Transfer):
+                env.process(self._solo_lane(program, pid, idxs))
+            else:
+                env.process(self._lane(program, pid, idxs, done, solo))
         env.run()
+        self.runs.append((program, solo))
         span = env.now - t0
         self.phase_time[phase or program.name] += span
         return span
+
+    def _solo_lane(self, program: Program, pid: int, idxs: list[int]):
+        """The only lane of a program, with no other traffic: no flow can be contended, so each op is one
+        exact timeout of its solo duration (the hot path of long generations)."""
+        env, steps, plans, keep = self.env, program.steps, program.plans, self.keep_records
+        timeout, t0 = env.timeout, env.now
+        rec_prog, rec_step, rec_start, rec_end = (self.trace.prog.append, self.trace.step.append,
+                                                  self.trace.start.append, self.trace.end.append)  # fmt: skip
+        for i in idxs:
+            step = steps[i]
+            if step.allocs:
+                for t in step.allocs:
+                    for dev in step.devices:
+                        self.allocate(dev, t.name, t.bytes)
+            plan = plans[i]
+            if plan is None:
+                program.costs[i] = cost = self.cost(step)
+                plan = plans[i] = self._plan(step, cost)
+            start = env.now
+            yield timeout(plan.solo_s)
+            if keep:
+                rec_prog(pid)
+                rec_step(i)
+                rec_start(start)
+                rec_end(start + plan.solo_s)
+        self.steps_run += len(idxs)
+        self.busy_group[steps[idxs[0]].devices] += env.now - t0
 
     def _lane(self, program: Program, pid: int, idxs: list[int], done: dict[int, simpy.Event], solo: bool):
         """Execute one lane's steps in order. With `solo` (a single lane and no other traffic) every flow
         would run alone at its own rate, so a step is one exact timeout and its bytes are booked directly."""
         env, steps, trace, keep = self.env, program.steps, self.trace, self.keep_records
         costs, plans = program.costs, program.plans
-        busy, carried = self.busy_group, self.solo_bytes
+        busy_s = 0.0
         for i in idxs:
             step = steps[i]
             for d in step.deps:
@@ -275,17 +356,14 @@ class Engine:
                     cost = costs[i] = self.cost(step)
                     plans[i] = self._plan(step, cost)
                 plan = plans[i]
-                self.cost_counts[(step.devices, cost)] += 1
                 if solo:
-                    if plan.path:
-                        carried[plan.path] += plan.nbytes
                     yield env.timeout(plan.solo_s)
                 else:
                     if plan.delay_s:
                         yield env.timeout(plan.delay_s)
                     if plan.path:
                         yield self.net.start(plan.path, plan.nbytes, plan.cap_Bps, op.name)
-                busy[step.devices] += env.now - start
+                busy_s += env.now - start
             self.steps_run += 1
             if keep:
                 trace.prog.append(pid)
@@ -295,6 +373,8 @@ class Engine:
             ev = done.get(i)
             if ev is not None:
                 ev.succeed()
+        if busy_s:
+            self.busy_group[steps[idxs[0]].devices] += busy_s
 
     def _transfer(self, op: Transfer):
         self.transfer_bytes[op.src] += op.nbytes  # read at the source, written at the destination
@@ -307,6 +387,7 @@ class Engine:
     # -------------------------------------------------------------------------------------- energy
     def energy_breakdown_J(self) -> dict[str, dict[str, float]]:
         """Joules per component and action: op actions × energy per action, link bits, static power."""
+        self._settle()
         out: dict[str, Counter[str]] = {}
         for (devices, cost), count in self.cost_counts.items():
             for dev in devices:
@@ -319,7 +400,6 @@ class Engine:
                 out.setdefault(dev, Counter())["dram.byte"] += nbytes * j
         from hardware.links import link_energy_per_bit_J
 
-        self._book_solo_bytes()
         for (a, b), r in self.link_res.items():
             if r.bytes_carried:
                 link = self.system.graph.edges[a, b]["link"]
@@ -340,11 +420,17 @@ class Engine:
                 out[d] += t
         return out
 
-    def _book_solo_bytes(self) -> None:
-        for path, nbytes in self.solo_bytes.items():
-            for r in path:
-                r.bytes_carried += nbytes
-        self.solo_bytes.clear()
+    def _settle(self) -> None:
+        """Fold finished runs into the per-cost counts and, for runs that had the machine to themselves,
+        book their bytes on the resources (contended runs booked them flow by flow)."""
+        for program, solo in self.runs:
+            t = program.tally()
+            self.cost_counts.update(t.costs)
+            if solo:
+                for path, nbytes in t.path_bytes.items():
+                    for r in path:
+                        r.bytes_carried += nbytes
+        self.runs.clear()
 
     def energy_per_action(self, device: str) -> Mapping[str, float]:
         epa = self._epa.get(device)
@@ -358,7 +444,7 @@ class Engine:
         return {a: n * epa[a] for a, n in cost.actions.items() if epa.get(a)}
 
     def utilization(self) -> dict[str, float]:
-        self._book_solo_bytes()
+        self._settle()
         t = self.env.now or math.inf
         busy = self.busy_s
         util = {f"{d}.compute": busy[d] / t for d in self.system.devices if busy[d]}
