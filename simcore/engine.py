@@ -90,13 +90,15 @@ class Program:
         signals = {d for s in steps for d in s.deps if steps[d].lane != s.lane}
         return cls(name, steps, lanes, frozenset(signals), [None] * len(steps), [None] * len(steps))
 
-    def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None) -> Program:
+    def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None,
+                    only: Iterable[int] | None = None) -> Program:  # fmt: skip
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
-        next decode step); costs of untouched steps are kept."""
+        next decode step); costs of untouched steps are kept. `only` limits the steps offered to `fn`."""
         steps, costs, plans = list(self.steps), list(self.costs), list(self.plans)
         prog = Program(name or self.name, steps, self.lanes, self.signals, costs, plans, dict(self.workspace), self)
         changed = []
-        for i, s in enumerate(steps):
+        for i in range(len(steps)) if only is None else only:
+            s = steps[i]
             new = fn(s.op)
             if new is not None:
                 steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs)
@@ -105,6 +107,10 @@ class Program:
                 changed.append(i)
         prog.changed = tuple(changed)
         return prog
+
+    def indices_of(self, kind: str) -> list[int]:
+        """Steps whose op is of `kind` (e.g. every attention of a decode step)."""
+        return [i for i, s in enumerate(self.steps) if s.op.kind == kind]
 
     def tally(self) -> Tally:
         """How often each (device group, cost) occurs and the bytes each resource path carries, for one
