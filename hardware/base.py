@@ -98,8 +98,18 @@ class Component:
 
     @property
     def memory_bandwidth_Bps(self) -> float:
-        """Achievable bandwidth of that memory, shared by ops and transfers."""
+        """Achievable bandwidth of that memory, shared by ops and transfers (reads, for storage)."""
         return 0.0
+
+    @property
+    def write_bandwidth_Bps(self) -> float:
+        """Bandwidth for data written into this device (differs from reads for storage)."""
+        return self.memory_bandwidth_Bps
+
+    def access(self, request_B: float, write: bool) -> tuple[float, float]:
+        """(latency before the first byte, rate cap from the device's request handling) for DMA in
+        `request_B` requests; memories have neither."""
+        return 0.0, float("inf")
 
 
 def component_type(doc: Doc, path: tuple[str, ...] = ()) -> type[Component]:

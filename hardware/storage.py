@@ -1,5 +1,5 @@
-"""NVMe SSD (basic model): a memory-like endpoint whose reads and writes are flows at its rated
-bandwidth after an access latency, limited by queue depth for small requests."""
+"""NVMe SSD (basic model): an endpoint whose reads and writes are flows at its rated sequential bandwidth
+after one access latency, capped by what its queue depth and IOPS sustain for the request size."""
 
 from __future__ import annotations
 
@@ -43,12 +43,17 @@ class NVMe(Component):
     def static_power_W(self) -> float:
         return self.params["power"]["idle"]
 
-    def read_time_s(self, nbytes: float, request_B: float = 128 * 1024) -> float:
-        """Time to read `nbytes` in `request_B` requests: latency, then the slower of bandwidth and
-        queue-depth-limited IOPS (Little's law: QD requests per latency)."""
+    @property
+    def write_bandwidth_Bps(self) -> float:
+        return self.params["write_bandwidth"]
+
+    def access(self, request_B: float, write: bool) -> tuple[float, float]:
+        """Latency of one request, and the rate the queue can sustain: Little's law gives queue_depth
+        requests per latency, bounded by the rated IOPS (random 4 KiB figures, used for any size)."""
         p = self.params
-        requests = max(1.0, nbytes / request_B)
-        iops = p["queue_depth"] / p["read_latency"] if p["read_latency"] > 0 else float("inf")
-        if p["read_iops"]:
-            iops = min(iops, p["read_iops"])
-        return p["read_latency"] + max(nbytes / p["read_bandwidth"], requests / iops)
+        lat = p["write_latency"] if write else p["read_latency"]
+        iops = p["queue_depth"] / lat if lat > 0 else float("inf")
+        rated = p["write_iops"] if write else p["read_iops"]
+        if rated:
+            iops = min(iops, rated)
+        return lat, iops * request_B

@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 import simpy
@@ -186,9 +187,12 @@ class Engine:
         self.used_B: dict[str, float] = {}
         self.peak_B: dict[str, float] = {}
         self.resident: dict[str, dict[str, float]] = {}
+        self.mem_in: dict[str, Resource] = {}  # where DMA writes land (a separate port for storage)
         for name, comp in system.devices.items():
             if comp.memory_bandwidth_Bps > 0:
-                self.mem[name] = Resource(f"{name}.mem", comp.memory_bandwidth_Bps, kind="memory")
+                self.mem[name] = self.mem_in[name] = Resource(f"{name}.mem", comp.memory_bandwidth_Bps, kind="memory")
+                if comp.write_bandwidth_Bps != comp.memory_bandwidth_Bps:
+                    self.mem_in[name] = Resource(f"{name}.mem_write", comp.write_bandwidth_Bps, kind="memory")
             self.used_B[name] = self.peak_B[name] = 0.0
             self.resident[name] = {}
         self.link_res: dict[tuple[str, str], Resource] = {}
@@ -206,7 +210,7 @@ class Engine:
         self.runs: list[tuple[Program, bool]] = []  # every program run, and whether it ran alone
         self.steps_run = 0
         self.phase_time: Counter[str] = Counter()
-        self._paths: dict[tuple, tuple[tuple[Resource, ...], float]] = {}
+        self._paths: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------------------------ memory
     def allocate(self, device: str, tensor: str, nbytes: float, workspace: float | None = None) -> None:
@@ -236,15 +240,21 @@ class Engine:
         self.used_B[device] -= self.resident[device].pop(tensor, 0.0)
 
     # -------------------------------------------------------------------------------------- paths
-    def transfer_path(self, src: str, dst: str) -> tuple[tuple[Resource, ...], float]:
-        key = ("xfer", src, dst)
+    def transfer_plan(self, op: Transfer) -> Plan:
+        """Source memory, every link direction on the route, destination memory; latency of the hops and
+        of the endpoints' first access; rate capped by what the endpoints' request queues sustain."""
+        key = ("xfer", op.src, op.dst, op.request_B)
         if key not in self._paths:
-            hops = self.system.route(src, dst)
-            res = [self.mem[src]] if src in self.mem else []
+            src, dst = self.system.devices[op.src], self.system.devices[op.dst]
+            hops = self.system.route(op.src, op.dst)
+            res = [self.mem[op.src]] if op.src in self.mem else []
             res += [self.link_res[(a, b)] for a, b, _ in hops]
-            res += [self.mem[dst]] if dst in self.mem else []
-            self._paths[key] = (tuple(res), sum(link.latency_s for _, _, link in hops))
-        return self._paths[key]
+            res += [self.mem_in[op.dst]] if op.dst in self.mem_in else []
+            (lat_r, cap_r), (lat_w, cap_w) = src.access(op.request_B, False), dst.access(op.request_B, True)
+            lat = sum(link.latency_s for _, _, link in hops) + lat_r + lat_w
+            self._paths[key] = Plan.make(lat, tuple(res), 1.0, min(cap_r, cap_w))
+        p = self._paths[key]
+        return Plan.make(p.delay_s, p.path, op.nbytes, p.cap_Bps)
 
     def ring_path(self, group: tuple[str, ...]) -> tuple[tuple[Resource, ...], float]:
         """Every link direction a ring over `group` uses, and one hop's worst latency."""
@@ -385,10 +395,10 @@ class Engine:
     def _transfer(self, op: Transfer):
         self.transfer_bytes[op.src] += op.nbytes  # read at the source, written at the destination
         self.transfer_bytes[op.dst] += op.nbytes
-        path, lat = self.transfer_path(op.src, op.dst)
-        if lat:
-            yield self.env.timeout(lat)
-        yield self.net.start(path, op.nbytes, label=op.name)
+        plan = self.transfer_plan(op)
+        if plan.delay_s:
+            yield self.env.timeout(plan.delay_s)
+        yield self.net.start(plan.path, op.nbytes, plan.cap_Bps, label=op.name)
 
     # -------------------------------------------------------------------------------------- energy
     def energy_breakdown_J(self) -> dict[str, dict[str, float]]:
@@ -456,6 +466,9 @@ class Engine:
         util = {f"{d}.compute": busy[d] / t for d in self.system.devices if busy[d]}
         for name, r in self.mem.items():
             util[f"{name}.memory_bw"] = r.bytes_carried / (r.capacity_Bps * t)
+            w = self.mem_in[name]
+            if w is not r:
+                util[f"{name}.write_bw"] = w.bytes_carried / (w.capacity_Bps * t)
         for r in self.link_res.values():
             if r.bytes_carried:
                 util[r.name] = r.bytes_carried / (r.capacity_Bps * t)

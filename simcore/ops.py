@@ -297,6 +297,7 @@ class Transfer(Op):
     nbytes: float = 0.0
     src: str = ""
     dst: str = ""
+    request_B: float = 128 * 1024  # I/O size: small requests make storage IOPS- or latency-bound
     kind: ClassVar[str] = "transfer"
 
     def tensors(self) -> tuple[Tensor, ...]:

@@ -156,3 +156,21 @@ def test_peak_memory_counts_weights_kv_cache_and_the_largest_activation():
     t = b * prompt
     act = 3 * t * spec.ffn * 2
     assert res.summary["peak_memory_B"]["gpu"] == pytest.approx(weights + kv + act, rel=1e-9)
+
+
+def test_nvme_reads_are_link_bound_and_small_writes_iops_bound():
+    # dgx-a100-8: nvme0 (Samsung PM1733: 7 GB/s read, 135k 4 KiB write IOPS) sits on a PCIe Gen4 x4 link.
+    system = load_system("dgx-a100-8")
+    ssd = system.devices["nvme0"].params
+    hops = system.route("nvme0", "gpu0")
+    hop_lat = sum(link.latency_s for _, _, link in hops)
+    x4 = min(link.bw_Bps for _, _, link in hops)
+    g = OpGraph("read")
+    g.add(Transfer("read", nbytes=4e9, src="nvme0", dst="gpu0"), (), ("nvme0",))
+    t_read = Engine(system).run(Program.from_graph(g))
+    assert t_read == pytest.approx(hop_lat + ssd["read_latency"] + 4e9 / min(x4, ssd["read_bandwidth"]), rel=1e-9)
+    g = OpGraph("write")
+    g.add(Transfer("write", nbytes=1e9, src="gpu0", dst="nvme0", request_B=4096), (), ("gpu0",))
+    t_write = Engine(system).run(Program.from_graph(g))
+    iops_rate = min(ssd["queue_depth"] / ssd["write_latency"], ssd["write_iops"]) * 4096
+    assert t_write == pytest.approx(hop_lat + ssd["write_latency"] + 1e9 / iops_rate, rel=1e-9)
