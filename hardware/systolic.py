@@ -485,6 +485,9 @@ class SystolicArray(Component):
     def _cost_from_run(self, run: GemmRun, dtype_macs: str, extra: dict[str, Any] | None = None) -> OpCost:
         pes = self.rows * self.cols
         cycles = run.cycles
+        if self.mode == "scalesim":  # SCALE-Sim counts whole cycles
+            run.cycles = cycles = int(round(cycles))
+            run.compute_cycles = int(round(run.compute_cycles))
         t = cycles / self.clock_Hz
         t_mem = run.dram_B / self.params["dram"]["bandwidth"]
         bound = "memory" if t_mem > run.compute_cycles / self.clock_Hz else "compute"

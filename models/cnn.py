@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from simcore.ops import Elementwise, Gemm, Op, Tensor, register_op
+from simcore.ops import Attention, Elementwise, Gemm, Norm, Op, OpGraph, Tensor, register_op
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -169,3 +169,296 @@ class ElementwiseLayer(Elementwise):
 def fc(name: str, batch: int, n_in: int, n_out: int, dtype: str = "bf16") -> Gemm:
     """A fully connected layer: [batch x n_in] @ [n_in x n_out]."""
     return Gemm(name=name, dtype=dtype, m=batch, n=n_out, k=n_in)
+
+
+# ---------------------------------------------------------------------------------------- builders
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """A feature map flowing through a builder: the op that produced it and its NHWC shape."""
+
+    node: str
+    h: int
+    w: int
+    c: int
+
+
+class NetBuilder:
+    """Appends layers to an OpGraph, tracking shapes and parameter counts (node attribute `params`).
+
+    With `fuse` (default) batch-norm and activations after a conv or FC are epilogues of that layer:
+    they cost FLOPs but move no tensors through memory.
+    """
+
+    def __init__(self, name: str, batch: int = 1, dtype: str = "bf16", fuse: bool = True) -> None:
+        self.graph = OpGraph(name)
+        self.batch, self.dtype, self.fuse = batch, dtype, fuse
+        self._n: dict[str, int] = {}
+
+    def _name(self, base: str) -> str:
+        i = self._n.get(base, 0)
+        self._n[base] = i + 1
+        return f"{base}{i}" if i or base.endswith(".") else base
+
+    def add(self, op: Op, deps: tuple[str, ...] | list[str] = (), params: int = 0, phase: str = "") -> str:
+        name = self.graph.add(op, deps=tuple(d for d in deps if d), phase=phase)
+        self.graph.g.nodes[name]["params"] = params
+        return name
+
+    def input(self, h: int, w: int, c: int) -> Feature:
+        return Feature("", h, w, c)
+
+    # layers ----------------------------------------------------------------------------------
+    def pointwise(self, x: Feature, name: str, function: str, flops: float = 1.0, params: int = 0,
+                  inputs: int = 1, deps: tuple[str, ...] = (), fused: bool | None = None) -> Feature:  # fmt: skip
+        """Batch-norm / activation / add over the whole feature map."""
+        fused = self.fuse if fused is None else fused
+        op = ElementwiseLayer(name=self._name(name), dtype=self.dtype, elements=self.batch * x.h * x.w * x.c,
+                              inputs=inputs, flops_per_element=flops, function=function, fused=fused)  # fmt: skip
+        return Feature(self.add(op, (x.node, *deps), params), x.h, x.w, x.c)
+
+    def conv(self, x: Feature, name: str, c_out: int, k: int, s: int = 1, p: int | None = None,
+             groups: int = 1, bias: bool = False, bn: bool = True, act: str | None = "relu") -> Feature:  # fmt: skip
+        p = (k - 1) // 2 if p is None else p
+        op = Conv2d(name=self._name(name), dtype=self.dtype, batch=self.batch, h=x.h, w=x.w, c_in=x.c,
+                    c_out=c_out, kernel=k, stride=s, padding=p, groups=groups, bias=bias)  # fmt: skip
+        y = Feature(self.add(op, (x.node,), op.params), op.h_out, op.w_out, c_out)
+        if bn:
+            y = self.pointwise(y, f"{op.name}.bn", "batchnorm", flops=2.0, params=2 * c_out)
+        if act:
+            y = self.pointwise(y, f"{op.name}.{act}", act, flops=_ACT_FLOPS[act])
+        return y
+
+    def pool(self, x: Feature, name: str, k: int = 2, s: int = 2, p: int = 0, function: str = "max",
+             global_pool: bool = False) -> Feature:  # fmt: skip
+        op = Pool(name=self._name(name), dtype=self.dtype, batch=self.batch, h=x.h, w=x.w, c=x.c, kernel=k,
+                  stride=s, padding=p, function=function, global_pool=global_pool)  # fmt: skip
+        return Feature(self.add(op, (x.node,)), op.h_out, op.w_out, x.c)
+
+    def fc(self, x: Feature, name: str, n_out: int, act: str | None = None, rows: int = 1) -> Feature:
+        """Fully connected over the flattened features (`rows` vectors per sample, e.g. tokens)."""
+        n_in = x.h * x.w * x.c // rows
+        op = Gemm(name=self._name(name), dtype=self.dtype, m=self.batch * rows, n=n_out, k=n_in)
+        y = Feature(self.add(op, (x.node,), n_in * n_out + n_out), 1, rows, n_out)
+        if act:
+            y = self.pointwise(y, f"{op.name}.{act}", act, flops=_ACT_FLOPS[act])
+        return y
+
+    def residual(self, x: Feature, skip: Feature, name: str, act: str | None = "relu") -> Feature:
+        """y = act(x + skip): the add reads both tensors (not fused: the skip comes from elsewhere)."""
+        y = self.pointwise(x, name, "add", inputs=2, deps=(skip.node,), fused=False)
+        if act:
+            y = self.pointwise(y, f"{name}.{act}", act, flops=_ACT_FLOPS[act])
+        return y
+
+
+_ACT_FLOPS = {"relu": 1.0, "relu6": 2.0, "swish": 4.0, "sigmoid": 4.0, "gelu": 8.0}
+
+
+def param_count(graph: OpGraph) -> int:
+    """Trainable parameters recorded by the builder (weights, biases, norm scales, embeddings)."""
+    return int(sum(d.get("params", 0) for _, d in graph.g.nodes(data=True)))
+
+
+def mac_count(graph: OpGraph) -> float:
+    """Multiply-accumulates of convolutions, GEMMs and attention products (the papers' convention)."""
+    total = 0.0
+    for _, d in graph.g.nodes(data=True):
+        op = d["op"]
+        if isinstance(op, Conv2d):
+            total += op.macs
+        elif isinstance(op, Gemm | Attention):
+            total += op.flops / 2.0
+    return total
+
+
+# ---------------------------------------------------------------------------------------- networks
+
+
+def resnet(depth: int = 50, batch: int = 1, resolution: int = 224, dtype: str = "bf16", classes: int = 1000,
+           fuse: bool = True) -> OpGraph:  # fmt: skip
+    """ResNet-18/34/50/101/152 (He et al., CVPR 2016; torchvision's v1.5: stride on the 3x3 conv)."""
+    blocks, bottleneck = {18: ([2, 2, 2, 2], False), 34: ([3, 4, 6, 3], False), 50: ([3, 4, 6, 3], True),
+                          101: ([3, 4, 23, 3], True), 152: ([3, 8, 36, 3], True)}[depth]  # fmt: skip
+    b = NetBuilder(f"resnet{depth}", batch, dtype, fuse)
+    x = b.conv(b.input(resolution, resolution, 3), "conv1", 64, 7, 2, 3)
+    x = b.pool(x, "maxpool", 3, 2, 1)
+    expansion = 4 if bottleneck else 1
+    for stage, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512), strict=True)):
+        for i in range(n):
+            s = 2 if (i == 0 and stage > 0) else 1
+            pre = f"layer{stage + 1}.{i}."
+            skip = x
+            if s != 1 or x.c != width * expansion:
+                skip = b.conv(x, pre + "downsample", width * expansion, 1, s, 0, act=None)
+            if bottleneck:
+                y = b.conv(x, pre + "conv1", width, 1)
+                y = b.conv(y, pre + "conv2", width, 3, s)
+                y = b.conv(y, pre + "conv3", width * 4, 1, act=None)
+            else:
+                y = b.conv(x, pre + "conv1", width, 3, s)
+                y = b.conv(y, pre + "conv2", width, 3, act=None)
+            x = b.residual(y, skip, pre + "add")
+    x = b.pool(x, "avgpool", function="avg", global_pool=True)
+    b.fc(x, "fc", classes)
+    return b.graph
+
+
+def resnet18(batch: int = 1, **kw: object) -> OpGraph:
+    return resnet(18, batch, **kw)  # type: ignore[arg-type]
+
+
+def resnet50(batch: int = 1, **kw: object) -> OpGraph:
+    return resnet(50, batch, **kw)  # type: ignore[arg-type]
+
+
+def vgg16(
+    batch: int = 1, resolution: int = 224, dtype: str = "bf16", classes: int = 1000, fuse: bool = True
+) -> OpGraph:
+    """VGG-16, configuration D (Simonyan & Zisserman, ICLR 2015): 13 3x3 convs with bias, 3 FCs."""
+    b = NetBuilder("vgg16", batch, dtype, fuse)
+    x = b.input(resolution, resolution, 3)
+    for i, v in enumerate(
+        [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    ):
+        x = b.pool(x, f"pool{i}") if v == "M" else b.conv(x, f"conv{i}", int(v), 3, bias=True, bn=False)
+    x = b.fc(x, "fc1", 4096, act="relu")
+    x = b.fc(x, "fc2", 4096, act="relu")
+    b.fc(x, "fc3", classes)
+    return b.graph
+
+
+def mobilenet_v1(batch: int = 1, resolution: int = 224, dtype: str = "bf16", classes: int = 1000, width: float = 1.0,
+                 fuse: bool = True) -> OpGraph:  # fmt: skip
+    """MobileNetV1 (Howard et al., 2017, Table 1): depthwise-separable 3x3 blocks."""
+    b = NetBuilder("mobilenet_v1", batch, dtype, fuse)
+
+    def ch(c: int) -> int:
+        return max(8, int(c * width))
+
+    x = b.conv(b.input(resolution, resolution, 3), "conv0", ch(32), 3, 2)
+    cfg = (
+        [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+    )
+    for i, (c, s) in enumerate(cfg):
+        x = b.conv(x, f"dw{i + 1}", x.c, 3, s, groups=x.c)
+        x = b.conv(x, f"pw{i + 1}", ch(c), 1)
+    x = b.pool(x, "avgpool", function="avg", global_pool=True)
+    b.fc(x, "fc", classes)
+    return b.graph
+
+
+def mobilenet_v2(batch: int = 1, resolution: int = 224, dtype: str = "bf16", classes: int = 1000,
+                 fuse: bool = True) -> OpGraph:  # fmt: skip
+    """MobileNetV2 (Sandler et al., CVPR 2018, Table 2): inverted residuals with linear bottlenecks."""
+    b = NetBuilder("mobilenet_v2", batch, dtype, fuse)
+    x = b.conv(b.input(resolution, resolution, 3), "conv0", 32, 3, 2, act="relu6")
+    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]  # fmt: skip
+    idx = 0
+    for t, c, n, s in settings:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            pre = f"block{idx}."
+            y = x
+            if t != 1:
+                y = b.conv(y, pre + "expand", x.c * t, 1, act="relu6")
+            y = b.conv(y, pre + "dw", y.c, 3, stride, groups=y.c, act="relu6")
+            y = b.conv(y, pre + "project", c, 1, act=None)
+            x = b.residual(y, x, pre + "add", act=None) if stride == 1 and x.c == c else y
+            idx += 1
+    x = b.conv(x, "conv_last", 1280, 1, act="relu6")
+    x = b.pool(x, "avgpool", function="avg", global_pool=True)
+    b.fc(x, "fc", classes)
+    return b.graph
+
+
+def efficientnet_b0(batch: int = 1, resolution: int = 224, dtype: str = "bf16", classes: int = 1000,
+                    fuse: bool = True) -> OpGraph:  # fmt: skip
+    """EfficientNet-B0 (Tan & Le, ICML 2019, Table 1): MBConv blocks with squeeze-and-excitation."""
+    b = NetBuilder("efficientnet_b0", batch, dtype, fuse)
+    x = b.conv(b.input(resolution, resolution, 3), "stem", 32, 3, 2, act="swish")
+    stages = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+              (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # fmt: skip
+    idx = 0
+    for t, k, s, c, n in stages:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            pre = f"block{idx}."
+            y = x
+            if t != 1:
+                y = b.conv(y, pre + "expand", x.c * t, 1, act="swish")
+            y = b.conv(y, pre + "dw", y.c, k, stride, groups=y.c, act="swish")
+            # squeeze-and-excitation on the expanded map, squeezed to a quarter of the block input
+            se = max(1, x.c // 4)
+            z = b.pool(y, pre + "se.pool", function="avg", global_pool=True)
+            z = b.conv(z, pre + "se.reduce", se, 1, bias=True, bn=False, act="swish")
+            z = b.conv(z, pre + "se.expand", y.c, 1, bias=True, bn=False, act="sigmoid")
+            y = b.pointwise(y, pre + "se.scale", "mul", inputs=2, deps=(z.node,), fused=False)
+            y = b.conv(y, pre + "project", c, 1, act=None)
+            x = b.residual(y, x, pre + "add", act=None) if stride == 1 and x.c == c else y
+            idx += 1
+    x = b.conv(x, "head", 1280, 1, act="swish")
+    x = b.pool(x, "avgpool", function="avg", global_pool=True)
+    b.fc(x, "fc", classes)
+    return b.graph
+
+
+def vit(batch: int = 1, resolution: int = 224, patch: int = 16, hidden: int = 768, layers: int = 12,
+        heads: int = 12, mlp: int = 3072, classes: int = 1000, dtype: str = "bf16", fuse: bool = True,
+        name: str = "vit_base_16") -> OpGraph:  # fmt: skip
+    """Vision Transformer (Dosovitskiy et al., ICLR 2021); defaults are ViT-Base/16 at 224x224."""
+    b = NetBuilder(name, batch, dtype, fuse)
+    x = b.conv(b.input(resolution, resolution, 3), "patch_embed", hidden, patch, patch, 0, bias=True, bn=False,
+               act=None)  # fmt: skip
+    tokens = x.h * x.w + 1
+    # class token and position embeddings: an add over the token sequence
+    x = Feature(x.node, 1, tokens, hidden)
+    x = b.pointwise(x, "pos_embed", "add", params=tokens * hidden + hidden, fused=False)
+    rows = batch * tokens
+    for i in range(layers):
+        pre = f"blocks.{i}."
+        skip = x
+        n1 = Norm(name=pre + "norm1", dtype=dtype, rows=rows, cols=hidden)
+        y = Feature(b.add(n1, (x.node,), 2 * hidden), 1, tokens, hidden)
+        y = b.fc(y, pre + "qkv", 3 * hidden, rows=tokens)
+        att = Attention(name=pre + "attn", dtype=dtype, batch=batch, heads=heads, kv_heads=heads, q_len=tokens,
+                        kv_len=tokens, head_dim=hidden // heads, causal=False)  # fmt: skip
+        y = Feature(b.add(att, (y.node,)), 1, tokens, hidden)
+        y = b.fc(y, pre + "proj", hidden, rows=tokens)
+        x = b.residual(y, skip, pre + "add1", act=None)
+        skip = x
+        n2 = Norm(name=pre + "norm2", dtype=dtype, rows=rows, cols=hidden)
+        y = Feature(b.add(n2, (x.node,), 2 * hidden), 1, tokens, hidden)
+        y = b.fc(y, pre + "fc1", mlp, act="gelu", rows=tokens)
+        y = b.fc(y, pre + "fc2", hidden, rows=tokens)
+        x = b.residual(y, skip, pre + "add2", act=None)
+    nf = Norm(name="norm", dtype=dtype, rows=rows, cols=hidden)
+    x = Feature(b.add(nf, (x.node,), 2 * hidden), 1, 1, hidden)  # the class token feeds the head
+    b.fc(x, "head", classes)
+    return b.graph
+
+
+def vit_base(batch: int = 1, **kw: object) -> OpGraph:
+    return vit(batch, **kw)  # type: ignore[arg-type]
+
+
+BUILDERS = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg16": vgg16,
+    "mobilenet_v1": mobilenet_v1,
+    "mobilenet_v2": mobilenet_v2,
+    "efficientnet_b0": efficientnet_b0,
+    "vit_base": vit_base,
+}
+
+
+def build(name: str, batch: int = 1, **kw: object) -> OpGraph:
+    """A CNN / ViT by name (see BUILDERS)."""
+    try:
+        fn = BUILDERS[name.lower().replace("-", "_")]
+    except KeyError:
+        raise ValueError(f"unknown network {name!r} (known: {', '.join(BUILDERS)})") from None
+    return fn(batch, **kw)

@@ -1,0 +1,203 @@
+"""CNN layers, their GEMM lowering, network builders against published sizes, and ONNX import."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hardware.systolic import SystolicArray, scalesim_conv
+from models.cnn import (
+    BUILDERS,
+    Conv2d,
+    ElementwiseLayer,
+    Pool,
+    build,
+    mac_count,
+    param_count,
+    resnet50,
+)
+from simcore.errors import ConfigError
+from simcore.ops import OP_KINDS, Attention, Gemm
+
+
+def test_conv_shapes_flops_and_bytes() -> None:
+    c = Conv2d(name="c", batch=2, h=56, w=56, c_in=64, c_out=128, kernel=3, stride=2, padding=1, dtype="bf16")
+    assert (c.h_out, c.w_out) == (28, 28)  # floor((56 + 2 - 3) / 2) + 1
+    g = c.gemm()
+    assert (g.m, g.n, g.k, g.groups) == (2 * 28 * 28, 128, 9 * 64, 1)
+    assert c.flops == 2 * g.m * g.n * g.k
+    # bytes are the real tensors (NHWC input, weights, output), not the im2col matrix
+    assert c.bytes == 2 * (2 * 56 * 56 * 64 + 9 * 64 * 128 + 2 * 28 * 28 * 128)
+    assert OP_KINDS["conv2d"] is Conv2d and OP_KINDS["pool"] is Pool
+
+
+def test_depthwise_and_dilated_conv_lowering() -> None:
+    dw = Conv2d(name="dw", h=14, w=14, c_in=32, c_out=32, kernel=3, padding=1, groups=32)
+    assert dw.depthwise
+    g = dw.gemm()
+    assert (g.m, g.n, g.k, g.groups) == (196, 1, 9, 32)
+    assert dw.params == 9 * 32
+    dil = Conv2d(name="d", h=32, w=32, c_in=8, c_out=8, kernel=3, dilation=2, padding=2)
+    assert dil.h_out == 32  # effective kernel 5
+    with pytest.raises(ValueError, match="groups"):
+        Conv2d(name="bad", c_in=6, c_out=4, groups=4)
+
+
+def test_pool_and_fused_elementwise() -> None:
+    p = Pool(name="p", h=112, w=112, c=64, kernel=3, stride=2, padding=1)
+    assert (p.h_out, p.w_out) == (56, 56)
+    gp = Pool(name="g", batch=4, h=7, w=7, c=2048, function="avg", global_pool=True)
+    assert (gp.h_out, gp.w_out) == (1, 1) and gp.flops == 4 * 2048 * 49
+    bn = ElementwiseLayer(name="bn", elements=1000, flops_per_element=2, function="batchnorm")
+    fused = ElementwiseLayer(name="bn", elements=1000, flops_per_element=2, function="batchnorm", fused=True)
+    assert bn.bytes == 2 * 1000 * 2 and fused.bytes == 0 and fused.flops == bn.flops == 2000
+
+
+# Published sizes at 224x224, 1000 classes. Parameter counts: torchvision model cards (ResNet, VGG,
+# MobileNetV2, EfficientNet-B0) and timm (vit_base_patch16_224); MobileNetV1: Howard et al. 2017, Table 8
+# (4.2 M params, 569 M mult-adds). MACs: torchvision "GFLOPS" (counted as multiply-adds) ResNet-18 1.81,
+# ResNet-50 4.09, VGG-16 15.47, MobileNetV2 0.30, EfficientNet-B0 0.39; ViT-B/16 17.6 G (DeiT, Touvron
+# et al. 2021, Table 1, multiply-adds incl. attention).
+PUBLISHED = {
+    "resnet18": (11_689_512, 1.81e9),
+    "resnet50": (25_557_032, 4.09e9),
+    "vgg16": (138_357_544, 15.47e9),
+    "mobilenet_v1": (4.2e6, 569e6),
+    "mobilenet_v2": (3_504_872, 0.30e9),
+    "efficientnet_b0": (5_288_548, 0.39e9),
+    "vit_base": (86_567_656, 17.6e9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_networks_match_published_params_and_macs(name: str) -> None:
+    params, macs = PUBLISHED[name]
+    g = build(name)
+    assert param_count(g) == pytest.approx(params, rel=0.01 if name == "mobilenet_v1" else 0)
+    assert mac_count(g) == pytest.approx(macs, rel=0.015)
+
+
+def test_batch_scales_work_not_weights() -> None:
+    one, four = resnet50(1), resnet50(4)
+    assert mac_count(four) == pytest.approx(4 * mac_count(one))
+    assert param_count(four) == param_count(one)
+    assert set(BUILDERS) >= {
+        "resnet18",
+        "resnet50",
+        "vgg16",
+        "mobilenet_v1",
+        "mobilenet_v2",
+        "efficientnet_b0",
+    }
+
+
+def test_graphs_are_dags_with_residuals_and_fused_epilogues() -> None:
+    g = resnet50()
+    ops = g.ops()
+    assert sum(isinstance(o, Conv2d) for o in ops) == 53  # 49 in the blocks + 4 projection shortcuts
+    adds = [n for n in g.g if n.endswith(".add")]
+    assert len(adds) == 16 and all(g.g.in_degree(n) == 2 for n in adds)
+    bns = [o for o in ops if isinstance(o, ElementwiseLayer) and o.function == "batchnorm"]
+    assert bns and all(o.fused and o.bytes == 0 for o in bns)
+    unfused = build("resnet50", fuse=False)
+    assert sum(o.bytes for o in unfused.ops()) > sum(o.bytes for o in ops)
+
+
+def test_vit_uses_attention_and_gemm_ops() -> None:
+    g = build("vit_base", batch=2)
+    atts = [o for o in g.ops() if isinstance(o, Attention)]
+    assert len(atts) == 12 and atts[0].q_len == 197 and atts[0].heads == 12 and not atts[0].causal
+    assert any(isinstance(o, Gemm) and o.n == 3 * 768 and o.m == 2 * 197 for o in g.ops())
+
+
+def test_resnet50_on_a_systolic_array_in_scalesim_mode_is_fast_and_exact() -> None:
+    arr = SystolicArray.build(rows=32, cols=32, dataflow="os", mode="scalesim")
+    g = resnet50()
+    t0 = time.perf_counter()
+    total = sum(arr.op_cost(op).detail["cycles"] for op in g.ops() if arr.supports(op))
+    assert time.perf_counter() - t0 < 0.2
+    # SCALE-Sim has no padding field: conv1 with its 3-pixel padding is the topology row
+    # "230, 230, 7, 7, 3, 64, 2" (output side ceil((230 - 7 + 2) / 2) = 113)
+    conv1 = next(o for o in g.ops() if isinstance(o, Conv2d))
+    assert arr.op_cost(conv1).detail["cycles"] == scalesim_conv(32, 32, "os", 230, 230, 7, 7, 3, 64, 2).cycles
+    assert total > 0
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+
+
+def _tiny_cnn(onnx, extra_op: str | None = None):  # type: ignore[no-untyped-def]
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def init(name: str, *shape: int):  # type: ignore[no-untyped-def]
+        return numpy_helper.from_array(np.zeros(shape, dtype=np.float32), name)
+
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
+        helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn1"]),
+        helper.make_node("Relu", ["bn1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Add", ["c2", "p1"], ["a1"]),
+        helper.make_node("GlobalAveragePool", ["a1"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
+    ]
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["prob"], ["extra"]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        [init("w1", 16, 3, 3, 3), init("b1", 16), init("g", 16), init("be", 16), init("mu", 16), init("var", 16),
+         init("w2", 16, 1, 3, 3), init("wf", 10, 16), init("bf", 10)],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_import_builds_the_same_ops() -> None:
+    onnx = pytest.importorskip("onnx")
+    from models.onnx_import import load_onnx
+
+    g = load_onnx(_tiny_cnn(onnx), batch=4)
+    ops = {o.name: o for o in g.ops()}
+    convs = [o for o in ops.values() if isinstance(o, Conv2d)]
+    assert [(c.batch, c.h, c.h_out, c.c_out, c.groups) for c in convs] == [
+        (4, 32, 16, 16, 1),
+        (4, 8, 8, 16, 16),
+    ]
+    assert convs[0].dtype == "fp32" and convs[0].bias
+    fc = next(o for o in ops.values() if isinstance(o, Gemm))
+    assert (fc.m, fc.n, fc.k) == (4, 10, 16)
+    ew = [o for o in ops.values() if isinstance(o, ElementwiseLayer)]
+    assert [(o.function, o.fused) for o in ew] == [("batchnorm", True), ("relu", True), ("add", False)]
+    # parameters: conv1 16*27+16, BN scale+shift 32, depthwise 16*9, FC 160+10
+    assert param_count(g) == 448 + 32 + 144 + 170
+    assert mac_count(g) == 4 * (16 * 16 * 16 * 27 + 8 * 8 * 16 * 9) + 4 * 16 * 10
+    # a graph the systolic array can cost end to end
+    arr = SystolicArray.build(rows=8, cols=8)
+    assert all(arr.supports(o) for o in g.ops())
+
+
+def test_onnx_unsupported_ops_are_listed_in_one_line() -> None:
+    onnx = pytest.importorskip("onnx")
+    from models.onnx_import import load_onnx
+
+    with pytest.raises(ConfigError, match=r"^unsupported ONNX ops: TopK \(supported: ") as e:
+        load_onnx(_tiny_cnn(onnx, extra_op="TopK"))
+    assert "\n" not in str(e.value)
+
+
+def test_onnx_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from models.onnx_import import load_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ConfigError, match=r"pip install 'simcore\[onnx\]'"):
+        load_onnx("model.onnx")
