@@ -108,6 +108,8 @@ class EnergyTable:
     link_J_per_bit_by_type: Mapping[str, float]
     #: node (nm) -> relative energy per op, from node_scaling.yaml
     node_factors: Mapping[float, float] = field(repr=False, default_factory=dict)
+    #: energy of a clocked but idle PE-cycle, as a fraction of a MAC of the same dtype
+    pe_idle_fraction: float = 0.0
 
     # compute -----------------------------------------------------------------------------------
     def mac_J(self, dtype: str) -> float:
@@ -121,6 +123,10 @@ class EnergyTable:
     def flop_J(self, dtype: str) -> float:
         """A MAC is two FLOPs."""
         return self.mac_J(dtype) / 2.0
+
+    def pe_idle_J(self, dtype: str) -> float:
+        """A PE clocked for a cycle without doing a MAC (systolic fill/drain, unused rows/columns)."""
+        return self.pe_idle_fraction * self.mac_J(dtype)
 
     # memories ----------------------------------------------------------------------------------
     def sram_J_per_byte(self, size_B: float, write: bool = False) -> float:
@@ -232,6 +238,7 @@ def load_energy_table(directory: str | Path = ENERGY_DIR) -> EnergyTable:
         dram_J_per_bit_by_type=_frozen({k: _num(dram, (k,)) * PJ for k in dram.data}),
         link_J_per_bit_by_type=_frozen({k: _num(links, (k,)) * PJ for k in links.data}),
         node_factors=_frozen(_node_energy_factors(scaling)),
+        pe_idle_fraction=_num(compute, ("pe_idle_fraction_of_mac",), positive=False),
     )
 
 

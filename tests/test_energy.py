@@ -122,3 +122,10 @@ def test_broken_table_names_file_and_key(tmp_path) -> None:
     (tmp_path / "dram.yaml").write_text("hbm2: -3.9\n")
     with pytest.raises(ConfigError, match=r"dram.yaml:1: hbm2: expected a positive number"):
         load_energy_table(tmp_path)
+
+
+def test_idle_pe_cycle_is_a_stated_fraction_of_a_mac(t45: EnergyTable) -> None:
+    # compute.yaml: pe_idle_fraction_of_mac (clocked registers of a gated PE)
+    assert t45.pe_idle_J("int8") == pytest.approx(t45.pe_idle_fraction * t45.mac_J("int8"))
+    assert 0 < t45.pe_idle_fraction < 1
+    assert t45.scaled(7).pe_idle_J("bf16") == pytest.approx(t45.pe_idle_J("bf16") * t45.node_factor(7))

@@ -248,3 +248,33 @@ def test_large_gemm_with_stalls_is_fast_to_cost() -> None:
     c = arr.op_cost(Gemm(name="big", m=4096, n=4096, k=4096))
     assert time.perf_counter() - t0 < 0.05
     assert c.detail["stall_cycles"] > 0
+
+
+# ----------------------------------------------------------------------------------- case studies
+
+
+def test_mobilenet_dataflow_study_reports_every_layer() -> None:
+    from simcore.studies import mobilenet_dataflow_study, utilization_by_kind
+
+    res = mobilenet_dataflow_study(rows=64, cols=64, mode="scalesim")
+    assert set(res) == {"os", "ws", "is"}
+    for cost in res.values():
+        assert len(cost.layers) == 1 + 13 * 2 + 1  # conv0, 13 depthwise + pointwise pairs, fc
+        assert cost.cycles == sum(x.cycles for x in cost.layers)
+        kinds = utilization_by_kind(cost)
+        # depthwise layers (one filter of 3x3 per channel) leave almost the whole array idle
+        assert kinds["depthwise"] < 0.01 < kinds["pointwise"]
+
+
+def test_array_size_study_speedup_and_pe_cycle_energy() -> None:
+    from simcore.studies import array_size_study
+
+    r = array_size_study("vit_base", sizes=(32, 128), dataflow="ws", mode="scalesim", pe_idle_fraction=1.0)
+    # 16x the PEs buy less than 16x the speed: fill/drain grows with the array, folds go partial
+    assert 4 < r.speedup < 16
+    assert r.large.utilization(128 * 128) < r.small.utilization(32 * 32)
+    # with every PE-cycle priced as a MAC, array energy is proportional to PE-cycles
+    pe_cycles = [c.cycles * s * s for c, s in ((r.small, 32), (r.large, 128))]
+    arr = [sum(v for a, v in c.energy_by_action_J.items() if a.startswith("mac.") or a == "pe.idle.cycle")
+           for c in (r.small, r.large)]  # fmt: skip
+    assert arr[1] / arr[0] == pytest.approx(pe_cycles[1] / pe_cycles[0], rel=1e-6)
