@@ -2,9 +2,12 @@
 
 GEMMs are tiled onto SMs in waves (CUTLASS-style output tiles, optional split-K); each tile streams its
 A and B panels through L2 and shared memory. The time of a kernel is the slowest of tensor-core work
-(wave-quantized), DRAM traffic (with L2 reuse within a wave), L2 traffic and shared-memory traffic,
-plus a fixed launch overhead. Attention is flash-style: query blocks over SMs, matmul FLOPs on tensor
-cores plus exponentials on the special-function units. Everything else streams bytes through DRAM.
+(quantized per SM: the busiest SM runs ceil(CTAs / SMs) tiles), DRAM traffic (with L2 reuse within a
+wave; a partial last wave has fewer SMs issuing loads), L2 traffic and shared-memory traffic (each warp
+reads its own operand fragments), plus a fixed launch overhead and, for split-K, the reduction kernel.
+Attention is flash-style: query blocks over SMs, matmul FLOPs on tensor cores plus exponentials on the
+special-function units. Softmax and norms are row-parallel (a warp or a CTA per row, one DRAM pass per
+reduction when the row does not stay on chip). Everything else streams bytes through DRAM.
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
 TILES = ((256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64))
 SPLIT_K = (1, 2, 3, 4, 6, 8, 12, 16)
 K_STEP_BYTES = 64  # bytes of K per pipeline stage per row (32 x 16-bit, 64 x 8-bit)
+PIPELINE_STAGES = 3  # multistage (cp.async / TMA) pipeline depth of the tensor-core GEMM main loop
+WARP_TILE = 64  # largest warp tile edge: CUTLASS lays a CTA tile out as >= 2 x 2 warps of <= 64 x 64
+# Row-wise reductions as the framework kernels run them (PyTorch softmax, fused/compiled layer norms):
+# a softmax row of up to 1024 elements lives in one warp's registers (32 lanes x 32 values) and is read
+# once; a longer row gets a CTA that streams it from memory once per pass: max, sum of exp, normalize.
+# A norm row stays in its CTA's registers up to 8192 elements (32 KB of fp32, an eighth of the register
+# file so that several CTAs share an SM); longer rows take two passes (Welford statistics, normalize).
+SOFTMAX_WARP_ROW = 1024
+SOFTMAX_PASSES = 3
+NORM_CTA_ROW = 8192
+NORM_PASSES = 2
+WARPS_PER_ROW_CTA = 4  # warp-per-row kernels pack 4 rows (128 threads) into a CTA
 
 GPU_SCHEMA: dict[str, Any] = {
     "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
@@ -87,10 +102,11 @@ class GemmPlan:
     dram_bytes: float
     l2_bytes: float
     smem_bytes: float
+    t_fixed_s: float = 0.0  # not overlapped with the main loop: split-K's reduction kernel
 
     @property
     def t_s(self) -> float:
-        return max(self.t_compute_s, self.t_dram_s, self.t_l2_s, self.t_smem_s)
+        return max(self.t_compute_s, self.t_dram_s, self.t_l2_s, self.t_smem_s) + self.t_fixed_s
 
     @property
     def bound(self) -> str:
@@ -105,8 +121,8 @@ class GPU(Component):
         "gemm": "gemm_cost",
         "attention": "attention_cost",
         "elementwise": "stream_cost",
-        "norm": "stream_cost",
-        "softmax": "stream_cost",
+        "norm": "row_cost",
+        "softmax": "row_cost",
         "embedding": "stream_cost",
         "allreduce": "collective_cost",
         "allgather": "collective_cost",
@@ -163,6 +179,7 @@ class GPU(Component):
 
     # ---------------------------------------------------------------------------------------- GEMM
     def gemm_plan(self, op: Gemm) -> GemmPlan:
+        """The fastest tile shape and split-K for `op`, with the time each resource needs under it."""
         m, n, k, batch, e = op.m, op.n, op.k, op.batch, op.elem_bytes
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
@@ -170,24 +187,31 @@ class GPU(Component):
         smem_Bps = self.params["smem_bytes_per_clk"] * self.clock_Hz
         a_B, b_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * e
         c_B = batch * m * n * e
+        mem_Bps = self.memory_bandwidth_Bps
+        saturating_sms = self.sms * self.eff["mem_saturation"]
         best: GemmPlan | None = None
         for tm, tn in TILES:
-            # CTAs per SM: limited by shared memory (3-stage pipeline) and by the fp32 accumulators.
-            smem_cta = 3 * (tm + tn) * K_STEP_BYTES
+            # CTAs per SM: limited by shared memory (multistage pipeline) and by the fp32 accumulators.
+            smem_cta = PIPELINE_STAGES * (tm + tn) * K_STEP_BYTES
             per_sm = max(1, min(self.params["smem_per_sm"] // smem_cta,
                                 self.params["registers_per_sm"] // (tm * tn * 4 * 2), 4))  # fmt: skip
             slots = self.sms * per_sm
             grid_m, grid_n = ceil_div(m, tm), ceil_div(n, tn)
             tiles = grid_m * grid_n * batch
+            # each warp reads its own A rows and B columns from shared memory: A once per warp column
+            warps_m, warps_n = max(2, tm // WARP_TILE), max(2, tn // WARP_TILE)
             for split in SPLIT_K:
-                if split > 1 and (tiles >= slots or k // split < 128):
+                if split > 1 and (tiles >= self.sms or k // split < 128):
                     break
                 ctas = tiles * split
                 waves = ceil_div(ctas, slots)
                 k_cta = ceil_div(k, split)
-                # each CTA does a whole tile's work (padding of edge tiles is wave quantization's cost)
-                t_cta = 2.0 * tm * tn * k_cta / (sm_flops / per_sm)
-                t_compute = waves * t_cta + waves * self.mem_latency_s  # per-wave pipeline fill
+                # The block scheduler hands CTAs to SMs as they free up, so the busiest SM runs
+                # ceil(ctas / sms) of them at its full rate (padding of edge tiles is computed too),
+                # plus one pipeline fill per round of co-resident CTAs.
+                busiest = ceil_div(ctas, self.sms)
+                t_compute = busiest * 2.0 * tm * tn * k_cta / sm_flops
+                t_compute += ceil_div(busiest, per_sm) * self.mem_latency_s
                 # DRAM: inside one wave the concurrent tiles share panels through L2 (square raster).
                 conc = min(ctas, slots)
                 rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
@@ -199,13 +223,19 @@ class GPU(Component):
                     dram = max(a_B + b_B, min(waves * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
                 if split > 1:  # fp32 partials written and read back by the reduction
                     dram += 2 * batch * m * n * 4 * split
-                active_frac = min(1.0, conc / (self.sms * self.eff["mem_saturation"]))
-                t_dram = dram / (self.memory_bandwidth_Bps * active_frac)
+                # wave by wave: too few CTAs in flight (a small grid, a partial last wave) cannot
+                # keep enough loads outstanding to saturate DRAM
+                full, last = divmod(ctas, slots)
+                t_dram = sum(count * nw * dram / ctas / (mem_Bps * min(1.0, count / saturating_sms))
+                             for count, nw in ((slots, full), (last, 1)) if count and nw)  # fmt: skip
                 l2_B = ctas * (tm + tn) * k_cta * e / self.params["l2_multicast"]
                 t_l2 = l2_B / self.l2_bw_Bps
-                t_smem = waves * (tm + tn) * k_cta * e * per_sm / smem_Bps
+                smem_B = (tm * warps_n + tn * warps_m) * k_cta * e
+                t_smem = busiest * smem_B / smem_Bps
+                # split-K partials are summed by a second kernel: its launch and one DRAM round trip
+                t_fixed = self.launch_s + self.mem_latency_s if split > 1 else 0.0
                 plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, t_dram, t_l2, t_smem, dram, l2_B,
-                                ctas * (tm + tn) * k_cta * e)  # fmt: skip
+                                ctas * smem_B, t_fixed)  # fmt: skip
                 if best is None or plan.t_s < best.t_s:
                     best = plan
         assert best is not None
@@ -221,8 +251,12 @@ class GPU(Component):
         return OpCost(plan.t_s + self.launch_s, plan.bound, plan.dram_bytes, actions, detail)
 
     # ----------------------------------------------------------------------------------- attention
+    def flash_block_q(self, op: Attention) -> int:
+        """Query rows per flash work unit (FlashAttention-2 forward tiles: 128 rows up to head_dim 128)."""
+        return 128 if op.head_dim <= 128 else 64
+
     def attention_cost(self, op: Attention) -> OpCost:
-        e, d = op.elem_bytes, op.head_dim
+        d = op.head_dim
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
         sm_mm = peak * eff / self.sms
@@ -230,7 +264,7 @@ class GPU(Component):
         sm_fma = self.vector_peak("fp32") * self.eff["vector"] / self.sms
         # Per (query, key) pair: 4·d matmul FLOPs, one exp, ~4 fp32 FLOPs of scaling/max/sum bookkeeping.
         t_pair = 4.0 * d / sm_mm + 1.0 / sm_sfu + 4.0 / sm_fma
-        block_q = 128 if d <= 128 else 64
+        block_q = self.flash_block_q(op)
         q_blocks = ceil_div(op.q_len, block_q)
         units = op.batch * op.heads * q_blocks
         if op.q_len <= 16:  # decode: split the KV sequence across SMs (flash-decoding) to fill the chip
@@ -248,7 +282,7 @@ class GPU(Component):
         bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": 5.0 * op.batch * op.heads * op.score_pairs,
                    "dram.byte": dram, "smem.byte": 2 * dram}  # fmt: skip
-        detail = {"units": units, "t_compute_s": t_compute, "t_dram_s": t_mem}
+        detail = {"units": units, "block_q": block_q, "t_compute_s": t_compute, "t_dram_s": t_mem}
         return OpCost(max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail)
 
     # ------------------------------------------------------------------------------ memory-bound ops
@@ -260,6 +294,31 @@ class GPU(Component):
         bound = "memory" if t_mem >= t_compute else "compute"
         actions = {"flop.fp32": op.flops, "dram.byte": dram}
         return OpCost(max(t_mem, t_compute) + self.launch_s, bound, dram, actions, {})
+
+    def row_cost(self, op: Softmax | Norm) -> OpCost:
+        """Row-parallel reduction: rows on warps or CTAs, one DRAM read per pass a row needs.
+
+        A row that stays on chip is read once; a longer one is re-read for every reduction pass, since
+        each pass starts only after the previous one's block-wide reduction. Few rows mean few CTAs,
+        which cannot keep enough loads in flight to saturate DRAM (as for GEMMs).
+        """
+        e, rows, cols = op.elem_bytes, op.rows, op.cols
+        if isinstance(op, Softmax):
+            on_chip, passes = cols <= SOFTMAX_WARP_ROW, SOFTMAX_PASSES
+            ctas = ceil_div(rows, WARPS_PER_ROW_CTA) if on_chip else rows
+        else:
+            on_chip, passes = cols <= NORM_CTA_ROW, NORM_PASSES
+            ctas = rows
+        x_B = rows * cols * e
+        reads = 1 if on_chip else passes
+        dram = op.bytes + (reads - 1) * x_B
+        active = min(1.0, ctas / (self.sms * self.eff["mem_saturation"]))
+        t_mem = self.mem_latency_s + dram / (self.memory_bandwidth_Bps * active)
+        t_compute = op.flops / (self.vector_peak("fp32") * self.eff["vector"])
+        bound = "memory" if t_mem >= t_compute else "compute"
+        actions = {"flop.fp32": op.flops, "dram.byte": dram}
+        detail = {"passes": reads, "ctas": ctas}
+        return OpCost(max(t_mem, t_compute) + self.launch_s, bound, dram, actions, detail)
 
     def collective_cost(self, op: Collective) -> OpCost:
         """The device side of a collective: reading/writing its buffers and the reduction FLOPs.

@@ -44,8 +44,9 @@ def test_skinny_decode_gemm_is_memory_bound_and_reads_the_weight_once(a100):
 
 
 def test_wave_quantization_is_paid_in_whole_waves(a100):
-    # The closed form the GEMM model uses: waves = ceil(CTAs / slots), and each wave costs a full tile's
-    # work on every busy slot plus one DRAM latency of pipeline fill.
+    # The closed form the GEMM model uses: the block scheduler gives the busiest SM ceil(CTAs / SMs) tiles,
+    # run back to back at the SM's full rate, plus one DRAM latency of pipeline fill per round of
+    # co-resident CTAs; waves = ceil(CTAs / slots) is reported alongside.
     for m, n, k in [(8192, 8192, 8192), (3000, 5000, 4096), (128 * 108, 256, 8192), (128 * 108 + 1, 256, 8192)]:
         plan = a100.gemm_plan(Gemm("g", "bf16", m=m, n=n, k=k))
         per_sm = plan.slots // a100.sms
@@ -53,13 +54,16 @@ def test_wave_quantization_is_paid_in_whole_waves(a100):
         assert plan.ctas == grid * plan.split_k
         assert plan.waves == -(-plan.ctas // plan.slots)
         k_cta = -(-k // plan.split_k)
-        slot_flops = 312e12 * a100.eff["tensor"] / a100.sms / per_sm
-        t = plan.waves * (2 * plan.tile_m * plan.tile_n * k_cta / slot_flops + a100.mem_latency_s)
+        sm_flops = 312e12 * a100.eff["tensor"] / a100.sms
+        busiest = -(-plan.ctas // a100.sms)
+        fills = -(-busiest // per_sm)
+        t = busiest * 2 * plan.tile_m * plan.tile_n * k_cta / sm_flops + fills * a100.mem_latency_s
         assert plan.t_compute_s == pytest.approx(t, rel=1e-12)
-    # one row of tiles too many costs (nearly) a whole extra wave
+    # one row of tiles too many costs an extra round on the busiest SM; a narrower tile (128x64: 4 -> 5
+    # tiles per SM instead of 1 -> 2) recovers part of it, as a library heuristic would
     fit = a100.op_cost(Gemm("g", "bf16", m=128 * 108, n=256, k=8192)).duration_s
     over = a100.op_cost(Gemm("g", "bf16", m=128 * 108 + 128, n=256, k=8192)).duration_s
-    assert over / fit > 1.3
+    assert over / fit > 1.2
 
 
 def test_elementwise_is_bytes_over_bandwidth_after_latency_and_launch(a100):
