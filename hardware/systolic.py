@@ -14,8 +14,9 @@ Two timing conventions:
   demand matrix per fold, each fold adding the streamed length plus fill and drain skew:
   os: T + R + C - 2 rows; ws and is: 2R + C + T - 2 (R extra for loading the stationary operand).
   Its reported cycle count is the index of the last ofmap demand row, i.e. folds x per_fold - 1.
-* `physical` (default) adds what a real array meets: stationary operands double-buffered in the PEs
-  (preload hidden behind the previous fold), on-chip SRAM capacity (operands that do not fit are
+* `physical` (default) adds what a real array meets: with double-buffered PEs (shadow weight /
+  result registers, as in the TPU's MXU) consecutive folds pipeline, each costing max(T, R) with the
+  fill/drain skew paid once per GEMM; on-chip SRAM capacity (operands that do not fit are
   re-fetched, partial sums spill), and DRAM bandwidth stalls when the next fold's prefetch and the
   previous fold's write-back take longer than the current fold's compute. Several arrays (`cores`)
   split the fold grid and share the DRAM bandwidth.
@@ -141,7 +142,7 @@ class ArraySpec:
     filter_B: float
     ofmap_B: float
     dram_B_per_cycle: float  # this array's share of DRAM bandwidth
-    preload_overlap: bool
+    double_buffered_pes: bool
 
 
 @dataclass
@@ -225,8 +226,12 @@ def physical_gemm(spec: ArraySpec, m: int, n: int, k: int, a_dram_scale: float =
         buf_p, buf_q, p_scale, s_scale = spec.filter_B, spec.ofmap_B, 1.0, a_dram_scale
     p_resident = sr * t * e * p_scale <= buf_p / 2
     fill_drain = R + C - 2
-    preload = R if df != "os" else 0
-    per_fold_compute = t + fill_drain + (0 if spec.preload_overlap else preload)
+    if spec.double_buffered_pes:
+        # the next fold's stationary operand shifts in (ws, is) or the last results shift out (os)
+        # over R cycles behind the current fold's stream; the skew is paid once, plus one exposed R
+        per_fold_compute, once = max(t, R), fill_drain + R
+    else:  # SCALE-Sim's fold: stream + skew, after an exposed R-cycle preload for ws / is
+        per_fold_compute, once = t + fill_drain + (R if df != "os" else 0), 0
     bpc = spec.dram_B_per_cycle
 
     run = GemmRun(folds=rf * cf, row_folds=rf, col_folds=cf, macs=float(m) * n * k)
@@ -279,9 +284,9 @@ def physical_gemm(spec: ArraySpec, m: int, n: int, k: int, a_dram_scale: float =
             if is_last:
                 last_wr = wr
             steady += count * max(per_fold_compute, (rd_overlap + wr_overlap) / bpc if bpc > 0 else 0.0)
-    run.compute_cycles = rf * cf * per_fold_compute + (preload if spec.preload_overlap else 0)
+    run.compute_cycles = rf * cf * per_fold_compute + once
     exposed = (first_rd + last_wr) / bpc if bpc > 0 else 0.0
-    run.cycles = steady + (preload if spec.preload_overlap else 0) + exposed
+    run.cycles = steady + once + exposed
     return run
 
 
@@ -347,8 +352,8 @@ class SystolicArray(Component):
         "dtype": Param("datapath type; operands are converted to it, so element size and MAC energy follow it",
                        default="int8", type=str),
         "acc_bytes": positive("bytes of a partial sum kept between K-folds", default=4.0),
-        "preload_overlap": Param("physical mode: stationary operands are double-buffered in the PEs, so the "
-                                 "next fold's R-cycle preload hides behind the current fold", default=True,
+        "double_buffered_pes": Param("physical mode: PEs hold a shadow copy of the stationary operand / result, "
+                                     "so folds pipeline (max(T, R) each, fill/drain once)", default=True,
                                  type=bool),
         "tech_node": Param("process node (nm) the energy tables are scaled to", default=45.0, type=_node_nm,
                            minimum=0),
@@ -431,7 +436,7 @@ class SystolicArray(Component):
         p = self.params
         bpc = p["dram"]["bandwidth"] / self.clock_Hz / max(1, active_cores)
         return ArraySpec(self.rows, self.cols, self.dataflow, self.elem_B, p["acc_bytes"], p["ifmap_sram"],
-                         p["filter_sram"], p["ofmap_sram"], bpc, p["preload_overlap"])  # fmt: skip
+                         p["filter_sram"], p["ofmap_sram"], bpc, p["double_buffered_pes"])  # fmt: skip
 
     # ---------------------------------------------------------------------------- GEMM engine
     def _one_gemm(self, m: int, n: int, k: int, cores: int, a_scale: float, concurrent: int) -> GemmRun:

@@ -7,9 +7,11 @@ is that of the real tensors, not of the im2col matrix.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import ClassVar
 
+from simcore.errors import ConfigError
 from simcore.ops import Attention, Elementwise, Gemm, Norm, Op, OpGraph, Tensor, register_op
 
 
@@ -462,3 +464,43 @@ def build(name: str, batch: int = 1, **kw: object) -> OpGraph:
     except KeyError:
         raise ValueError(f"unknown network {name!r} (known: {', '.join(BUILDERS)})") from None
     return fn(batch, **kw)
+
+
+# --------------------------------------------------------------------------------------- CLI hooks
+
+
+def _int_arg(flag: str, minimum: int) -> object:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {v}")
+        return v
+
+    return parse
+
+
+def conv2d_cli_args(p: argparse.ArgumentParser) -> None:
+    """Shape flags of `simcore op conv2d` (the command adds --hw, --set, --dtype, --json)."""
+    p.add_argument("--batch", type=_int_arg("--batch", 1), default=1)
+    p.add_argument("--h", type=_int_arg("--h", 1), required=True, help="input height")
+    p.add_argument("--w", type=_int_arg("--w", 1), default=None, help="input width (default: --h)")
+    p.add_argument("--c-in", type=_int_arg("--c-in", 1), required=True)
+    p.add_argument("--c-out", type=_int_arg("--c-out", 1), required=True)
+    p.add_argument("--kernel", type=_int_arg("--kernel", 1), default=3)
+    p.add_argument("--stride", type=_int_arg("--stride", 1), default=1)
+    p.add_argument("--padding", type=_int_arg("--padding", 0), default=0)
+    p.add_argument("--dilation", type=_int_arg("--dilation", 1), default=1)
+    p.add_argument("--groups", type=_int_arg("--groups", 1), default=1, help="c_in for depthwise")
+
+
+def conv2d_from_args(a: argparse.Namespace) -> Conv2d:
+    """The Conv2d the flags describe; impossible shapes are one-line ConfigErrors."""
+    try:
+        return Conv2d(name="conv2d", dtype=getattr(a, "dtype", "bf16"), batch=a.batch, h=a.h,
+                      w=a.w if a.w is not None else a.h, c_in=a.c_in, c_out=a.c_out, kernel=a.kernel,
+                      stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups)  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(str(e), key="simcore op conv2d") from None

@@ -201,3 +201,20 @@ def test_onnx_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ConfigError, match=r"pip install 'simcore\[onnx\]'"):
         load_onnx("model.onnx")
+
+
+def test_conv2d_cli_hooks_parse_flags_into_an_op() -> None:
+    import argparse
+
+    from models.cnn import conv2d_cli_args, conv2d_from_args
+
+    p = argparse.ArgumentParser()
+    conv2d_cli_args(p)
+    op = conv2d_from_args(
+        p.parse_args("--h 56 --c-in 64 --c-out 128 --kernel 3 --stride 2 --padding 1".split())
+    )
+    assert (op.h, op.w, op.h_out, op.kernel, op.groups) == (56, 56, 28, (3, 3), 1)
+    with pytest.raises(ConfigError, match="kernel larger than the padded input"):
+        conv2d_from_args(p.parse_args("--h 5 --c-in 3 --c-out 8 --kernel 7".split()))
+    with pytest.raises(SystemExit):
+        p.parse_args("--h -5 --c-in 3 --c-out 8".split())
