@@ -193,8 +193,8 @@ class GPU(Component):
         for tm, tn in TILES:
             # CTAs per SM: limited by shared memory (multistage pipeline) and by the fp32 accumulators.
             smem_cta = PIPELINE_STAGES * (tm + tn) * K_STEP_BYTES
-            per_sm = max(1, min(self.params["smem_per_sm"] // smem_cta,
-                                self.params["registers_per_sm"] // (tm * tn * 4 * 2), 4))  # fmt: skip
+            per_sm = max(1, int(min(self.params["smem_per_sm"] // smem_cta,
+                                    self.params["registers_per_sm"] // (tm * tn * 4 * 2), 4)))  # fmt: skip
             slots = self.sms * per_sm
             grid_m, grid_n = ceil_div(m, tm), ceil_div(n, tn)
             tiles = grid_m * grid_n * batch

@@ -1,0 +1,223 @@
+"""`simcore validate`: the accuracy targets on the shared measurements, the bookkeeping that keeps every
+row accounted for, one-line errors for broken CSVs, and the host run.
+
+Targets (median / p90 of |predicted/measured - 1| over the measured, not figure-read, rows): GEMM median
+<= 10% and p90 <= 25%; softmax, layernorm and GeLU median <= 15% each; HBM, PCIe and NVLink bandwidth
+median <= 10%; attention forward median <= 15% where forward rows exist (the shared A100 set has only
+forward+backward rows, which must be listed as unmapped). NCCL all-reduce bus bandwidth is reported but
+misses its 10% target (docs/validation.md, weak spots): that test is an expected failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simcore import cli, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = ROOT.parent / "shared" / "calibration"
+FILES = ["gemm_a100.csv", "attention_a100.csv", "links_a100.csv", "ops_misc_a100.csv"]
+
+
+@pytest.fixture(scope="module")
+def shared() -> list[Path]:
+    paths = [CALIBRATION / f for f in FILES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        pytest.skip(
+            f"shared calibration data not found (expected ../shared/calibration next to the repo): {missing}"
+        )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run(shared: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("validation")
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        report = validate.run_data([str(p) for p in shared], str(out), as_json=False)
+    return {"report": report, "text": text.getvalue(), "out": out}
+
+
+def family(report: dict[str, Any], name: str, quality: str = "measured") -> dict[str, Any] | None:
+    found = [g for g in report["families"] if g["family"] == name and g["quality"] == quality]
+    return found[0] if found else None
+
+
+def test_gemm_meets_its_targets(run: dict[str, Any]) -> None:
+    g = family(run["report"], "gemm")
+    assert g is not None and g["count"] > 1000
+    assert g["median_abs"] <= 0.10
+    assert g["p90_abs"] <= 0.25
+
+
+@pytest.mark.parametrize("name", ["softmax", "layernorm", "gelu"])
+def test_row_and_elementwise_ops_meet_their_target(run: dict[str, Any], name: str) -> None:
+    g = family(run["report"], name)
+    assert g is not None and g["count"] >= 20
+    assert g["median_abs"] <= 0.15
+
+
+@pytest.mark.parametrize("name", ["hbm", "pcie", "nvlink"])
+def test_memory_and_link_bandwidths_meet_their_target(run: dict[str, Any], name: str) -> None:
+    g = family(run["report"], name)
+    assert g is not None and g["count"] >= 5
+    assert g["median_abs"] <= 0.10
+
+
+@pytest.mark.xfail(reason="NCCL all-reduce: the engine's ring model has no protocol latency or reduction "
+                   "overhead (docs/validation.md, weak spots)", strict=True)  # fmt: skip
+def test_allreduce_bus_bandwidth_meets_its_target(run: dict[str, Any]) -> None:
+    g = family(run["report"], "allreduce")
+    assert g is not None
+    assert g["median_abs"] <= 0.10
+
+
+def test_attention_forward_rows_meet_their_target_and_the_rest_are_listed(run: dict[str, Any]) -> None:
+    report = run["report"]
+    g = family(report, "attention")
+    if g is not None:
+        assert g["median_abs"] <= 0.15
+    unmapped = [u for u in report["unmapped"] if u["family"] == "attention"]
+    assert unmapped, "the shared set's attention rows are forward+backward: they must be listed"
+    assert all("pass" in u["reason"] for u in unmapped)
+
+
+def _records(path: Path) -> int:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        return sum(1 for row in csv.reader(fh) if any(c.strip() for c in row)) - 1
+
+
+def test_every_row_is_predicted_or_listed_with_a_reason(run: dict[str, Any], shared: list[Path]) -> None:
+    report, text = run["report"], run["text"]
+    assert report["rows"] == sum(_records(p) for p in shared)
+    assert report["mapped"] + len(report["unmapped"]) == report["rows"]
+    assert all(u["reason"] for u in report["unmapped"])
+    assert "Unmapped rows" in text
+    for reason in {u["reason"] for u in report["unmapped"]}:
+        assert reason in text
+    # the table, not a dict dump, is what the terminal gets
+    assert "median|err|" in text and "{" not in text.splitlines()[2]
+
+
+def test_figure_read_rows_are_kept_apart(run: dict[str, Any]) -> None:
+    qualities = {(g["family"], g["quality"]) for g in run["report"]["groups"]}
+    assert ("gemm", "approx") in qualities  # the CUTLASS issue's '~158T' row
+    assert all(q in ("measured", "approx") for _, q in qualities)
+
+
+def test_predictions_csv_and_plot_are_written(run: dict[str, Any]) -> None:
+    report, out = run["report"], run["out"]
+    with (out / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == report["rows"]
+    assert {"measured", "predicted", "error", "reason", "family", "preset"} <= set(rows[0])
+    png = (out / "predicted_vs_measured.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_json_output_is_one_object(
+    shared: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = cli.main(["validate", "data", str(shared[3]), "--out", str(tmp_path), "--no-plot", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"groups", "families", "unmapped", "rows", "mapped"} <= set(data)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+GEMM_HEADER = "gpu,dtype_in,M,N,K,time_ms,tflops_per_s,source\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        (GEMM_HEADER + "NVIDIA A100 80GB,fp16,64,64,64,0.01,,x\nNVIDIA A100 80GB,fp16,sixty,64,64,0.01,,x\n", 3,
+         "column 'M'"),
+        (GEMM_HEADER + "NVIDIA A100 80GB,fp16,64,64,64,0.01,,x,extra\n", 2, "expected 8 fields"),
+        ("gpu,colour\nA100,red\n", 1, "unrecognised CSV header"),
+        ("gpu,dtype_in,M,N,K,source\nA100,fp16,1,2,3,x\n", 1, "missing column 'time_ms' or 'tflops_per_s'"),
+        (GEMM_HEADER + 'NVIDIA A100 80GB,fp16,64,64,64,0.01,,"unterminated\n', 2, "malformed CSV"),
+    ],
+)  # fmt: skip
+def test_a_malformed_csv_is_one_line_naming_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, line: int, words: str
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(body)
+    rc = cli.main(["validate", "data", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert f"{bad}:{line}:" in err and words in err
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["validate", "data", str(tmp_path / "nope.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "no such file" in err
+
+
+# -------------------------------------------------------------------------------------------- host
+
+
+def test_validate_host_quick_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.perf_counter()
+    rc = cli.main(["validate", "host", "--quick"])
+    elapsed = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert elapsed < 15
+    lines = out.splitlines()
+    header = next(i for i, s in enumerate(lines) if s.startswith("kernel"))
+    assert set(lines[header + 1].replace(" ", "")) == {"-"}
+    assert (
+        sum("gemm" in s for s in lines[header:]) >= 3 and sum("attention" in s for s in lines[header:]) >= 2
+    )
+    assert "(fit)" in out and "median |error|" in out
+
+
+def test_host_description_follows_the_cpu_flags() -> None:
+    info = validate.HostInfo("test", 4, 3.0e9, "test", 512, True, ("avx512f", "fma"), 32 * 2**20, 16 * 2**30)
+    cpu = validate.host_cpu(info, 20e9, 0.5)
+    # one core: 16 fp32 lanes x 2 FLOPs per FMA x 2 FMA pipes x 3 GHz
+    assert cpu.peak_flops("fp32") == pytest.approx(16 * 2 * 2 * 3.0e9)
+    assert cpu.memory_bandwidth_Bps == pytest.approx(20e9)
+
+
+# ------------------------------------------------------------------------------ measure_gpu.py's CSVs
+
+
+def test_measure_gpu_csvs_are_read_back_by_validate(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("measure_gpu", ROOT / "scripts" / "measure_gpu.py")
+    assert spec and spec.loader
+    mg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mg)
+    gpu = "NVIDIA H100 80GB HBM3"
+    gemm = [mg.gemm_row(gpu, "bf16", m, n, k, 2 * m * n * k / 600e12 + 5e-6, "torch x", "test")
+            for m, n, k in mg.gemm_grid(quick=True)]  # fmt: skip
+    attn = [mg.attention_row(gpu, "bf16", "SDPA, flash backend (torch x)", b, h, s, d, c,
+                             mg.attention_flops(b, h, s, d, c) / 350e12, "test")
+            for b, h, s, d, c in mg.attention_grid(quick=True)]  # fmt: skip
+    paths = [mg.write_csv(tmp_path / "gemm_h100.csv", mg.GEMM_COLUMNS, gemm),
+             mg.write_csv(tmp_path / "attention_h100.csv", mg.ATTENTION_COLUMNS, attn)]  # fmt: skip
+    sim = validate.Simulator()
+    rows = [r for p in paths for r in validate.load_rows(p, sim)]
+    assert len(rows) == len(gemm) + len(attn)
+    assert all(r.mapped and r.preset == "h100-sxm5-80gb" for r in rows), [
+        r.reason for r in rows if not r.mapped
+    ]
+    for r in rows:
+        r.predicted, r.bound = r.predict()  # type: ignore[misc]
+        assert r.predicted > 0
+    assert {r.family for r in rows} == {"gemm", "attention"}
