@@ -124,6 +124,8 @@ class GPU(Component):
         "norm": "row_cost",
         "softmax": "row_cost",
         "embedding": "stream_cost",
+        "pool": "stream_cost",
+        "conv2d": "conv2d_cost",
         "allreduce": "collective_cost",
         "allgather": "collective_cost",
         "sendrecv": "collective_cost",
@@ -249,6 +251,26 @@ class GPU(Component):
                   "waves": plan.waves, "t_compute_s": plan.t_compute_s, "t_dram_s": plan.t_dram_s,
                   "t_l2_s": plan.t_l2_s}  # fmt: skip
         return OpCost(plan.t_s + self.launch_s, plan.bound, plan.dram_bytes, actions, detail)
+
+    def conv2d_cost(self, op: Op) -> OpCost:
+        """Implicit GEMM (im2col done on chip): the lowered GEMM's tiles and waves, but the input is read
+        from DRAM once rather than once per filter tap. Convolutions too thin for tensor-core tiles
+        (depthwise: one output channel per group) run as direct kernels that stream their tensors."""
+        g = op.gemm()
+        if g.n < 16 or g.k < 16:
+            return self.stream_cost(op)
+        lowered = Gemm(op.name, op.dtype, m=g.m, n=g.n, k=g.k, batch=g.groups)
+        cost = self.gemm_cost(lowered)
+        im2col_B = g.groups * g.m * g.k * op.elem_bytes
+        input_B = next(t.bytes for t in op.tensors() if t.role == "in")
+        dram = max(op.bytes, cost.dram_bytes - im2col_B + input_B)
+        plan = self.gemm_plan(lowered)
+        t_dram = plan.t_dram_s * dram / plan.dram_bytes
+        t = max(plan.t_compute_s, t_dram, plan.t_l2_s, plan.t_smem_s) + self.launch_s
+        bound = "memory" if t_dram >= max(plan.t_compute_s, plan.t_l2_s, plan.t_smem_s) else cost.bound
+        actions = {**cost.actions, "dram.byte": dram}
+        detail = {**cost.detail, "t_dram_s": t_dram, "gemm_m": g.m, "gemm_n": g.n, "gemm_k": g.k}
+        return OpCost(t, bound, dram, actions, detail)
 
     # ----------------------------------------------------------------------------------- attention
     def flash_block_q(self, op: Attention) -> int:

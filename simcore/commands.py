@@ -75,8 +75,25 @@ def _make_attention(a: argparse.Namespace) -> Any:
                      kv_len=a.kv_len or a.q_len, head_dim=a.head_dim, causal=a.causal)  # fmt: skip
 
 
-#: op name -> (argument setup, op factory); op families add entries (e.g. conv2d).
-OP_COMMANDS: dict[str, tuple[Any, Any]] = {"gemm": (_gemm_args, _make_gemm), "attention": (_attention_args, _make_attention)}
+def _conv2d_args(p: argparse.ArgumentParser) -> None:
+    from models.cnn import conv2d_cli_args
+
+    _hw_args(p)
+    conv2d_cli_args(p)
+
+
+def _make_conv2d(a: argparse.Namespace) -> Any:
+    from models.cnn import conv2d_from_args
+
+    return conv2d_from_args(a)
+
+
+#: op name -> (argument setup, op factory)
+OP_COMMANDS: dict[str, tuple[Any, Any]] = {
+    "gemm": (_gemm_args, _make_gemm),
+    "attention": (_attention_args, _make_attention),
+    "conv2d": (_conv2d_args, _make_conv2d),
+}
 
 
 def _op_args(p: argparse.ArgumentParser) -> None:

@@ -102,3 +102,20 @@ def test_softmax_bytes(a100):
     op = Softmax("s", "fp16", rows=4096, cols=4096)
     assert op.bytes == 2 * 4096 * 4096 * 2
     assert a100.op_cost(op).duration_s > op.bytes / a100.memory_bandwidth_Bps
+
+
+def test_conv2d_runs_as_implicit_gemm_reading_its_input_once(a100):
+    from models.cnn import Conv2d
+
+    conv = Conv2d("c", "fp16", batch=32, h=56, w=56, c_in=64, c_out=64, kernel=3, stride=1, padding=1)
+    g = conv.gemm()
+    lowered = Gemm("g", "fp16", m=g.m, n=g.n, k=g.k)
+    c, lc = a100.op_cost(conv), a100.op_cost(lowered)
+    # the same tensor-core work as its im2col GEMM, but the 9x-replicated input is not read from DRAM
+    assert c.detail["tile"] == lc.detail["tile"] and c.detail["waves"] == lc.detail["waves"]
+    assert conv.bytes <= c.dram_bytes < lc.dram_bytes
+    assert c.duration_s <= lc.duration_s
+    # a depthwise conv has no GEMM worth tiling: it streams its tensors like an elementwise kernel
+    dw = Conv2d("d", "fp16", batch=32, h=56, w=56, c_in=64, c_out=64, kernel=3, stride=1, padding=1, groups=64)
+    assert a100.op_cost(dw).bound == "memory"
+    assert a100.op_cost(dw).dram_bytes == dw.bytes
