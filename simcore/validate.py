@@ -505,9 +505,10 @@ def _misc_row(f: _Fields, sim: Simulator) -> Row:
         if "peak" in op_name.lower():
             row.reason = ("register-resident peak-FLOP loop, not an op the model costs (the preset's spec "
                           "peak is what it compares to)")  # fmt: skip
+        elif op_name.lower().startswith("transformer layer component"):
+            return _layer_row(row, op_name.split(":", 1)[-1].strip(), f.text("config"), sim)
         else:
-            row.reason = ("per-component breakdown of a tensor-parallel GPT-3 layer: component shapes are "
-                          "internal to the source's model, not stated in the row")  # fmt: skip
+            row.reason = f"op {op_name!r} not recognised"
         return row
     if not (m and measured > 0) or (family != "gelu" and not n):
         row.reason = "shape or measured value missing"
@@ -526,6 +527,86 @@ def _misc_row(f: _Fields, sim: Simulator) -> Row:
     row.harness = h.note if h else ""
     row.predict = lambda: sim.op_time(row.preset or "", op, h)  # type: ignore[arg-type]
     return row
+
+
+_PREFILL = re.compile(r"prefill: batch (\d+), seq (\d+), d_model (\d+), (\d+) heads.*TP=(\d+)")
+_DECODE = re.compile(
+    r"decode.*batch (\d+), 1 new token, KV length (\d+)\+(\d+), d_model (\d+), (\d+) heads.*TP=(\d+)"
+)
+
+
+def _layer_row(row: Row, component: str, config: str, sim: Simulator) -> Row:
+    """One component of LLMCompass's tensor-parallel GPT-3 layer (ae/figure5/ijkl, measured per component
+    with the same host-timed harness as its single-op rows). Shapes follow its software_model/transformer.py:
+    per device, Q/K/V projections [b·s, d] x [d, d/TP] (three calls), Q·Kᵀ and A·V batched over b·heads/TP,
+    the output projection [b·s, d/TP] x [d/TP, d], the MLP [b·s, d] x [d, 4d/TP] and back, softmax over the
+    score rows, layer norm over [b·s, d], GeLU over [b·s, 4d/TP], and an all-reduce of [b·s, d] over TP GPUs.
+    A decode step has s = 1 and attends to the KV length + 1 keys."""
+    from simcore.ops import Elementwise, Gemm, Norm, Softmax
+
+    m = _PREFILL.search(config)
+    if m:
+        b, s, d, heads, tp = map(int, m.groups())
+        kv, phase = s, "prefill"
+    else:
+        m = _DECODE.search(config)
+        if not m:
+            row.reason = f"layer configuration not recognised: {config!r}"
+            return row
+        b, kv0, kv1, d, heads, tp = map(int, m.groups())
+        s, kv, phase = 1, kv0 + kv1 + 1, "decode"
+    e, hd, hp, t = row.dtype, d // heads, heads // tp, b * s
+    calls = 1
+    ops: dict[str, tuple[str, Any]] = {
+        "Q_K_V": ("gemm", Gemm("qkv", e, m=t, n=d // tp, k=d)),
+        "Q_mul_K": ("gemm", Gemm("qk", e, m=s, n=kv, k=hd, batch=b * hp, b_is_weight=False)),
+        "A_mul_V": ("gemm", Gemm("av", e, m=s, n=hd, k=kv, batch=b * hp, b_is_weight=False)),
+        "Wo_proj": ("gemm", Gemm("wo", e, m=t, n=d, k=d // tp)),
+        "W1_proj": ("gemm", Gemm("w1", e, m=t, n=4 * d // tp, k=d)),
+        "W2_proj": ("gemm", Gemm("w2", e, m=t, n=d, k=4 * d // tp)),
+        "Softmax": ("softmax", Softmax("softmax", e, rows=b * hp * s, cols=kv)),
+        "LayerNorm_MHA": ("layernorm", Norm("ln", e, rows=t, cols=d, function="layernorm")),
+        "LayerNorm_FFN": ("layernorm", Norm("ln", e, rows=t, cols=d, function="layernorm")),
+        "GeLU": (
+            "gelu",
+            Elementwise("gelu", e, elements=t * 4 * d // tp, flops_per_element=GELU_FLOPS, function="gelu"),
+        ),  # fmt: skip
+    }
+    if component == "Q_K_V":
+        calls = 3  # three projections, each timed on its own
+    row.shape = f"GPT-3 layer {phase} b{b} s{s} kv{kv} TP={tp}: {component}"
+    if component.startswith("AllReduce"):
+        # as the nccl-tests rows: bus bandwidth = bytes / time x 2(n-1)/n
+        row.family, row.quantity, row.dtype = "allreduce", "bandwidth", ""
+        system = SYSTEMS.get(row.preset or "")
+        nbytes = t * d * dtype_bytes(e)
+        bus = nbytes * 2 * (tp - 1) / tp
+        row.measured = bus / row.measured
+
+        def allreduce() -> tuple[float, str]:
+            return bus / sim.allreduce(sim.system(system or ""), tp, nbytes), "network"
+
+        row.predict = allreduce
+        return row
+    if component not in ops:
+        row.reason = f"layer component {component!r} not recognised"
+        return row
+    row.family, op = ops[component]
+    h = harness_for(row.source, row.family)
+    row.harness = h.note if h else ""
+
+    def predict() -> tuple[float, str]:
+        time_s, bound = sim.op_time(row.preset or "", op, h)
+        return calls * time_s, bound
+
+    row.predict = predict
+    return row
+
+
+def dtype_bytes(dtype: str) -> float:
+    from simcore.ops import dtype_bytes as _bytes
+
+    return _bytes(dtype)
 
 
 #: tanh-approximated GeLU, x·0.5·(1 + tanh(0.79788·x·(1 + 0.044715·x²))): 7 multiply/adds plus a tanh,
