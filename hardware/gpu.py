@@ -222,7 +222,8 @@ class GPU(Component):
                 if a_B + b_B <= self.l2_size_B / 2:
                     dram = a_B + b_B + c_B
                 else:
-                    dram = max(a_B + b_B, min(waves * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
+                    # a partial last wave reads only its own share of panels
+                    dram = max(a_B + b_B, min(ctas / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
                 if split > 1:  # fp32 partials written and read back by the reduction
                     dram += 2 * batch * m * n * 4 * split
                 # wave by wave: too few CTAs in flight (a small grid, a partial last wave) cannot
