@@ -68,6 +68,12 @@ GPU_SCHEMA: dict[str, Any] = {
                               "standard rate (e.g. GA102 bridges)", "bandwidth", default=None),
     },
     "power": POWER_SCHEMA,
+    "collective": {
+        "latency": nonneg("fixed software latency of a collective (library setup, peer synchronisation)",
+                          "time", default=0.0),  # fmt: skip
+        "efficiency": positive("fraction of the links' achievable rate a collective's protocol delivers",
+                               default=1.0),  # fmt: skip
+    },
     "efficiency": {
         "tensor": positive("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
         "vector": positive("achievable fraction of vector peak", default=0.8),
@@ -350,7 +356,8 @@ class GPU(Component):
         """
         dram = 2.0 * op.bytes_per_device
         actions = {"flop.fp32": op.flops, "dram.byte": dram}
-        return OpCost(self.launch_s, "network", dram, actions, {})
+        coll = self.params["collective"]
+        return OpCost(self.launch_s + coll["latency"], "network", dram, actions, {"wire_efficiency": coll["efficiency"]})
 
     # ---------------------------------------------------------------------------------------- energy
     def energy_per_action_J(self) -> dict[str, float]:

@@ -289,10 +289,12 @@ class Engine:
         """How a step occupies shared resources: a fixed delay, then `nbytes` over `path` (capped)."""
         op = step.op
         if isinstance(op, Collective) and len(step.devices) > 1:
+            # the protocol's efficiency is modelled as more bytes on the wire at the links' rate
             path, lat = self.ring_path(step.devices)
-            ring = Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device, math.inf)
+            eff = cost.detail.get("wire_efficiency", 1.0)
+            ring = Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device / eff, math.inf)
             if isinstance(op, AllReduce):  # like NCCL, take the faster of ring and tree
-                tree = Plan.make(cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device, math.inf)
+                tree = Plan.make(cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device / eff, math.inf)
                 return min(ring, tree, key=lambda p: p.solo_s)
             return ring
         if cost.dram_bytes > 0 and step.devices[0] in self.mem:

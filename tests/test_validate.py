@@ -74,8 +74,6 @@ def test_memory_and_link_bandwidths_meet_their_target(run: dict[str, Any], name:
     assert g["median_abs"] <= 0.10
 
 
-@pytest.mark.xfail(reason="NCCL all-reduce: the engine's ring model has no protocol latency or reduction "
-                   "overhead (docs/validation.md, weak spots)", strict=True)  # fmt: skip
 def test_allreduce_bus_bandwidth_meets_its_target(run: dict[str, Any]) -> None:
     g = family(run["report"], "allreduce")
     assert g is not None
