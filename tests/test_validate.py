@@ -3,9 +3,8 @@ row accounted for, one-line errors for broken CSVs, and the host run.
 
 Targets (median / p90 of |predicted/measured - 1| over the measured, not figure-read, rows): GEMM median
 <= 10% and p90 <= 25%; softmax, layernorm and GeLU median <= 15% each; HBM, PCIe and NVLink bandwidth
-median <= 10%; attention forward median <= 15% where forward rows exist (the shared A100 set has only
-forward+backward rows, which must be listed as unmapped). NCCL all-reduce bus bandwidth is reported but
-misses its 10% target (docs/validation.md, weak spots): that test is an expected failure.
+median <= 10%; NCCL all-reduce bus bandwidth median <= 10%; attention forward median <= 15% where forward
+rows exist (the shared A100 set has only forward+backward rows, which must be listed as unmapped).
 """
 
 from __future__ import annotations
