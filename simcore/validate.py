@@ -892,21 +892,26 @@ _COLORS = {"gemm": "tab:blue", "attention": "tab:orange", "softmax": "tab:green"
 
 def plot_predictions(rows: Sequence[Row], path: Path) -> Path:
     """Predicted vs measured, log-log: op times and link bandwidths side by side, y = x and ±10/25% bands."""
-    import matplotlib
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or figure state is touched
+    except ImportError:
+        raise ConfigError("the plot needs matplotlib (pip install matplotlib), or pass --no-plot",
+                          key="simcore validate data") from None  # fmt: skip
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    panels = (
-        ("time", 1e6, "time (µs)", "Operators"),
-        ("bandwidth", 1e-9, "bandwidth (GB/s)", "Memory and links"),
-    )
-    for ax, (quantity, scale, unit, title) in zip(axes, panels, strict=True):
-        pts = [r for r in rows if r.mapped and r.quantity == quantity and math.isfinite(r.predicted)]
-        if not pts:
-            ax.set_visible(False)
-            continue
+    panels = [
+        (quantity, scale, unit, title, pts)
+        for quantity, scale, unit, title in (
+            ("time", 1e6, "time (µs)", "Operators"),
+            ("bandwidth", 1e-9, "bandwidth (GB/s)", "Memory and links"),
+        )
+        if (pts := [r for r in rows if r.mapped and r.quantity == quantity and math.isfinite(r.predicted)])
+    ]
+    fig = Figure(figsize=(6 * max(1, len(panels)), 5.5))
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    if not panels:
+        axes[0].text(0.5, 0.5, "no simulated rows", ha="center", va="center")
+        axes[0].set_axis_off()
+    for ax, (_quantity, scale, unit, title, pts) in zip(axes, panels, strict=False):
         lo = min(min(r.measured, r.predicted) for r in pts) * scale / 1.5
         hi = max(max(r.measured, r.predicted) for r in pts) * scale * 1.5
         xs = [lo, hi]
@@ -933,7 +938,6 @@ def plot_predictions(rows: Sequence[Row], path: Path) -> Path:
     fig.suptitle("simcore validate: predicted vs measured")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 
