@@ -20,7 +20,7 @@ from hardware.base import Component, OpCost, default_action_energy, register
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.errors import ConfigError
-from simcore.ops import Attention, Collective, Elementwise, Embedding, Gemm, Norm, Op, Softmax, ceil_div
+from simcore.ops import Attention, AttentionGrad, Collective, Elementwise, Embedding, Gemm, Norm, Op, Softmax, ceil_div
 
 DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
 
@@ -126,6 +126,7 @@ class GPU(Component):
     COSTS = {
         "gemm": "gemm_cost",
         "attention": "attention_cost",
+        "attention_grad": "attention_grad_cost",
         "elementwise": "stream_cost",
         "norm": "row_cost",
         "softmax": "row_cost",
@@ -280,37 +281,74 @@ class GPU(Component):
         return OpCost(t, bound, dram, actions, detail)
 
     # ----------------------------------------------------------------------------------- attention
+    def flash_block_k(self, op: Attention) -> int:
+        """Key rows per inner-loop block (FlashAttention-2: 128 up to head_dim 64, else 64)."""
+        return 128 if op.head_dim <= 64 else 64
+
+    def flash_pairs(self, op: Attention) -> float:
+        """(query, key) pairs actually computed: causal masking skips whole key blocks only, so the
+        diagonal blocks are computed in full."""
+        if not op.causal or op.q_len == 1:
+            return op.batch * op.heads * op.score_pairs
+        bq, bk, offset = self.flash_block_q(op), self.flash_block_k(op), op.kv_len - op.q_len
+        pairs = 0
+        for start in range(0, op.q_len, bq):
+            rows = min(bq, op.q_len - start)
+            visible = offset + start + rows  # keys the block's last row sees
+            pairs += rows * min(op.kv_len, ceil_div(visible, bk) * bk)
+        return float(op.batch * op.heads * pairs)
+
     def flash_block_q(self, op: Attention) -> int:
         """Query rows per flash work unit (FlashAttention-2 forward tiles: 128 rows up to head_dim 128)."""
         return 128 if op.head_dim <= 128 else 64
 
     def attention_cost(self, op: Attention) -> OpCost:
-        d = op.head_dim
+        """Flash forward: per (query, key) pair 4·d matmul FLOPs on tensor cores, one exp on the SFUs and
+        ~4 fp32 FLOPs of scaling/max/sum bookkeeping, which FlashAttention-2 does not overlap with the
+        matmuls; query blocks spread over SMs (decode splits the KV sequence instead)."""
+        return self._flash_cost(op, 4.0 * op.head_dim, fp32_per_pair=4.0, atomic_B_per_pair=0.0)
+
+    def attention_grad_cost(self, op: AttentionGrad) -> OpCost:
+        """Flash backward: 10·d matmul FLOPs per pair (five matmuls), the exp recomputed, ~6 fp32 FLOPs for
+        dS = P∘(dP − rowsum(dO∘O)); work units own 128-key blocks and add their dQ contributions into an
+        fp32 buffer with L2 atomics: head_dim × 4 bytes per query row and key block, 4·d/128 per pair."""
+        cost = self._flash_cost(op, 10.0 * op.head_dim, fp32_per_pair=6.0, atomic_B_per_pair=4.0 * op.head_dim / 128)
+        # two more kernels: D = rowsum(dO∘O) before (reads O, dO), and after, the fp32 dQ accumulator
+        # (zeroed beforehand) is read and written back as dQ in the input dtype
+        q_B = op.batch * op.heads * op.q_len * op.head_dim * op.elem_bytes
+        acc_B = q_B * 4 / op.elem_bytes  # the fp32 dQ accumulator
+        extra_B = 2 * q_B + 2 * acc_B + q_B  # read O and dO; zero and re-read the accumulator; write dQ
+        t_extra = 2 * self.launch_s + extra_B / self.memory_bandwidth_Bps
+        actions = {**cost.actions, "dram.byte": cost.dram_bytes + extra_B}
+        return OpCost(cost.duration_s + t_extra, cost.bound, cost.dram_bytes + extra_B, actions, cost.detail)
+
+    def _flash_cost(self, op: Attention, mm_per_pair: float, fp32_per_pair: float, atomic_B_per_pair: float) -> OpCost:
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
         sm_mm = peak * eff / self.sms
         sm_sfu = self.params["sfu_per_sm_per_clk"] * self.clock_Hz
         sm_fma = self.vector_peak("fp32") * self.eff["vector"] / self.sms
-        # Per (query, key) pair: 4·d matmul FLOPs, one exp, ~4 fp32 FLOPs of scaling/max/sum bookkeeping.
-        t_pair = 4.0 * d / sm_mm + 1.0 / sm_sfu + 4.0 / sm_fma
+        sm_l2 = self.l2_bw_Bps / self.sms
+        t_pair = mm_per_pair / sm_mm + 1.0 / sm_sfu + fp32_per_pair / sm_fma + atomic_B_per_pair / sm_l2
         block_q = self.flash_block_q(op)
         q_blocks = ceil_div(op.q_len, block_q)
         units = op.batch * op.heads * q_blocks
+        splits = 1
         if op.q_len <= 16:  # decode: split the KV sequence across SMs (flash-decoding) to fill the chip
             splits = max(1, min(ceil_div(op.kv_len, 256), ceil_div(self.sms * 2, units)))
             units *= splits
-        pairs_total = op.batch * op.heads * op.score_pairs
+        pairs_total = self.flash_pairs(op)
         # the largest work unit: the last query block, which (causal) sees the whole kv length
-        unit_pairs = min(op.q_len, block_q) * op.kv_len / (splits if op.q_len <= 16 else 1)
+        unit_pairs = min(op.q_len, block_q) * op.kv_len / splits
         t_compute = max(pairs_total * t_pair / self.sms, unit_pairs * t_pair)
-        if op.q_len > 16 and not op.causal:
+        if op.q_len > 16 and not op.causal:  # equal units: whole rounds over the SMs
             t_compute = ceil_div(units, self.sms) * unit_pairs * t_pair
         dram = op.bytes
         active = min(1.0, units / (self.sms * self.eff["mem_saturation"]))
         t_mem = dram / (self.memory_bandwidth_Bps * active)
         bound = "compute" if t_compute >= t_mem else "memory"
-        actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": 5.0 * op.batch * op.heads * op.score_pairs,
-                   "dram.byte": dram, "smem.byte": 2 * dram}  # fmt: skip
+        actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": (fp32_per_pair + 1) * pairs_total,
+                   "dram.byte": dram, "smem.byte": 2 * dram, "l2.byte": atomic_B_per_pair * pairs_total}  # fmt: skip
         detail = {"units": units, "block_q": block_q, "t_compute_s": t_compute, "t_dram_s": t_mem}
         return OpCost(max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail)
 

@@ -144,6 +144,33 @@ class Attention(Op):
 
 
 @dataclass(frozen=True, slots=True)
+class AttentionGrad(Attention):
+    """Backward pass of attention (training): dQ, dK, dV from dO, recomputing the scores.
+
+    Five matmuls per (query, key) pair (S = QKᵀ again, dP = dO·Vᵀ, dV += Pᵀ·dO, dQ += dS·K, dK += dSᵀ·Q)
+    against the forward's two: 2.5x its FLOPs.
+    """
+
+    kind: ClassVar[str] = "attention_grad"
+
+    @property
+    def flops(self) -> float:
+        return 10.0 * self.batch * self.heads * self.head_dim * self.score_pairs
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        e, b, d = self.elem_bytes, self.batch, self.head_dim
+        q = b * self.heads * self.q_len * d * e
+        kv = b * self.kv_heads * self.kv_len * d * e
+        return (Tensor("Q", q), Tensor("K", kv), Tensor("V", kv), Tensor("O", q), Tensor("dO", q),
+                Tensor("lse", b * self.heads * self.q_len * 4), Tensor("dQ", q, "out"), Tensor("dK", kv, "out"),
+                Tensor("dV", kv, "out"))  # fmt: skip
+
+    @property
+    def activation_bytes(self) -> float:
+        return sum(t.bytes for t in self.tensors())
+
+
+@dataclass(frozen=True, slots=True)
 class Elementwise(Op):
     """`inputs` tensors of `elements` each combined into one output (add, mul, GeLU, SiLU...)."""
 
@@ -311,7 +338,7 @@ def register_op(cls: type[Op]) -> type[Op]:
 
 
 OP_KINDS: dict[str, type[Op]] = {}
-for _cls in (Gemm, Attention, Elementwise, Norm, Softmax, Embedding, AllReduce, AllGather, SendRecv, Transfer):
+for _cls in (Gemm, Attention, AttentionGrad, Elementwise, Norm, Softmax, Embedding, AllReduce, AllGather, SendRecv, Transfer):
     register_op(_cls)
 
 # --------------------------------------------------------------------------------------------- graph

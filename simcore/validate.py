@@ -455,18 +455,19 @@ def _attention_row(f: _Fields, sim: Simulator) -> Row:
     causal = causal_text in ("true", "1", "yes")
     dtype = _dtype(f.text("dtype")) or "fp16"
     t_ms, tflops = f.number("time_ms"), f.number("tflops_per_s")
-    # FlashAttention's benchmark convention: 4·b·h·s²·d forward FLOPs, halved when causal
-    flops = 4.0 * batch * heads * seq * seq * d / (2 if causal else 1)
+    # FlashAttention's benchmark convention: 4·b·h·s²·d forward FLOPs, halved when causal; the backward
+    # pass counts 2.5x that, so fwd+bwd rows divide 3.5x the forward FLOPs by the time
+    passes = 3.5 if f.text("pass").lower() == "fwd+bwd" else 1.0
+    flops = passes * 4.0 * batch * heads * seq * seq * d / (2 if causal else 1)
     measured = t_ms * 1e-3 if t_ms else (flops / (tflops * 1e12) if tflops else math.nan)
     impl = f.text("implementation")
     shape = f"b{batch} h{heads} s{seq} d{d}{' causal' if causal else ''} [{impl}]"
     row = _base(f, "gpu", "attention", dtype, shape, "time", measured)
     if row.reason:
         return row
-    pass_ = f.text("pass")
-    if pass_.lower() != "fwd":
-        row.reason = (f"pass {pass_!r}: only the forward pass is modelled" if len(pass_) < 12
-                      else "pass not stated in the source (its script reports fwd+bwd totals)")  # fmt: skip
+    pass_ = f.text("pass").lower()
+    if pass_ not in ("fwd", "fwd+bwd"):
+        row.reason = "pass not stated in the source (its script reports fwd+bwd totals)"
     elif causal_text not in ("true", "false", "1", "0", "yes", "no"):
         row.reason = f"causal flag {f.text('causal')!r} not stated"
     elif not measured > 0:
@@ -475,12 +476,22 @@ def _attention_row(f: _Fields, sim: Simulator) -> Row:
         row.reason = (
             f"implementation {impl!r} materialises the score matrix; the model costs flash-style attention"
         )
+    elif pass_ == "fwd+bwd" and not re.fullmatch(r"flash\s*attention[- ]?2(\.0)?", impl.strip(), re.IGNORECASE):
+        row.reason = (f"implementation {impl!r}: the backward model follows FlashAttention-2's schedule "
+                      "(key-block parallel, dQ by atomics); other kernels' schedules differ")  # fmt: skip
     else:
-        from simcore.ops import Attention
+        from simcore.ops import Attention, AttentionGrad
 
-        op = Attention("attention", dtype, batch=batch, heads=heads, kv_heads=heads, q_len=seq, kv_len=seq,
-                       head_dim=d, causal=causal)  # fmt: skip
-        row.predict = lambda: sim.op_time(row.preset or "", op, None)  # type: ignore[arg-type]
+        fwd = Attention("attention", dtype, batch=batch, heads=heads, kv_heads=heads, q_len=seq, kv_len=seq,
+                        head_dim=d, causal=causal)  # fmt: skip
+        ops = [fwd] if pass_ == "fwd" else [fwd, AttentionGrad("attention_grad", dtype, batch=batch, heads=heads,
+                                                              kv_heads=heads, q_len=seq, kv_len=seq, head_dim=d,
+                                                              causal=causal)]  # fmt: skip
+        def predict() -> tuple[float, str]:
+            times = [sim.op_time(row.preset or "", op, None) for op in ops]
+            return sum(t for t, _ in times), times[0][1]
+
+        row.predict = predict
     return row
 
 

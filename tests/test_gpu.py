@@ -119,3 +119,18 @@ def test_conv2d_runs_as_implicit_gemm_reading_its_input_once(a100):
     dw = Conv2d("d", "fp16", batch=32, h=56, w=56, c_in=64, c_out=64, kernel=3, stride=1, padding=1, groups=64)
     assert a100.op_cost(dw).bound == "memory"
     assert a100.op_cost(dw).dram_bytes == dw.bytes
+
+
+def test_attention_backward_is_five_matmuls_and_causal_blocks_are_computed_whole(a100):
+    from simcore.ops import AttentionGrad
+
+    fwd = Attention("a", "fp16", batch=2, heads=16, kv_heads=16, q_len=1000, kv_len=1000, head_dim=128, causal=True)
+    bwd = AttentionGrad("a", "fp16", batch=2, heads=16, kv_heads=16, q_len=1000, kv_len=1000, head_dim=128, causal=True)
+    assert bwd.flops == pytest.approx(2.5 * fwd.flops)
+    # masking skips whole key blocks only: query block i computes ceil(last visible key / block_k) blocks
+    bq, bk = a100.flash_block_q(fwd), a100.flash_block_k(fwd)
+    blocks = sum(min(bq, 1000 - s) * min(1000, -(-(s + min(bq, 1000 - s)) // bk) * bk) for s in range(0, 1000, bq))
+    assert a100.flash_pairs(fwd) == 2 * 16 * blocks
+    assert 2 * 16 * fwd.score_pairs < a100.flash_pairs(fwd) < 2 * 16 * 1000 * 1000
+    # the backward does more work per pair and two extra memory passes: well over 2.5x the forward time
+    assert a100.op_cost(bwd).duration_s > 2.5 * a100.op_cost(fwd).duration_s

