@@ -27,6 +27,7 @@ _EXPORTS = {
     "OpGraph": "simcore.ops",
     "Engine": "simcore.engine",
     "Program": "simcore.engine",
+    "sweep": "simcore.sweep",
 }
 
 

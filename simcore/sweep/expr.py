@@ -40,7 +40,11 @@ _BIN: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: _pow,
 }  # fmt: skip
-_UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+}
 _CMP: dict[type, Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
@@ -113,7 +117,9 @@ class Expr:
             return lambda env: any(p(env) for p in parts)
         if isinstance(node, ast.Compare) and all(type(o) in _CMP for o in node.ops):
             first = self._compile(node.left)
-            rest = [(_CMP[type(o)], self._compile(c)) for o, c in zip(node.ops, node.comparators, strict=True)]
+            rest = [
+                (_CMP[type(o)], self._compile(c)) for o, c in zip(node.ops, node.comparators, strict=True)
+            ]
 
             def compare(env: Env) -> bool:
                 left = first(env)

@@ -1,0 +1,260 @@
+"""A sweep from start to finish: sample points, apply constraints, skip cached points, run the rest on a
+backend, evaluate objectives, mark the Pareto front, and return one pandas DataFrame row per point."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import simcore
+from simcore.errors import ConfigError
+from simcore.sweep import runner
+from simcore.sweep.expr import MissingName
+from simcore.sweep.spec import SweepSpec, flatten, load_sweep, to_number, value_kind
+from simcore.sweep.store import Store, code_fingerprint, point_key
+
+MIN_POINTS_PER_WORKER = 16  # below this a process pool costs more than it saves
+
+
+@dataclass
+class Stats:
+    """What a sweep did, for the progress line, the CLI and `DataFrame.attrs['stats']`."""
+
+    points: int = 0
+    unique: int = 0
+    computed: int = 0
+    cached: int = 0
+    skipped: int = 0  #: rejected by a constraint before running
+    infeasible: int = 0  #: out of memory, invalid combination, or a result-side constraint
+    errors: int = 0
+    workers: int = 0
+    backend: str = "local"
+    elapsed_s: float = 0.0
+    store: str = ""
+
+    def line(self, name: str) -> str:
+        rate = (
+            f" ({60 * self.computed / self.elapsed_s:,.0f} points/min)"
+            if self.computed and self.elapsed_s
+            else ""
+        )
+        return (f"sweep {name}: {self.points} points, {self.computed} computed, {self.cached} cached, "
+                f"{self.skipped} skipped, {self.infeasible} infeasible, {self.errors} errors "
+                f"in {self.elapsed_s:.2f} s{rate} -> {self.store}")  # fmt: skip
+
+
+def default_store(name: str) -> Path:
+    return Path("runs") / name
+
+
+def sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, *, workers: int | None = None, backend: str = "local",
+          scheduler: Any = None, out: str | Path | None = None, cache: bool = True,
+          progress: bool | None = None) -> Any:  # fmt: skip
+    """Run a sweep (a YAML path, a mapping, or a loaded spec) and return a pandas DataFrame, one row per point.
+
+    Columns: the axes (numbers in SI units where the values carry units), the objectives, `pareto`,
+    `status` (ok / infeasible / error), `reason`, `cached`, every figure of the result summary, `key`.
+    `df.attrs` holds the objectives, axes, units and run statistics. Results are stored under `out`
+    (default `runs/<name>/`) and reused by later runs.
+    """
+    s = spec if isinstance(spec, SweepSpec) else load_sweep(spec)
+    return run_sweep(s, workers=workers, backend=backend, scheduler=scheduler, out=out, cache=cache,
+                     progress=progress)  # fmt: skip
+
+
+def run_sweep(spec: SweepSpec, points: Sequence[Mapping[str, Any]] | None = None, *, workers: int | None = None,
+              backend: str = "local", scheduler: Any = None, out: str | Path | None = None, cache: bool = True,
+              progress: bool | str | None = None, durable: bool = True) -> Any:  # fmt: skip
+    """Run `points` (default: the spec's sampling plan) and build the DataFrame; see `sweep`."""
+    if backend not in runner.BACKENDS:
+        raise ConfigError(
+            f"unknown backend {backend!r} (known: {', '.join(runner.BACKENDS)})", key="--backend"
+        )
+    t0 = time.perf_counter()
+    pts = [dict(p) for p in (spec.points() if points is None else points)]
+    store = Store(out if out is not None else default_store(spec.name), durable)
+    store.clean()
+    stats = Stats(points=len(pts), backend=backend, store=str(store.root))
+    existing = store.keys() if cache else set()
+    pre = spec.pre_constraints()
+    inputs_memo: dict = {}
+
+    rows: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}
+    pending: list[runner.Point] = []
+    for point in pts:
+        row: dict[str, Any] = {"point": point, "key": None, "status": "ok", "reason": None, "cached": False}
+        rows.append(row)
+        try:
+            config = spec.config(point)
+        except ConfigError as e:
+            row.update(status="infeasible", reason=e.message)
+            stats.skipped += 1
+            continue
+        env = spec.point_env(point, config)
+        row["env"] = env
+        reason = _violated(pre, env)
+        if reason:
+            row.update(status="infeasible", reason=reason)
+            stats.skipped += 1
+            continue
+        key, inputs = point_key(config, spec.base.file, spec.base_file, inputs_memo)
+        row["key"] = key
+        if key in records:
+            continue  # the same design reached twice (e.g. integer rounding): computed once
+        if key in existing:
+            rec = store.get(key)
+            if rec is not None and rec.get("status") in ("ok", "infeasible"):
+                records[key] = rec
+                rec["_cached"] = True
+                continue
+        records[key] = {}
+        pending.append((key, config, inputs))
+    stats.unique = len(records)
+    stats.cached = len(records) - len(pending)
+
+    task = runner.Task(spec.template(), str(store.root), durable, uuid.uuid4().hex[:12], simcore.__version__,
+                       code_fingerprint())  # fmt: skip
+    bar = runner.Progress(len(pending), f"sweep {spec.name}", _progress_mode(progress))
+
+    def on_done(recs: list[dict[str, Any]]) -> None:
+        for rec in recs:
+            if task.store is None:
+                store.put(rec)
+            records[rec["key"]] = rec
+        bad = sum(r["status"] != "ok" for r in recs)
+        bar.update(len(recs), infeasible=bad)
+
+    n = len(pending)
+    workers = max(1, workers or runner.cpu_count())
+    if backend == "local":
+        workers = max(1, min(workers, math.ceil(n / MIN_POINTS_PER_WORKER)))
+        if n and workers == 1:
+            runner.run_inline(task, pending, on_done)
+        elif n:
+            runner.run_local(task, pending, workers, on_done)
+    elif n:
+        task.store = None  # remote workers return records; this process writes them
+        fn = runner.run_dask if backend == "dask" else runner.run_ray
+        fn(task, pending, workers, scheduler, on_done)
+    stats.workers = workers if n else 0
+    stats.computed = n
+
+    df = _frame(spec, rows, records, stats)
+    stats.elapsed_s = time.perf_counter() - t0
+    df.attrs["stats"] = asdict(stats)
+    bar.close(stats.line(spec.name))
+    _write_summary(store, spec, df)
+    return df
+
+
+def _progress_mode(progress: bool | str | None) -> str:
+    import sys
+
+    if isinstance(progress, str):
+        return progress
+    if progress is None:
+        return "bar" if sys.stderr.isatty() else "off"
+    return "auto" if progress else "off"
+
+
+def _violated(constraints: Sequence[tuple[Any, tuple[str, ...]]], env: Mapping[str, Any]) -> str | None:
+    for expr, _ in constraints:
+        try:
+            ok = expr(env)
+        except MissingName as e:
+            return f"constraint `{expr.text}` needs {e.name!r}, which this point does not have"
+        except (ArithmeticError, ValueError, TypeError) as e:
+            return f"constraint `{expr.text}` cannot be evaluated: {e}"
+        if not ok:
+            return f"violates `{expr.text}`"
+    return None
+
+
+def _frame(
+    spec: SweepSpec, rows: list[dict[str, Any]], records: Mapping[str, dict[str, Any]], stats: Stats
+) -> Any:
+    import pandas as pd
+
+    from simcore.sweep.analysis import pareto_front
+
+    axis_names = [a.name for a in spec.axes]
+    post = spec.post_constraints()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        d: dict[str, Any] = {a: to_number(row["point"].get(a)) for a in axis_names}
+        d.update({name: math.nan for name in spec.objectives})
+        rec = records.get(row["key"]) if row["key"] else None
+        status, reason = row["status"], row["reason"]
+        metrics: dict[str, Any] = {}
+        if rec:
+            status, reason = rec["status"], rec["reason"]
+            if rec.get("summary"):
+                metrics = flatten(rec["summary"])
+                peaks = [v for k, v in metrics.items() if k.startswith("peak_memory_B.")]
+                if peaks:
+                    metrics["peak_memory_max_B"] = max(peaks)
+        if status == "ok" and rec:
+            env = {**row.get("env", {}), **metrics}
+            for name, expr in spec.derived.items():
+                try:
+                    env[name] = metrics[name] = expr(env)
+                except (MissingName, ArithmeticError, ValueError, TypeError):
+                    metrics[name] = math.nan
+            for obj in spec.objectives.values():
+                try:
+                    d[obj.name] = float(obj.expr(env))
+                except (MissingName, ArithmeticError, ValueError, TypeError):
+                    pass
+            violated = _violated(post, env)
+            if violated:
+                status, reason = "infeasible", violated
+        d["status"], d["reason"], d["cached"] = status, reason, bool(rec and rec.get("_cached"))
+        for k, v in metrics.items():
+            if k not in d:
+                d[k] = v
+        d["key"] = row["key"]
+        out.append(d)
+    stats.infeasible = sum(r["status"] == "infeasible" for r in out) - stats.skipped
+    stats.errors = sum(r["status"] == "error" for r in out)
+    df = pd.DataFrame(out)
+    if df.empty:
+        df = pd.DataFrame(columns=[*axis_names, *spec.objectives, "status", "reason", "cached", "key"])
+    df.attrs.update(
+        sweep=spec.name,
+        axes=axis_names,
+        objectives={o.name: o.goal for o in spec.objectives.values()},
+        units={a.name: k for a in spec.axes if (k := _axis_kind(a))},
+    )
+    if spec.objectives:
+        df.insert(len(axis_names) + len(spec.objectives), "pareto", pareto_front(df))
+    return df
+
+
+def _axis_kind(axis: Any) -> str | None:
+    from simcore.sweep.spec import unit_kind
+
+    if axis.unit:
+        return unit_kind(axis.unit)
+    for v in axis.values:
+        k = value_kind(v)
+        if k:
+            return k
+    return None
+
+
+def _write_summary(store: Store, spec: SweepSpec, df: Any) -> None:
+    import json
+
+    try:
+        store.write_text("results.csv", df.to_csv(index=False))
+        meta = {"name": spec.name, "file": spec.file, "axes": df.attrs.get("axes"),
+                "objectives": df.attrs.get("objectives"), "stats": df.attrs.get("stats"), "version": simcore.__version__}  # fmt: skip
+        store.write_text("sweep.json", json.dumps(meta, indent=2, default=str) + "\n")
+    except OSError:
+        pass  # the per-point records are what matters; the summary is a convenience
