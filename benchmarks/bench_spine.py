@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from simcore.engine import Engine, Program
+from simcore.engine import Engine
 from simcore.experiment import Decode, simulate
 from simcore.experiment import run as run_experiment
 from simcore.ops import Gemm, OpGraph, Transfer
+from simcore.program import Program
 from simcore.system import load_system
 
 H100_MEASURED_TFLOPS = 790.0  # 8192^3 bf16 on H100 SXM, stas00/ml-engineering MAMF table (794.5)

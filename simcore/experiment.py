@@ -12,9 +12,10 @@ from typing import Any
 
 from models.llm import LLMSpec, Parallel, build_pass, load_llm, weight_bytes_per_device
 from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
-from simcore.engine import Engine, Program
+from simcore.engine import Engine
 from simcore.errors import ConfigError
 from simcore.ops import DTYPE_BYTES, Attention
+from simcore.program import Program
 from simcore.results import Result
 from simcore.system import System, load_system
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simcore.engine import Engine, Transfer
+from simcore.engine import Engine
+from simcore.ops import Transfer
 from simcore.units import fmt
 
 COLLECTIVE_KINDS = ("allreduce", "allgather", "sendrecv")

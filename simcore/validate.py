@@ -277,8 +277,9 @@ class Simulator:
     @staticmethod
     def transfers(system: Any, pairs: Sequence[tuple[str, str]], nbytes: float) -> float:
         """Seconds until concurrent copies of nbytes between (src, dst) pairs all finish."""
-        from simcore.engine import Engine, Program
+        from simcore.engine import Engine
         from simcore.ops import OpGraph, Transfer
+        from simcore.program import Program
 
         g = OpGraph("validate")
         for i, (src, dst) in enumerate(pairs):
@@ -287,8 +288,9 @@ class Simulator:
 
     @staticmethod
     def allreduce(system: Any, group: int, nbytes: float) -> float:
-        from simcore.engine import Engine, Program
+        from simcore.engine import Engine
         from simcore.ops import AllReduce, OpGraph
+        from simcore.program import Program
 
         gpus = tuple(system.of_type("gpu"))[:group]
         g = OpGraph("validate")

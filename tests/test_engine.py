@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from simcore.engine import Engine, Program
+from simcore.engine import Engine
 from simcore.errors import OutOfMemory
 from simcore.experiment import Decode, Generate, simulate
 from simcore.ops import Elementwise, Gemm, OpGraph, Transfer
+from simcore.program import Program
 from simcore.system import load_system
 
 
