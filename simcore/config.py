@@ -8,6 +8,7 @@ file, the line and the key path of the value it is about.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,16 +90,27 @@ def _construct(node: yaml.Node, file: str, path: Path_, origin: dict) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
 
+_PARSED: dict[tuple[str, int, int], Doc] = {}
+
+
 def load_yaml(path: str | Path) -> Doc:
-    """Parse one YAML file; syntax errors become one-line ConfigErrors with file and line."""
+    """Parse one YAML file; syntax errors become one-line ConfigErrors with file and line.
+
+    Parsed files are remembered per (path, mtime, size) and handed out as copies: presets are read once
+    per process, not once per design point of a sweep (YAML parsing dominates loading an experiment).
+    """
     file = _short(path)
     try:
-        text = Path(path).read_text()
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+        if key not in _PARSED:
+            _PARSED[key] = parse_yaml(Path(path).read_text(), file)
     except FileNotFoundError:
         raise ConfigError("no such file", file) from None
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror}", file) from None
-    return parse_yaml(text, file)
+    doc = _PARSED[key]
+    return Doc(copy.deepcopy(doc.data), dict(doc.origin), file)
 
 
 def parse_yaml(text: str, file: str = "<string>") -> Doc:

@@ -9,63 +9,19 @@ backends return records and the sweep process writes them, so no shared filesyst
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from simcore import config as _config
 from simcore.errors import ConfigError, SimError
 
 BACKENDS = ("local", "dask", "ray")
-
-
-# ---------------------------------------------------------------------------- per-process caching
-_memo: dict[tuple[str, int, int], _config.Doc] = {}
-_memo_lock = threading.Lock()
-_memo_users = 0
-_memo_original: Callable[..., _config.Doc] | None = None
-
-
-def _memo_load_yaml(path: Any) -> _config.Doc:
-    """`config.load_yaml` remembering parsed files per (path, mtime, size): presets are parsed once per
-    process instead of once per point (YAML parsing is most of the cost of loading an experiment)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        assert _memo_original is not None
-        return _memo_original(path)
-    k = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    doc = _memo.get(k)
-    if doc is None:
-        assert _memo_original is not None
-        doc = _memo[k] = _memo_original(path)
-    return _config.Doc(copy.deepcopy(doc.data), dict(doc.origin), doc.file)
-
-
-@contextlib.contextmanager
-def preset_memo() -> Iterator[None]:
-    """Within this block, hardware presets are parsed once per process (re-entrant, thread-safe)."""
-    global _memo_users, _memo_original
-    with _memo_lock:
-        if _memo_users == 0:
-            _memo_original = _config.load_yaml
-            _config.load_yaml = _memo_load_yaml
-        _memo_users += 1
-    try:
-        yield
-    finally:
-        with _memo_lock:
-            _memo_users -= 1
-            if _memo_users == 0 and _memo_original is not None:
-                _config.load_yaml = _memo_original
-                _memo_original = None
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -117,14 +73,13 @@ def run_chunk(
     store = Store(task.store, task.durable) if task.store else None
     parent = mp.parent_process()
     out = []
-    with preset_memo():
-        for key, config, inputs in points:
-            if parent is not None and not parent.is_alive():
-                os._exit(0)  # the sweep was killed: stop before starting a point nobody will collect
-            rec = run_point(task, key, config, inputs)
-            if store is not None:
-                store.put(rec)
-            out.append(rec)
+    for key, config, inputs in points:
+        if parent is not None and not parent.is_alive():
+            os._exit(0)  # the sweep was killed: stop before starting a point nobody will collect
+        rec = run_point(task, key, config, inputs)
+        if store is not None:
+            store.put(rec)
+        out.append(rec)
     return out
 
 

@@ -589,35 +589,33 @@ def _check_values(spec: SweepSpec) -> None:
     """Load the base with each axis value once: a typo (unknown key, preset, model, unit) stops the sweep
     here, naming the axis; value-specific problems are left to each point, which records them."""
     from simcore.experiment import load_experiment
-    from simcore.sweep.runner import preset_memo
 
     first = {a.name: a.levels()[0] if (a.values or a.steps) else a.at(0.0) for a in spec.axes}
     tmpl = spec.template()
-    with preset_memo():
-        try:
-            cfg = spec.config(first)
-        except ConfigError as e:
-            raise _axis_error(spec, spec.axes[0] if spec.axes else None, e) from None
-        try:
-            load_experiment(tmpl.doc(cfg))
-        except ConfigError as e:
-            axis = _blame(spec, e)
-            if axis is None:  # the base experiment itself is wrong
-                raise
-            if _is_typo(e):
-                raise _axis_error(spec, axis, e) from None
-        for a in spec.axes:
-            vals = a.levels() if (a.values or a.steps) else [a.at(0.0), a.at(math.nextafter(1.0, 0.0))]
-            for v in vals:
-                try:
-                    cfg = spec.config({**first, a.name: v})
-                    load_experiment(tmpl.doc(cfg))
-                except ConfigError as e:
-                    if _is_typo(e):
-                        culprit = _blame(spec, e)
-                        if culprit is None:
-                            raise
-                        raise _axis_error(spec, culprit, e, v if culprit is a else None) from None
+    try:
+        cfg = spec.config(first)
+    except ConfigError as e:
+        raise _axis_error(spec, spec.axes[0] if spec.axes else None, e) from None
+    try:
+        load_experiment(tmpl.doc(cfg))
+    except ConfigError as e:
+        axis = _blame(spec, e)
+        if axis is None:  # the base experiment itself is wrong
+            raise
+        if _is_typo(e):
+            raise _axis_error(spec, axis, e) from None
+    for a in spec.axes:
+        vals = a.levels() if (a.values or a.steps) else [a.at(0.0), a.at(math.nextafter(1.0, 0.0))]
+        for v in vals:
+            try:
+                cfg = spec.config({**first, a.name: v})
+                load_experiment(tmpl.doc(cfg))
+            except ConfigError as e:
+                if _is_typo(e):
+                    culprit = _blame(spec, e)
+                    if culprit is None:
+                        raise
+                    raise _axis_error(spec, culprit, e, v if culprit is a else None) from None
 
 
 def _is_typo(e: ConfigError) -> bool:
