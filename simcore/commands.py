@@ -28,7 +28,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     res = exp.run(keep_records=bool(args.trace))
     if args.trace:
         res.to_chrome_trace(args.trace)
-    emit(res.summary, args.json, None if args.json else f"{exp.name}: {exp.model.name} on {exp.system.name}")
+    emit(res.summary, args.json, None if args.json else f"{exp.name}: {exp.model_name} on {exp.system.name}")
     return 0
 
 

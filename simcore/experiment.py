@@ -14,7 +14,7 @@ from models.llm import LLMSpec, Parallel, build_pass, load_llm, weight_bytes_per
 from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
 from simcore.engine import Engine
 from simcore.errors import ConfigError
-from simcore.ops import DTYPE_BYTES, Attention
+from simcore.ops import DTYPE_BYTES, Attention, dtype_bytes
 from simcore.program import Program
 from simcore.results import Result
 from simcore.system import System, load_system
@@ -43,8 +43,15 @@ class Generate:
     new_tokens: int = 128
 
 
-Scenario = Prefill | Decode | Generate
-SCENARIOS: dict[str, type] = {"prefill": Prefill, "decode": Decode, "generate": Generate}
+@dataclass(frozen=True)
+class Inference:
+    """One forward pass of a vision network (CNN or ViT) over `batch` frames."""
+
+    batch: int = 1
+
+
+Scenario = Prefill | Decode | Generate | Inference
+SCENARIOS: dict[str, type] = {"prefill": Prefill, "decode": Decode, "generate": Generate, "inference": Inference}
 
 
 def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
@@ -101,23 +108,44 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
 
 
 def _finish(eng: Engine, spec: LLMSpec, par: Parallel, summary: dict[str, Any], dtype: str) -> Result:
+    tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
+    summary.update(model=spec.name, params=spec.params, tp=par.tp, dtype=dtype)
+    return _account(eng, par.devices, summary, "token", tokens)
+
+
+def _account(eng: Engine, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float) -> Result:
+    """Energy (total, per `unit`, per component), events, memory and utilization into the summary."""
     energy = eng.energy_breakdown_J()
     total_J = sum(sum(v.values()) for v in energy.values())
-    tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
     summary.update(
-        energy_j=total_J,
-        energy_per_token_j=total_J / tokens,
-        events=eng.events,
-        ops=eng.steps_run,
-        model=spec.name,
-        params=spec.params,
-        tp=par.tp,
-        dtype=dtype,
-        peak_memory_B={d: eng.peak_B[d] for d in par.devices},
-        utilization=eng.utilization(),
-        energy_by_component_j={k: sum(v.values()) for k, v in energy.items()},
+        {"energy_j": total_J, f"energy_per_{unit}_j": total_J / units, "events": eng.events, "ops": eng.steps_run,
+         "peak_memory_B": {d: eng.peak_B[d] for d in devices}, "utilization": eng.utilization(),
+         "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()}}  # fmt: skip
     )
     return Result(summary, eng)
+
+
+def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: str = "bf16",
+                    keep_records: bool = True) -> Result:  # fmt: skip
+    """One inference of a CNN/ViT (`models.cnn.BUILDERS`) on the first device that can run all its ops
+    (a GPU or a systolic array), weights resident in that device's memory."""
+    from models.cnn import build, param_count
+
+    system = load_system(system) if isinstance(system, str) else system
+    try:
+        graph = build(network, batch, dtype=dtype)
+    except ValueError as e:
+        raise ConfigError(str(e), key="model") from None
+    kinds = {op.kind for op in graph.ops()}
+    device = next((n for n, c in system.devices.items() if all(k in c.COSTS for k in kinds)), None)
+    if device is None:
+        raise ConfigError(f"no device in {system.name!r} runs every op of {network} ({', '.join(sorted(kinds))})")
+    eng = Engine(system, keep_records=keep_records)
+    eng.allocate(device, f"{network} weights", param_count(graph) * dtype_bytes(dtype))
+    t = eng.run(Program.from_graph(graph, (device,)), "inference")
+    summary: dict[str, Any] = {"latency_s": t, "frames_per_s": batch / t, "model": network, "batch": batch,
+                               "dtype": dtype, "device": device}  # fmt: skip
+    return _account(eng, (device,), summary, "frame", batch)
 
 
 # ------------------------------------------------------------------------------------------ YAML
@@ -125,7 +153,8 @@ def _finish(eng: Engine, spec: LLMSpec, par: Parallel, summary: dict[str, Any], 
 EXPERIMENT_SCHEMA = {
     "name": Param("experiment name", type=str, default="experiment"),
     "description": Param("free text", type=str, default=""),
-    "model": Param("shipped model name or path to a HF config.json", type=str),
+    "model": Param("shipped LLM name, path to a HF config.json, or a vision network (resnet50, vit_base...)",
+                   type=str),  # fmt: skip
     "dtype": Param("weights/activations dtype", type=str, default="bf16", choices=tuple(DTYPE_BYTES)),
     "parallelism": {"tp": positive("tensor-parallel degree (default: every GPU)", type=int, default=None)},
     "scenario": {
@@ -142,14 +171,21 @@ EXPERIMENT_SCHEMA = {
 class Experiment:
     name: str
     system: System
-    model: LLMSpec
+    model: LLMSpec | str  # a vision network is named, not specified
     scenario: Scenario
     dtype: str
     tp: int | None
     doc: Doc
 
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
     def run(self, keep_records: bool = True) -> Result:
-        res = simulate(self.system, self.model, self.scenario, self.dtype, self.tp, keep_records)
+        if isinstance(self.scenario, Inference):
+            res = simulate_vision(self.system, str(self.model), self.scenario.batch, self.dtype, keep_records)
+        else:
+            res = simulate(self.system, self.model, self.scenario, self.dtype, self.tp, keep_records)
         res.summary = {"experiment": self.name, "hardware": self.system.name, **res.summary}
         return res
 
@@ -180,12 +216,21 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
     if not isinstance(hw.data, Mapping) or "base" not in hw.data:
         raise doc.error(("hardware",), "expected a preset name, a YAML path, or a mapping with 'base:'")
     system = load_system(hw)
-    try:
-        model = load_llm(p["model"])
-    except ConfigError as e:
-        raise doc.error(("model",), e.message) from None
     sc = p["scenario"]
     cls = SCENARIOS[sc["kind"]]
+    model: LLMSpec | str
+    if cls is Inference:
+        from models.cnn import BUILDERS
+
+        model = p["model"].lower().replace("-", "_")
+        if model not in BUILDERS:
+            raise doc.error(("model",), f"unknown vision network {p['model']!r} for an inference scenario "
+                                        f"(known: {', '.join(BUILDERS)})")  # fmt: skip
+    else:
+        try:
+            model = load_llm(p["model"])
+        except ConfigError as e:
+            raise doc.error(("model",), e.message) from None
     fields = {k: v for k, v in sc.items() if k in cls.__dataclass_fields__}
     return Experiment(p["name"], system, model, cls(**fields), p["dtype"], p["parallelism"]["tp"], doc)
 

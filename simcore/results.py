@@ -100,7 +100,7 @@ def _fmt_value(kind: str | None, value: Any) -> str:
     if kind == "percent":
         return f"{100 * value:.1f} %"
     if kind == "rate":
-        return f"{value:,.4g} /s"
+        return f"{value:,.0f} /s" if abs(value) >= 1000 else f"{value:.4g} /s"
     if kind:
         return fmt(float(value), kind)
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"

@@ -115,3 +115,11 @@ def test_cli_bad_input_is_one_line_exit_2(args):
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_inference_scenario_needs_a_vision_network(tmp_path):
+    text = "hardware: tpuv4-like\nmodel: llama-2-7b\nscenario:\n  kind: inference\n  batch: 4\n"
+    with pytest.raises(ConfigError, match=r"exp.yaml:2: model: unknown vision network 'llama-2-7b'"):
+        load_experiment(_write(tmp_path, "exp.yaml", text))
+    exp = load_experiment(_write(tmp_path, "exp.yaml", text.replace("llama-2-7b", "mobilenet_v2")))
+    assert exp.model == "mobilenet_v2" and exp.scenario.batch == 4

@@ -178,3 +178,19 @@ def test_nvme_reads_are_link_bound_and_small_writes_iops_bound():
     t_write = Engine(system).run(Program.from_graph(g))
     iops_rate = min(ssd["queue_depth"] / ssd["write_latency"], ssd["write_iops"]) * 4096
     assert t_write == pytest.approx(hop_lat + ssd["write_latency"] + 1e9 / iops_rate, rel=1e-9)
+
+
+def test_vision_inference_runs_on_the_first_device_that_has_every_op():
+    from models.cnn import build, param_count
+    from simcore.experiment import simulate_vision
+
+    res = simulate_vision("a100-sxm4-80gb", "resnet50", batch=8)
+    s = res.summary
+    ops = build("resnet50", 8).ops()
+    assert s["ops"] == len(ops) and s["device"] == "gpu"
+    gpu = res.engine.system.devices["gpu"]
+    assert s["latency_s"] == pytest.approx(sum(gpu.op_cost(op).duration_s for op in ops), rel=1e-9)
+    assert s["frames_per_s"] == pytest.approx(8 / s["latency_s"])
+    assert s["peak_memory_B"]["gpu"] >= param_count(build("resnet50", 1)) * 2
+    tpu = simulate_vision("tpuv4-like", "resnet50", batch=8).summary
+    assert tpu["device"] == "systolic" and tpu["energy_per_frame_j"] > 0
