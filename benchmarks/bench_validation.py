@@ -21,7 +21,11 @@ def run() -> dict:
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         report = run_data([str(p) for p in paths], None, as_json=False, plot=False)
-    out: dict = {"rows": report["rows"], "rows_simulated": report["mapped"], "wall_s": round(time.perf_counter() - t0, 3)}
+    out: dict = {
+        "rows": report["rows"],
+        "rows_simulated": report["mapped"],
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
     for g in report["families"]:
         tag = g["family"] + ("" if g["quality"] == "measured" else f"_{g['quality']}")
         out[f"{tag}_n"] = g["count"]

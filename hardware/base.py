@@ -117,7 +117,9 @@ def component_type(doc: Doc, path: tuple[str, ...] = ()) -> type[Component]:
     if t is None:
         raise doc.error(path, f"missing 'type' (one of: {', '.join(sorted(COMPONENT_TYPES))})")
     if t not in COMPONENT_TYPES:
-        raise doc.error(path + ("type",), f"unknown component type {t!r} (known: {', '.join(sorted(COMPONENT_TYPES))})")
+        raise doc.error(
+            path + ("type",), f"unknown component type {t!r} (known: {', '.join(sorted(COMPONENT_TYPES))})"
+        )
     return COMPONENT_TYPES[t]
 
 

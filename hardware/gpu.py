@@ -20,7 +20,18 @@ from hardware.base import Component, OpCost, default_action_energy, register
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.errors import ConfigError
-from simcore.ops import Attention, AttentionGrad, Collective, Elementwise, Embedding, Gemm, Norm, Op, Softmax, ceil_div
+from simcore.ops import (
+    Attention,
+    AttentionGrad,
+    Collective,
+    Elementwise,
+    Embedding,
+    Gemm,
+    Norm,
+    Op,
+    Softmax,
+    ceil_div,
+)
 
 DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
 
@@ -55,24 +66,37 @@ GPU_SCHEMA: dict[str, Any] = {
     },
     "smem_per_sm": positive("shared memory one block may use", "bytes"),
     "smem_bytes_per_clk": positive("shared-memory bandwidth per SM", default=128.0),
-    "l2_multicast": positive("CTAs served by one L2 read of a shared operand panel (Hopper TMA multicast "
-                             "within a thread-block cluster: 2)", default=1.0),
+    "l2_multicast": positive(
+        "CTAs served by one L2 read of a shared operand panel (Hopper TMA multicast "
+        "within a thread-block cluster: 2)",
+        default=1.0,
+    ),
     "registers_per_sm": positive("register file per SM", "bytes", default=256 * 1024),
-    "launch_overhead": nonneg("kernel launch + tail latency seen by back-to-back kernels", "time", default=4e-6),
+    "launch_overhead": nonneg(
+        "kernel launch + tail latency seen by back-to-back kernels", "time", default=4e-6
+    ),
     "memory": MEMORY_SCHEMA,
     "pcie": {k: Param(v.doc, v.unit, None, v.type, v.choices) for k, v in PCIE_SCHEMA.items()},
     "nvlink": {
         "generation": Param("NVLink generation", default=None, type=int),
         "links": Param("NVLink links", default=None, type=int),
-        "bandwidth": positive("per-direction total, where the part's links run slower than the generation's "
-                              "standard rate (e.g. GA102 bridges)", "bandwidth", default=None),
+        "bandwidth": positive(
+            "per-direction total, where the part's links run slower than the generation's "
+            "standard rate (e.g. GA102 bridges)",
+            "bandwidth",
+            default=None,
+        ),
     },
     "power": POWER_SCHEMA,
     "collective": {
-        "latency": nonneg("fixed software latency of a collective (library setup, peer synchronisation)",
-                          "time", default=0.0),  # fmt: skip
-        "efficiency": positive("fraction of the links' achievable rate a collective's protocol delivers",
-                               default=1.0),  # fmt: skip
+        "latency": nonneg(
+            "fixed software latency of a collective (library setup, peer synchronisation)",
+            "time",
+            default=0.0,
+        ),  # fmt: skip
+        "efficiency": positive(
+            "fraction of the links' achievable rate a collective's protocol delivers", default=1.0
+        ),  # fmt: skip
     },
     "efficiency": {
         "tensor": positive("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
@@ -86,7 +110,9 @@ GPU_SCHEMA: dict[str, Any] = {
         "flop": MapOf(nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype", DTYPES),
         "l2_per_byte": nonneg("L2 access energy", "energy_per_byte", default=None),
         "smem_per_byte": nonneg("shared-memory/register-file access energy", "energy_per_byte", default=None),
-        "dram_per_byte": nonneg("DRAM energy incl. I/O; default from memory type", "energy_per_byte", default=None),
+        "dram_per_byte": nonneg(
+            "DRAM energy incl. I/O; default from memory type", "energy_per_byte", default=None
+        ),
     },
 }
 
@@ -166,7 +192,11 @@ class GPU(Component):
     def derived(self) -> dict[str, tuple[float, str, str]]:
         out = {f"tensor_peak_per_sm.{d}": (v / self.sms, "flops", "tensor_peak / sms")
                for d, v in self.params["tensor_peak"].items()}  # fmt: skip
-        out["memory.achievable_bandwidth"] = (self.memory_bandwidth_Bps, "bandwidth", "bandwidth x efficiency.memory")
+        out["memory.achievable_bandwidth"] = (
+            self.memory_bandwidth_Bps,
+            "bandwidth",
+            "bandwidth x efficiency.memory",
+        )
         out["ridge_point_bf16"] = (self.matmul_peak("bf16")[0] / self.mem_bw_Bps if "bf16" in self.params["tensor_peak"]
                                    else 0.0, "", "FLOP per DRAM byte where compute and memory time meet")  # fmt: skip
         return out
@@ -180,7 +210,9 @@ class GPU(Component):
             return vp[dtype], "vector"
         if dtype in tp:
             return tp[dtype], "tensor"
-        raise ConfigError(f"{self.name} has no {dtype} compute (tensor: {', '.join(tp) or '-'}; vector: {', '.join(vp) or '-'})")
+        raise ConfigError(
+            f"{self.name} has no {dtype} compute (tensor: {', '.join(tp) or '-'}; vector: {', '.join(vp) or '-'})"
+        )
 
     def vector_peak(self, dtype: str = "fp32") -> float:
         vp = self.params["vector_peak"]
@@ -312,7 +344,9 @@ class GPU(Component):
         """Flash backward: 10·d matmul FLOPs per pair (five matmuls), the exp recomputed, ~6 fp32 FLOPs for
         dS = P∘(dP − rowsum(dO∘O)); work units own 128-key blocks and add their dQ contributions into an
         fp32 buffer with L2 atomics: head_dim × 4 bytes per query row and key block, 4·d/128 per pair."""
-        cost = self._flash_cost(op, 10.0 * op.head_dim, fp32_per_pair=6.0, atomic_B_per_pair=4.0 * op.head_dim / 128)
+        cost = self._flash_cost(
+            op, 10.0 * op.head_dim, fp32_per_pair=6.0, atomic_B_per_pair=4.0 * op.head_dim / 128
+        )
         # two more kernels: D = rowsum(dO∘O) before (reads O, dO), and after, the fp32 dQ accumulator
         # (zeroed beforehand) is read and written back as dQ in the input dtype
         q_B = op.batch * op.heads * op.q_len * op.head_dim * op.elem_bytes
@@ -322,7 +356,9 @@ class GPU(Component):
         actions = {**cost.actions, "dram.byte": cost.dram_bytes + extra_B}
         return OpCost(cost.duration_s + t_extra, cost.bound, cost.dram_bytes + extra_B, actions, cost.detail)
 
-    def _flash_cost(self, op: Attention, mm_per_pair: float, fp32_per_pair: float, atomic_B_per_pair: float) -> OpCost:
+    def _flash_cost(
+        self, op: Attention, mm_per_pair: float, fp32_per_pair: float, atomic_B_per_pair: float
+    ) -> OpCost:
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
         sm_mm = peak * eff / self.sms
@@ -350,7 +386,9 @@ class GPU(Component):
         actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": (fp32_per_pair + 1) * pairs_total,
                    "dram.byte": dram, "smem.byte": 2 * dram, "l2.byte": atomic_B_per_pair * pairs_total}  # fmt: skip
         detail = {"units": units, "block_q": block_q, "t_compute_s": t_compute, "t_dram_s": t_mem}
-        return OpCost(max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail)
+        return OpCost(
+            max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail
+        )
 
     # ------------------------------------------------------------------------------ memory-bound ops
     def stream_cost(self, op: Elementwise | Norm | Softmax | Embedding | Op) -> OpCost:
@@ -395,7 +433,9 @@ class GPU(Component):
         dram = 2.0 * op.bytes_per_device
         actions = {"flop.fp32": op.flops, "dram.byte": dram}
         coll = self.params["collective"]
-        return OpCost(self.launch_s + coll["latency"], "network", dram, actions, {"wire_efficiency": coll["efficiency"]})
+        return OpCost(
+            self.launch_s + coll["latency"], "network", dram, actions, {"wire_efficiency": coll["efficiency"]}
+        )
 
     # ---------------------------------------------------------------------------------------- energy
     def energy_per_action_J(self) -> dict[str, float]:

@@ -32,13 +32,16 @@ LINK_SCHEMA: dict[str, Any] = {
     "generation": Param("PCIe or NVLink generation", default=None, type=int),
     "lanes": Param("PCIe lanes", default=None, type=int),
     "links": Param("NVLink links bundled between the two endpoints", default=None, type=int),
-    "bandwidth": positive("per-direction bandwidth; derived from generation and width if omitted",
-                          "bandwidth", default=None),  # fmt: skip
-    "efficiency": Param("achievable fraction of the per-direction rate (protocol overhead)",
-                        default=None, minimum=0),  # fmt: skip
+    "bandwidth": positive(
+        "per-direction bandwidth; derived from generation and width if omitted", "bandwidth", default=None
+    ),  # fmt: skip
+    "efficiency": Param(
+        "achievable fraction of the per-direction rate (protocol overhead)", default=None, minimum=0
+    ),  # fmt: skip
     "latency": nonneg("one-way latency of a transfer (DMA setup + hop)", "time", default=None),
-    "energy_per_bit": nonneg("energy per bit moved; default from the energy table", "energy_per_bit",
-                             default=None),  # fmt: skip
+    "energy_per_bit": nonneg(
+        "energy per bit moved; default from the energy table", "energy_per_bit", default=None
+    ),  # fmt: skip
 }
 
 # Documented defaults per link kind. PCIe efficiency: 256-byte max payload per TLP with ~24-30 bytes
@@ -107,7 +110,11 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[L
         for b in sides[1]:
             if a == b:
                 continue
-            links.append(Link(f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, p["generation"]))
+            links.append(
+                Link(
+                    f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, p["generation"]
+                )
+            )
     if not links:
         raise ConfigError("link connects nothing", *doc.where(path), key=".".join(path))
     return links

@@ -117,7 +117,9 @@ def load_llm(ref: str | Path) -> LLMSpec:
     if not p.suffix:
         p = CONFIG_DIR / f"{ref}.json"
         if not p.exists():
-            raise ConfigError(f"unknown model {str(ref)!r} (shipped: {', '.join(model_names())}; or give a config.json path)")
+            raise ConfigError(
+                f"unknown model {str(ref)!r} (shipped: {', '.join(model_names())}; or give a config.json path)"
+            )
     if not p.exists():
         raise ConfigError("no such file", str(ref))
     try:
@@ -131,7 +133,9 @@ def load_llm(ref: str | Path) -> LLMSpec:
     try:
         return FAMILIES[mt](p.stem, cfg)
     except KeyError as e:
-        raise ConfigError(f"missing field {e.args[0]!r} for model_type {mt!r}", str(p), key=e.args[0]) from None
+        raise ConfigError(
+            f"missing field {e.args[0]!r} for model_type {mt!r}", str(p), key=e.args[0]
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------ graphs

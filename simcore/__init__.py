@@ -1,9 +1,9 @@
 """simcore: a discrete-event simulator of ML hardware.
 
-    import simcore
-    system = simcore.load_system("h100-sxm5-80gb")
-    result = simcore.simulate(system, "llama-3-8b", simcore.Generate(batch=8, prompt_len=1024, new_tokens=256))
-    print(result.table())
+import simcore
+system = simcore.load_system("h100-sxm5-80gb")
+result = simcore.simulate(system, "llama-3-8b", simcore.Generate(batch=8, prompt_len=1024, new_tokens=256))
+print(result.table())
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from typing import Any
 
 from simcore.errors import ConfigError, SimError
 
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+COMMANDS: dict[
+    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {}
 
 
 def command(name: str, setup: Callable[[argparse.ArgumentParser], None]) -> Callable:

@@ -178,11 +178,15 @@ def models_cmd(args: argparse.Namespace) -> int:
 
     rows = [load_llm(n) for n in model_names()]
     if args.json:
-        print(json.dumps([{"name": s.name, "params": s.params, "layers": s.layers, "hidden": s.hidden} for s in rows]))
+        print(
+            json.dumps(
+                [{"name": s.name, "params": s.params, "layers": s.layers, "hidden": s.hidden} for s in rows]
+            )
+        )
         return 0
     print(f"{'model':<14} {'params':>8} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3}")
     for s in rows:
-        print(f"{s.name:<14} {s.params / 1e9:>7.1f}B {s.layers:>6} {s.hidden:>6} {s.heads:>5} {s.kv_heads:>3}")
+        print(
+            f"{s.name:<14} {s.params / 1e9:>7.1f}B {s.layers:>6} {s.hidden:>6} {s.heads:>5} {s.kv_heads:>3}"
+        )
     return 0
-
-

@@ -81,7 +81,9 @@ def _construct(node: yaml.Node, file: str, path: Path_, origin: dict) -> Any:
         for k_node, v_node in node.value:
             key = str(yaml.safe_load(yaml.serialize(k_node)))
             if key in out:
-                raise ConfigError(f"duplicate key {key!r}", file, k_node.start_mark.line + 1, ".".join(path + (key,)))
+                raise ConfigError(
+                    f"duplicate key {key!r}", file, k_node.start_mark.line + 1, ".".join(path + (key,))
+                )
             out[key] = _construct(v_node, file, path + (key,), origin)
             origin[path + (key,)] = (file, k_node.start_mark.line + 1)
         return out

@@ -51,7 +51,9 @@ class Engine:
         self.mem_in: dict[str, Resource] = {}  # where DMA writes land (a separate port for storage)
         for name, comp in system.devices.items():
             if comp.memory_bandwidth_Bps > 0:
-                self.mem[name] = self.mem_in[name] = Resource(f"{name}.mem", comp.memory_bandwidth_Bps, kind="memory")
+                self.mem[name] = self.mem_in[name] = Resource(
+                    f"{name}.mem", comp.memory_bandwidth_Bps, kind="memory"
+                )
                 if comp.write_bandwidth_Bps != comp.memory_bandwidth_Bps:
                     self.mem_in[name] = Resource(f"{name}.mem_write", comp.write_bandwidth_Bps, kind="memory")
             self.used_B[name] = self.peak_B[name] = 0.0
@@ -88,7 +90,9 @@ class Engine:
         self.used_B[device] += nbytes
         if nbytes:
             self.resident[device][tensor] = self.resident[device].get(tensor, 0.0) + nbytes
-        self.peak_B[device] = max(self.peak_B[device], self.used_B[device] + self.workspace_B.get(device, 0.0))
+        self.peak_B[device] = max(
+            self.peak_B[device], self.used_B[device] + self.workspace_B.get(device, 0.0)
+        )
 
     def _reserve_workspace(self, program: Program) -> None:
         """Set aside the largest op's activations per device for the program's duration, so peak memory
@@ -153,9 +157,13 @@ class Engine:
             # the protocol's efficiency is modelled as more bytes on the wire at the links' rate
             path, lat = self.ring_path(step.devices)
             eff = cost.detail.get("wire_efficiency", 1.0)
-            ring = Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device / eff, math.inf)
+            ring = Plan.make(
+                cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device / eff, math.inf
+            )
             if isinstance(op, AllReduce):  # like NCCL, take the faster of ring and tree
-                tree = Plan.make(cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device / eff, math.inf)
+                tree = Plan.make(
+                    cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device / eff, math.inf
+                )
                 return min(ring, tree, key=lambda p: p.solo_s)
             return ring
         if cost.dram_bytes > 0 and step.devices[0] in self.mem:
@@ -283,7 +291,9 @@ class Engine:
             if r.bytes_carried:
                 link = self.system.graph.edges[a, b]["link"]
                 name = f"{link.type}:{min(a, b)}-{max(a, b)}"
-                out.setdefault(name, Counter())["link.bit"] += r.bytes_carried * 8 * link_energy_per_bit_J(link)
+                out.setdefault(name, Counter())["link.bit"] += (
+                    r.bytes_carried * 8 * link_energy_per_bit_J(link)
+                )
         total_t = self.env.now
         for dev, comp in self.system.devices.items():
             if comp.static_power_W:

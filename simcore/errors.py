@@ -12,7 +12,9 @@ class SimError(Exception):
 class ConfigError(SimError):
     """Bad input: a malformed YAML, an unknown key, a wrong unit, an impossible value."""
 
-    def __init__(self, message: str, file: str | None = None, line: int | None = None, key: str | None = None):
+    def __init__(
+        self, message: str, file: str | None = None, line: int | None = None, key: str | None = None
+    ):
         self.message, self.file, self.line, self.key = message, file, line, key
         where = ""
         if file:

@@ -51,7 +51,12 @@ class Inference:
 
 
 Scenario = Prefill | Decode | Generate | Inference
-SCENARIOS: dict[str, type] = {"prefill": Prefill, "decode": Decode, "generate": Generate, "inference": Inference}
+SCENARIOS: dict[str, type] = {
+    "prefill": Prefill,
+    "decode": Decode,
+    "generate": Generate,
+    "inference": Inference,
+}
 
 
 def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
@@ -113,14 +118,22 @@ def _finish(eng: Engine, spec: LLMSpec, par: Parallel, summary: dict[str, Any], 
     return _account(eng, par.devices, summary, "token", tokens)
 
 
-def _account(eng: Engine, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float) -> Result:
+def _account(
+    eng: Engine, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float
+) -> Result:
     """Energy (total, per `unit`, per component), events, memory and utilization into the summary."""
     energy = eng.energy_breakdown_J()
     total_J = sum(sum(v.values()) for v in energy.values())
     summary.update(
-        {"energy_j": total_J, f"energy_per_{unit}_j": total_J / units, "events": eng.events, "ops": eng.steps_run,
-         "peak_memory_B": {d: eng.peak_B[d] for d in devices}, "utilization": eng.utilization(),
-         "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()}}  # fmt: skip
+        {
+            "energy_j": total_J,
+            f"energy_per_{unit}_j": total_J / units,
+            "events": eng.events,
+            "ops": eng.steps_run,
+            "peak_memory_B": {d: eng.peak_B[d] for d in devices},
+            "utilization": eng.utilization(),
+            "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()},
+        }  # fmt: skip
     )
     return Result(summary, eng)
 
@@ -139,7 +152,9 @@ def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: s
     kinds = {op.kind for op in graph.ops()}
     device = next((n for n, c in system.devices.items() if all(k in c.COSTS for k in kinds)), None)
     if device is None:
-        raise ConfigError(f"no device in {system.name!r} runs every op of {network} ({', '.join(sorted(kinds))})")
+        raise ConfigError(
+            f"no device in {system.name!r} runs every op of {network} ({', '.join(sorted(kinds))})"
+        )
     eng = Engine(system, keep_records=keep_records)
     eng.allocate(device, f"{network} weights", param_count(graph) * dtype_bytes(dtype))
     t = eng.run(Program.from_graph(graph, (device,)), "inference")
@@ -153,8 +168,9 @@ def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: s
 EXPERIMENT_SCHEMA = {
     "name": Param("experiment name", type=str, default="experiment"),
     "description": Param("free text", type=str, default=""),
-    "model": Param("shipped LLM name, path to a HF config.json, or a vision network (resnet50, vit_base...)",
-                   type=str),  # fmt: skip
+    "model": Param(
+        "shipped LLM name, path to a HF config.json, or a vision network (resnet50, vit_base...)", type=str
+    ),  # fmt: skip
     "dtype": Param("weights/activations dtype", type=str, default="bf16", choices=tuple(DTYPE_BYTES)),
     "parallelism": {"tp": positive("tensor-parallel degree (default: every GPU)", type=int, default=None)},
     "scenario": {
@@ -202,7 +218,9 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         doc = load_yaml(ref)
     if not isinstance(doc.data, Mapping):
         raise doc.error((), "an experiment must be a mapping")
-    if isinstance(doc.data.get("hardware"), str):  # `hardware: NAME` is shorthand for `hardware: {base: NAME}`
+    if isinstance(
+        doc.data.get("hardware"), str
+    ):  # `hardware: NAME` is shorthand for `hardware: {base: NAME}`
         data = copy.deepcopy(doc.data)
         data["hardware"] = {"base": data["hardware"]}
         origin = dict(doc.origin)
@@ -235,6 +253,8 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
     return Experiment(p["name"], system, model, cls(**fields), p["dtype"], p["parallelism"]["tp"], doc)
 
 
-def run(ref: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), keep_records: bool = True) -> Result:
+def run(
+    ref: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), keep_records: bool = True
+) -> Result:
     """Load, validate and simulate an experiment in one call."""
     return load_experiment(ref, overrides).run(keep_records)

@@ -48,5 +48,7 @@ def show_rows(system: System) -> list[tuple[str, str, str, str]]:
     for link in system.links:
         rows.append((link.name, "bandwidth_per_direction", fmt(link.bw_Bps, "bandwidth"),
                      f"derived: {fmt(link.peak_Bps, 'bandwidth')} x efficiency"))  # fmt: skip
-        rows.append((link.name, "latency", fmt(link.latency_s, "time"), "link default" if link.latency_s else ""))
+        rows.append(
+            (link.name, "latency", fmt(link.latency_s, "time"), "link default" if link.latency_s else "")
+        )
     return rows

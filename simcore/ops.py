@@ -17,7 +17,6 @@ DTYPE_BYTES: dict[str, float] = {
 }  # fmt: skip
 
 
-
 def dtype_bytes(dtype: str) -> float:
     try:
         return DTYPE_BYTES[dtype]
@@ -338,7 +337,19 @@ def register_op(cls: type[Op]) -> type[Op]:
 
 
 OP_KINDS: dict[str, type[Op]] = {}
-for _cls in (Gemm, Attention, AttentionGrad, Elementwise, Norm, Softmax, Embedding, AllReduce, AllGather, SendRecv, Transfer):
+for _cls in (
+    Gemm,
+    Attention,
+    AttentionGrad,
+    Elementwise,
+    Norm,
+    Softmax,
+    Embedding,
+    AllReduce,
+    AllGather,
+    SendRecv,
+    Transfer,
+):
     register_op(_cls)
 
 # --------------------------------------------------------------------------------------------- graph

@@ -90,7 +90,9 @@ class Program:
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
         next decode step); costs of untouched steps are kept. `only` limits the steps offered to `fn`."""
         steps, costs, plans = list(self.steps), list(self.costs), list(self.plans)
-        prog = Program(name or self.name, steps, self.lanes, self.signals, costs, plans, dict(self.workspace), self)
+        prog = Program(
+            name or self.name, steps, self.lanes, self.signals, costs, plans, dict(self.workspace), self
+        )
         changed = []
         for i in range(len(steps)) if only is None else only:
             s = steps[i]
@@ -149,7 +151,9 @@ class Plan:
     path: tuple[Resource, ...]
     nbytes: float
     cap_Bps: float
-    solo_s: float  # duration when nothing else shares the path: delay + bytes at the lesser of cap and capacity
+    solo_s: (
+        float  # duration when nothing else shares the path: delay + bytes at the lesser of cap and capacity
+    )
 
     @classmethod
     def make(cls, delay_s: float, path: tuple[Resource, ...], nbytes: float, cap_Bps: float) -> Plan:

@@ -128,7 +128,13 @@ def _compact(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
             out.append(g)  # type: ignore[arg-type]
             continue
         nums = sorted(groups[g])
-        idx = str(nums[0]) if len(nums) == 1 else f"[{nums[0]}-{nums[-1]}]" if nums == list(range(nums[0], nums[-1] + 1)) else f"[{','.join(map(str, nums))}]"
+        idx = (
+            str(nums[0])
+            if len(nums) == 1
+            else f"[{nums[0]}-{nums[-1]}]"
+            if nums == list(range(nums[0], nums[-1] + 1))
+            else f"[{','.join(map(str, nums))}]"
+        )
         out.append((f"{g[0]}{idx}{g[1]}", g[2]))
     return out
 

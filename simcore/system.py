@@ -59,7 +59,9 @@ class System:
                     nodes = nx.shortest_path(self.graph, src, dst, weight="weight")
                 except (nx.NetworkXNoPath, nx.NodeNotFound):
                     raise ConfigError(f"no link path from {src} to {dst} in system {self.name!r}") from None
-                self._routes[key] = [(a, b, self.graph.edges[a, b]["link"]) for a, b in zip(nodes, nodes[1:], strict=False)]
+                self._routes[key] = [
+                    (a, b, self.graph.edges[a, b]["link"]) for a, b in zip(nodes, nodes[1:], strict=False)
+                ]
         return self._routes[key]
 
 

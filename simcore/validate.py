@@ -478,7 +478,9 @@ def _attention_row(f: _Fields, sim: Simulator) -> Row:
         row.reason = (
             f"implementation {impl!r} materialises the score matrix; the model costs flash-style attention"
         )
-    elif pass_ == "fwd+bwd" and not re.fullmatch(r"flash\s*attention[- ]?2(\.0)?", impl.strip(), re.IGNORECASE):
+    elif pass_ == "fwd+bwd" and not re.fullmatch(
+        r"flash\s*attention[- ]?2(\.0)?", impl.strip(), re.IGNORECASE
+    ):
         row.reason = (f"implementation {impl!r}: the backward model follows FlashAttention-2's schedule "
                       "(key-block parallel, dQ by atomics); other kernels' schedules differ")  # fmt: skip
     else:
@@ -489,6 +491,7 @@ def _attention_row(f: _Fields, sim: Simulator) -> Row:
         ops = [fwd] if pass_ == "fwd" else [fwd, AttentionGrad("attention_grad", dtype, batch=batch, heads=heads,
                                                               kv_heads=heads, q_len=seq, kv_len=seq, head_dim=d,
                                                               causal=causal)]  # fmt: skip
+
         def predict() -> tuple[float, str]:
             times = [sim.op_time(row.preset or "", op, None) for op in ops]
             return sum(t for t, _ in times), times[0][1]

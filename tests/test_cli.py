@@ -14,7 +14,9 @@ PRESETS = ["a100-sxm4-80gb", "a100-pcie-40gb", "h100-sxm5-80gb", "h100-pcie-80gb
 
 
 def simcore(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "simcore", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "simcore", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_hw_list_names_every_preset():
@@ -36,7 +38,21 @@ def test_hw_show_prints_values_with_units_and_sources():
 
 
 def test_op_gemm_json():
-    p = simcore("op", "gemm", "--hw", "h100-sxm5-80gb", "-m", "4096", "-n", "4096", "-k", "4096", "--dtype", "bf16", "--json")
+    p = simcore(
+        "op",
+        "gemm",
+        "--hw",
+        "h100-sxm5-80gb",
+        "-m",
+        "4096",
+        "-n",
+        "4096",
+        "-k",
+        "4096",
+        "--dtype",
+        "bf16",
+        "--json",
+    )
     d = json.loads(p.stdout)
     assert {"time_s", "energy_j", "flops", "bytes", "bound"} <= d.keys()
     assert d["flops"] == 2 * 4096**3
@@ -51,7 +67,15 @@ def test_op_attention_json():
 
 def test_run_quickstart_json_and_trace(tmp_path):
     trace = tmp_path / "t.json"
-    p = simcore("run", "configs/experiments/quickstart.yaml", "--set", "scenario.new_tokens=4", "--trace", str(trace), "--json")
+    p = simcore(
+        "run",
+        "configs/experiments/quickstart.yaml",
+        "--set",
+        "scenario.new_tokens=4",
+        "--trace",
+        str(trace),
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert {"latency_s", "energy_j", "tokens_per_s", "prefill_time_s", "time_per_output_token_s"} <= d.keys()

@@ -51,7 +51,9 @@ def test_experiment_errors_name_file_line_and_key(tmp_path, text, line, needle):
 
 
 def test_hardware_errors_point_into_the_system_file(tmp_path):
-    bad_bw = "type: system\ndevices:\n  gpu:\n    base: a100-sxm4-80gb\n    memory:\n      bandwidth: -2 TB/s\n"
+    bad_bw = (
+        "type: system\ndevices:\n  gpu:\n    base: a100-sxm4-80gb\n    memory:\n      bandwidth: -2 TB/s\n"
+    )
     with pytest.raises(ConfigError, match=r"sys.yaml:6: memory.bandwidth: must be > 0"):
         load_system(_write(tmp_path, "sys.yaml", bad_bw))
     wrong_unit = bad_bw.replace("-2 TB/s", "2 TB")
@@ -105,7 +107,20 @@ def test_override_through_a_scalar_is_an_error():
     [
         ["hw", "show", "no-such-preset"],
         ["op", "gemm", "--hw", "h100-sxm5-80gb", "-m", "-5", "-n", "8", "-k", "8"],
-        ["op", "gemm", "--hw", "h100-sxm5-80gb", "-m", "8", "-n", "8", "-k", "8", "--set", "memory.bandwidth=-1 TB/s"],
+        [
+            "op",
+            "gemm",
+            "--hw",
+            "h100-sxm5-80gb",
+            "-m",
+            "8",
+            "-n",
+            "8",
+            "-k",
+            "8",
+            "--set",
+            "memory.bandwidth=-1 TB/s",
+        ],
         ["run", "no/such/file.yaml"],
         ["op", "attention", "--hw", "h100-sxm5-80gb", "--heads", "6", "--kv-heads", "4", "--q-len", "8"],
     ],

@@ -61,7 +61,10 @@ def test_a_copy_into_hbm_slows_a_memory_bound_kernel():
     g.add(Transfer("h2d", nbytes=30e9, src="gpu1", dst="gpu0"), (), ("gpu1",))
     both = Engine(system)
     both.run(Program.from_graph(g))
-    rec = {both.trace.programs[0].steps[i].op.name: (s, e) for i, s, e in zip(both.trace.step, both.trace.start, both.trace.end, strict=True)}
+    rec = {
+        both.trace.programs[0].steps[i].op.name: (s, e)
+        for i, s, e in zip(both.trace.step, both.trace.start, both.trace.end, strict=True)
+    }
     t_kernel = rec["stream"][1] - rec["stream"][0]
     assert t_kernel > t_solo * 1.05
     # bytes are conserved on the shared memory port
@@ -172,7 +175,9 @@ def test_nvme_reads_are_link_bound_and_small_writes_iops_bound():
     g = OpGraph("read")
     g.add(Transfer("read", nbytes=4e9, src="nvme0", dst="gpu0"), (), ("nvme0",))
     t_read = Engine(system).run(Program.from_graph(g))
-    assert t_read == pytest.approx(hop_lat + ssd["read_latency"] + 4e9 / min(x4, ssd["read_bandwidth"]), rel=1e-9)
+    assert t_read == pytest.approx(
+        hop_lat + ssd["read_latency"] + 4e9 / min(x4, ssd["read_bandwidth"]), rel=1e-9
+    )
     g = OpGraph("write")
     g.add(Transfer("write", nbytes=1e9, src="gpu0", dst="nvme0", request_B=4096), (), ("gpu0",))
     t_write = Engine(system).run(Program.from_graph(g))

@@ -47,7 +47,12 @@ def test_wave_quantization_is_paid_in_whole_waves(a100):
     # The closed form the GEMM model uses: the block scheduler gives the busiest SM ceil(CTAs / SMs) tiles,
     # run back to back at the SM's full rate, plus one DRAM latency of pipeline fill per round of
     # co-resident CTAs; waves = ceil(CTAs / slots) is reported alongside.
-    for m, n, k in [(8192, 8192, 8192), (3000, 5000, 4096), (128 * 108, 256, 8192), (128 * 108 + 1, 256, 8192)]:
+    for m, n, k in [
+        (8192, 8192, 8192),
+        (3000, 5000, 4096),
+        (128 * 108, 256, 8192),
+        (128 * 108 + 1, 256, 8192),
+    ]:
         plan = a100.gemm_plan(Gemm("g", "bf16", m=m, n=n, k=k))
         per_sm = plan.slots // a100.sms
         grid = -(-m // plan.tile_m) * -(-n // plan.tile_n)
@@ -75,8 +80,12 @@ def test_elementwise_is_bytes_over_bandwidth_after_latency_and_launch(a100):
 
 
 def test_causal_attention_costs_about_half_of_full(a100):
-    full = Attention("a", "bf16", batch=4, heads=32, kv_heads=32, q_len=8192, kv_len=8192, head_dim=128, causal=False)
-    causal = Attention("a", "bf16", batch=4, heads=32, kv_heads=32, q_len=8192, kv_len=8192, head_dim=128, causal=True)
+    full = Attention(
+        "a", "bf16", batch=4, heads=32, kv_heads=32, q_len=8192, kv_len=8192, head_dim=128, causal=False
+    )
+    causal = Attention(
+        "a", "bf16", batch=4, heads=32, kv_heads=32, q_len=8192, kv_len=8192, head_dim=128, causal=True
+    )
     ratio = a100.op_cost(causal).duration_s / a100.op_cost(full).duration_s
     assert 0.45 < ratio < 0.6  # FLOPs ratio (q+1)/(2q) ~ 0.5; the diagonal blocks add a little
 
@@ -84,7 +93,9 @@ def test_causal_attention_costs_about_half_of_full(a100):
 def test_flash_attention_on_a100_lands_in_the_measured_range(a100):
     # FlashAttention-2 forward on A100, head_dim 128, non-causal, seqlen 4k-16k: ~180-230 TFLOP/s
     # (shared/calibration/attention_a100.csv, Dao 2023 fig. 5); we ask for a 25% band around 200.
-    op = Attention("a", "bf16", batch=2, heads=16, kv_heads=16, q_len=8192, kv_len=8192, head_dim=128, causal=False)
+    op = Attention(
+        "a", "bf16", batch=2, heads=16, kv_heads=16, q_len=8192, kv_len=8192, head_dim=128, causal=False
+    )
     tflops = op.flops / a100.op_cost(op).duration_s / 1e12
     assert tflops == pytest.approx(200, rel=0.25)
 
@@ -116,7 +127,9 @@ def test_conv2d_runs_as_implicit_gemm_reading_its_input_once(a100):
     assert conv.bytes <= c.dram_bytes < lc.dram_bytes
     assert c.duration_s <= lc.duration_s
     # a depthwise conv has no GEMM worth tiling: it streams its tensors like an elementwise kernel
-    dw = Conv2d("d", "fp16", batch=32, h=56, w=56, c_in=64, c_out=64, kernel=3, stride=1, padding=1, groups=64)
+    dw = Conv2d(
+        "d", "fp16", batch=32, h=56, w=56, c_in=64, c_out=64, kernel=3, stride=1, padding=1, groups=64
+    )
     assert a100.op_cost(dw).bound == "memory"
     assert a100.op_cost(dw).dram_bytes == dw.bytes
 
@@ -124,12 +137,18 @@ def test_conv2d_runs_as_implicit_gemm_reading_its_input_once(a100):
 def test_attention_backward_is_five_matmuls_and_causal_blocks_are_computed_whole(a100):
     from simcore.ops import AttentionGrad
 
-    fwd = Attention("a", "fp16", batch=2, heads=16, kv_heads=16, q_len=1000, kv_len=1000, head_dim=128, causal=True)
-    bwd = AttentionGrad("a", "fp16", batch=2, heads=16, kv_heads=16, q_len=1000, kv_len=1000, head_dim=128, causal=True)
+    fwd = Attention(
+        "a", "fp16", batch=2, heads=16, kv_heads=16, q_len=1000, kv_len=1000, head_dim=128, causal=True
+    )
+    bwd = AttentionGrad(
+        "a", "fp16", batch=2, heads=16, kv_heads=16, q_len=1000, kv_len=1000, head_dim=128, causal=True
+    )
     assert bwd.flops == pytest.approx(2.5 * fwd.flops)
     # masking skips whole key blocks only: query block i computes ceil(last visible key / block_k) blocks
     bq, bk = a100.flash_block_q(fwd), a100.flash_block_k(fwd)
-    blocks = sum(min(bq, 1000 - s) * min(1000, -(-(s + min(bq, 1000 - s)) // bk) * bk) for s in range(0, 1000, bq))
+    blocks = sum(
+        min(bq, 1000 - s) * min(1000, -(-(s + min(bq, 1000 - s)) // bk) * bk) for s in range(0, 1000, bq)
+    )
     assert a100.flash_pairs(fwd) == 2 * 16 * blocks
     assert 2 * 16 * fwd.score_pairs < a100.flash_pairs(fwd) < 2 * 16 * 1000 * 1000
     # the backward does more work per pair and two extra memory passes: well over 2.5x the forward time

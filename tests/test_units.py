@@ -28,7 +28,9 @@ def test_parse(text, kind, si):
     assert parse(text, kind) == pytest.approx(si, rel=1e-12)
 
 
-@pytest.mark.parametrize(("text", "kind"), [("80 GB/s", "bytes"), ("fast", "bandwidth"), ("3 parsecs", "time"), (True, "time")])
+@pytest.mark.parametrize(
+    ("text", "kind"), [("80 GB/s", "bytes"), ("fast", "bandwidth"), ("3 parsecs", "time"), (True, "time")]
+)
 def test_wrong_unit_is_rejected(text, kind):
     with pytest.raises(UnitError):
         parse(text, kind)
