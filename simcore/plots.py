@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from simcore.units import _FMT
+from simcore.units import DISPLAY_SCALES, kind_from_name
 
 #: Colours per op kind, stable across plots.
 KIND_COLORS = {
@@ -27,8 +27,6 @@ PHASE_MARKERS = {"prefill": "o", "decode": "^"}
 #: Readable names for energy actions (Result.engine.energy_breakdown_J()).
 ACTION_LABELS = {"dram.byte": "DRAM traffic", "l2.byte": "L2 traffic", "smem.byte": "shared memory / registers",
                  "static": "static (idle) power"}  # fmt: skip
-_SUFFIX_KIND = (("_per_token_j", "energy"), ("tokens_per_s", None), ("_Bps", "bandwidth"), ("_B", "bytes"),
-                ("_s", "time"), ("_j", "energy"), ("_J", "energy"), ("_W", "power"))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -51,31 +49,30 @@ def _finish(fig: Any, path: str | Path | None) -> Any:
 def unit_scale(kind: str, values: Iterable[float]) -> tuple[float, str]:
     """(divisor, unit symbol) that puts typical `values` of a unit kind in a readable range."""
     vals = sorted(abs(v) for v in values if isinstance(v, int | float) and math.isfinite(v) and v)
-    if not vals or kind not in _FMT:
+    if not vals or kind not in DISPLAY_SCALES:
         return 1.0, ""
     typical = vals[len(vals) // 2]
-    for scale, sym in _FMT[kind]:
+    for scale, sym in DISPLAY_SCALES[kind]:
         if typical >= scale:
             return scale, sym
-    return _FMT[kind][-1]
+    return DISPLAY_SCALES[kind][-1]
 
 
-def _kind_of(col: str, df: Any = None) -> str | None:
+def column_kind(df: Any, col: str) -> str | None:
+    """The unit kind of a result or sweep column: recorded axis units first, else the name's suffix."""
     if df is not None:
         k = df.attrs.get("units", {}).get(col)
         if k:
             return k
-    for suffix, k in _SUFFIX_KIND:
-        if col.endswith(suffix):
-            return k
-    return None
+    k = kind_from_name(col)
+    return k if k in DISPLAY_SCALES else None  # rates and fractions are plotted as plain numbers
 
 
 def column_label(col: str, df: Any = None) -> tuple[str, float]:
     """An axis label with its unit for a sweep column, and the divisor to apply to the values."""
     if col == "tokens_per_s":
         return "throughput (tokens/s)", 1.0
-    kind = _kind_of(col, df)
+    kind = column_kind(df, col)
     if not kind:
         return col.replace("_", " "), 1.0
     name = col

@@ -10,7 +10,7 @@ from typing import Any
 
 from simcore.engine import Engine
 from simcore.ops import Transfer
-from simcore.units import fmt
+from simcore.units import fmt, kind_from_name
 
 COLLECTIVE_KINDS = ("allreduce", "allgather", "sendrecv")
 
@@ -83,17 +83,6 @@ class Result:
         return summary_table(self.summary)
 
 
-_KINDS = {"_per_s": "rate", "_s": "time", "_j": "energy", "_J": "energy", "_B": "bytes", "_Bps": "bandwidth",
-          "_W": "power", "_flops": "flops", "utilization": "percent", "_frac": "percent"}  # fmt: skip
-
-
-def _kind(key: str) -> str | None:
-    for suffix, kind in _KINDS.items():
-        if key.endswith(suffix):
-            return kind
-    return None
-
-
 def _fmt_value(kind: str | None, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, float | int):
         return str(value)
@@ -143,9 +132,9 @@ def summary_table(summary: Mapping[str, Any], title: str | None = None) -> str:
     """Aligned `key  value` rows with units; nested figures per device are compacted and zeros dropped."""
     rows: list[tuple[str, str]] = []
     for k, v in summary.items():
-        kind = _kind(k)
+        kind = kind_from_name(k)
         if isinstance(v, Mapping):
-            items = [(str(sk), _fmt_value(kind or _kind(str(sk)), sv)) for sk, sv in v.items() if sv]
+            items = [(str(sk), _fmt_value(kind or kind_from_name(str(sk)), sv)) for sk, sv in v.items() if sv]
             rows += [(f"{k}.{sk}", sv) for sk, sv in _compact(items)]
         else:
             rows.append((k, _fmt_value(kind, v)))

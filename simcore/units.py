@@ -78,7 +78,7 @@ def example(kind: str) -> str:
     }[kind]
 
 
-_FMT = {
+DISPLAY_SCALES = {
     "bytes": [(2.0**40, "TiB"), (2.0**30, "GiB"), (2.0**20, "MiB"), (2.0**10, "KiB"), (1.0, "B")],
     "bandwidth": [(1e12, "TB/s"), (1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s"), (1.0, "B/s")],
     "frequency": [(1e9, "GHz"), (1e6, "MHz"), (1e3, "kHz"), (1.0, "Hz")],
@@ -96,9 +96,24 @@ _FMT = {
 def fmt(value: float, kind: str, digits: int = 4) -> str:
     """Human-readable string for an SI value of `kind` (inverse of `parse`, up to rounding)."""
     if value == 0:
-        return f"0 {_FMT[kind][-1][1]}"
-    for scale, sym in _FMT[kind]:
+        return f"0 {DISPLAY_SCALES[kind][-1][1]}"
+    for scale, sym in DISPLAY_SCALES[kind]:
         if abs(value) >= scale:
             return f"{value / scale:.{digits}g} {sym}"
-    scale, sym = _FMT[kind][-1]
+    scale, sym = DISPLAY_SCALES[kind][-1]
     return f"{value / scale:.{digits}g} {sym}"
+
+
+#: name suffix -> unit kind, for figures named the project's way (`latency_s`, `peak_memory_B`, ...);
+#: "rate" (per second) and "percent" (fractions) are display kinds with no parse table.
+NAME_SUFFIX_KINDS = (("_per_s", "rate"), ("_Bps", "bandwidth"), ("_s", "time"), ("_j", "energy"),
+                     ("_J", "energy"), ("_B", "bytes"), ("_W", "power"), ("_flops", "flops"),
+                     ("utilization", "percent"), ("_frac", "percent"))  # fmt: skip
+
+
+def kind_from_name(name: str) -> str | None:
+    """The unit kind a figure's name declares by its suffix, if any."""
+    for suffix, kind in NAME_SUFFIX_KINDS:
+        if name.endswith(suffix):
+            return kind
+    return None

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from simcore.plots import column_kind
 from simcore.sweep.spec import Axis, SweepSpec, load_sweep, to_number
 
 
@@ -116,21 +117,6 @@ def sensitivity_summary(df: Any, metric: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------- tables
-_SUFFIX_KIND = (("_per_token_j", "energy"), ("tokens_per_s", None), ("_Bps", "bandwidth"), ("_B", "bytes"),
-                ("_s", "time"), ("_j", "energy"), ("_J", "energy"), ("_W", "power"))  # fmt: skip
-
-
-def column_kind(df: Any, col: str) -> str | None:
-    """The unit kind of a sweep column (axis units recorded at load, else from the name's suffix)."""
-    kind = df.attrs.get("units", {}).get(col)
-    if kind:
-        return kind
-    for suffix, k in _SUFFIX_KIND:
-        if col.endswith(suffix):
-            return k
-    return None
-
-
 def format_value(df: Any, col: str, v: Any) -> str:
     from simcore.units import fmt
 
