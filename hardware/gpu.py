@@ -107,7 +107,11 @@ GPU_SCHEMA: dict[str, Any] = {
     },
     "energy": {
         "tech_node": positive("process node in nm (energy scaling)", default=7.0),
-        "flop": MapOf(nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype", DTYPES),
+        "flop": MapOf(nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype; default from TDP", DTYPES),
+        "compute_share": positive(
+            "share of (TDP - idle) the SMs draw at dense peak (the rest feeds L2/DRAM); sets the default FLOP energy",
+            default=0.75,
+        ),
         "l2_per_byte": nonneg("L2 access energy", "energy_per_byte", default=None),
         "smem_per_byte": nonneg("shared-memory/register-file access energy", "energy_per_byte", default=None),
         "dram_per_byte": nonneg(
@@ -439,5 +443,20 @@ class GPU(Component):
 
     # ---------------------------------------------------------------------------------------- energy
     def energy_per_action_J(self) -> dict[str, float]:
-        sram = {"l2.byte": self.l2_size_B, "smem.byte": self.params["smem_per_sm"]}
-        return default_action_energy(self.params["energy"], self.params["memory"]["type"], sram)
+        """Memory actions from the energy tables; a FLOP, unless the preset states its energy, from the
+        spec sheet: a GPU running its dense peak in a dtype draws its TDP, of which `compute_share` of
+        the dynamic part goes to the SMs. That energy includes operand delivery, register files and
+        issue, which dwarf the multiply-add itself (the tables' bare MAC is ~10x smaller on a 7 nm GPU)."""
+        p, en = self.params, self.params["energy"]
+        sram = {"l2.byte": self.l2_size_B, "smem.byte": p["smem_per_sm"]}
+        out = default_action_energy(en, p["memory"]["type"], sram)
+        tdp, idle = p["power"]["tdp"], p["power"]["idle"]
+        if tdp:
+            sm_J_per_s = en["compute_share"] * (tdp - idle)
+            peaks = {**p["tensor_peak"], **{d: v for d, v in p["vector_peak"].items() if d not in p["tensor_peak"]}}
+            peaks["fp32"] = p["vector_peak"].get("fp32", peaks.get("fp32", 0.0))  # fp32 runs on CUDA cores
+            for dtype, peak in peaks.items():
+                if peak and dtype not in en["flop"]:
+                    out[f"flop.{dtype}"] = sm_J_per_s / peak
+                    out[f"mac.{dtype}"] = 2 * sm_J_per_s / peak
+        return out

@@ -153,3 +153,16 @@ def test_attention_backward_is_five_matmuls_and_causal_blocks_are_computed_whole
     assert 2 * 16 * fwd.score_pairs < a100.flash_pairs(fwd) < 2 * 16 * 1000 * 1000
     # the backward does more work per pair and two extra memory passes: well over 2.5x the forward time
     assert a100.op_cost(bwd).duration_s > 2.5 * a100.op_cost(fwd).duration_s
+
+
+@pytest.mark.parametrize("preset", ["a100-sxm4-80gb", "h100-sxm5-80gb", "t4"])
+def test_a_large_compute_bound_gemm_draws_most_of_the_tdp(preset):
+    # A GPU at its dense tensor peak is power-limited near its TDP (spec sheet); at the achievable
+    # fraction of peak the model's average power must land between half of TDP and TDP.
+    from simcore.oprun import op_energy_J
+
+    gpu = load_system(preset).devices["gpu"]
+    op = Gemm("g", "fp16", m=8192, n=8192, k=8192)
+    cost = gpu.op_cost(op)
+    watts = op_energy_J(gpu, cost) / cost.duration_s
+    assert 0.5 * gpu.params["power"]["tdp"] < watts <= gpu.params["power"]["tdp"]
