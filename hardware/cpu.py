@@ -1,4 +1,9 @@
-"""Host CPU: cores × SIMD FLOPs per cycle × clock for compute, DDR bandwidth for everything else."""
+"""Host CPU: cores × SIMD FLOPs per cycle × clock for compute, DDR bandwidth for everything else.
+
+GEMMs cost their FLOPs at the SIMD FMA rate. Attention adds its softmax: per (query, key) pair the two
+matmuls' 4·head_dim FLOPs plus one exp and SOFTMAX_FLOPS_PER_PAIR other FLOPs, all on the SIMD units (a
+CPU has no separate exp unit, so the exponentials are not hidden behind the matmuls as on a GPU).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.ops import Attention, Gemm, Op
 
+#: Softmax FLOPs per (query, key) pair besides the exp: scale the score, fold it into the row max,
+#: subtract the max, add the exp to the row sum (the per-row normalisation is amortised over the keys).
+SOFTMAX_FLOPS_PER_PAIR = 4.0
+
 CPU_SCHEMA: dict[str, Any] = {
     "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
     "cores": positive("cores per socket", type=int),
@@ -17,6 +26,11 @@ CPU_SCHEMA: dict[str, Any] = {
     "simd_width": positive("SIMD register width in bits", type=int),
     "flops_per_cycle": MapOf(positive(""), "FLOPs per cycle per core by dtype", DTYPES),
     "llc": positive("last-level cache", "bytes", default=32 * 2**20),
+    "exp_flops": positive(
+        "FLOPs-equivalent of one vectorised exp: range reduction 8 + degree-7 polynomial 14 + exponent "
+        "insertion and underflow select 4, refk_exp_neg in simcore/native/refkernels.c (an FMA counts 2)",
+        default=26.0,
+    ),
     "memory": MEMORY_SCHEMA,
     "pcie": PCIE_SCHEMA,
     "power": POWER_SCHEMA,
@@ -36,7 +50,7 @@ CPU_SCHEMA: dict[str, Any] = {
 @register("cpu")
 class CPU(Component):
     SCHEMA = CPU_SCHEMA
-    COSTS = {k: "compute_cost" for k in ("gemm", "attention")} | {
+    COSTS = {"gemm": "compute_cost", "attention": "attention_cost"} | {
         k: "stream_cost" for k in ("elementwise", "norm", "softmax", "embedding")
     }
 
@@ -57,11 +71,35 @@ class CPU(Component):
         per_core = fpc.get(dtype, fpc.get("fp32", 0.0))
         return self.params["cores"] * self.params["clock"] * per_core
 
-    def compute_cost(self, op: Gemm | Attention) -> OpCost:
+    def compute_cost(self, op: Gemm) -> OpCost:
+        """GEMM: FLOPs at the blocked-GEMM fraction of SIMD peak, or DRAM traffic, whichever takes longer."""
         t_compute = op.flops / (self.peak_flops(op.dtype) * self.params["efficiency"]["compute"])
         t_mem = op.bytes / self.memory_bandwidth_Bps
         bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "dram.byte": op.bytes}
+        return OpCost(max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, {})
+
+    def softmax_flops(self, op: Attention) -> float:
+        """Exp and softmax FLOPs of an attention op: per computed (query, key) pair, causal half skipped."""
+        pairs = op.batch * op.heads * op.score_pairs
+        return pairs * (self.params["exp_flops"] + SOFTMAX_FLOPS_PER_PAIR)
+
+    def attention_cost(self, op: Attention) -> OpCost:
+        """QKᵀ and PV (4·d FLOPs per pair) plus the softmax, both at the GEMM's fraction of SIMD peak.
+
+        The softmax runs in fp32 (fp64 for fp64 attention) whatever the matmuls' dtype, as CPU kernels
+        upcast bf16/int8 scores; it is serial with the matmuls, since both use the same SIMD pipes.
+        """
+        eff = self.params["efficiency"]["compute"]
+        sm_dtype = "fp64" if op.dtype == "fp64" else "fp32"
+        sm_flops = self.softmax_flops(op)
+        t_matmul = op.flops / (self.peak_flops(op.dtype) * eff)
+        t_softmax = sm_flops / (self.peak_flops(sm_dtype) * eff)
+        t_compute = t_matmul + t_softmax
+        t_mem = op.bytes / self.memory_bandwidth_Bps
+        bound = "compute" if t_compute >= t_mem else "memory"
+        actions = {f"flop.{op.dtype}": op.flops, "dram.byte": op.bytes}
+        actions[f"flop.{sm_dtype}"] = actions.get(f"flop.{sm_dtype}", 0.0) + sm_flops
         return OpCost(max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, {})
 
     def stream_cost(self, op: Op) -> OpCost:

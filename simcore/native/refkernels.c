@@ -6,7 +6,10 @@
  *   (flash-style) version, whole-tensor and single (batch, head, query-block) work unit;
  * - a STREAM-like bandwidth loop (copy, scale, add, triad).
  *
- * Correctness and clarity come first; the kernels are single-threaded and use only libc/libm.
+ * Correctness and clarity come first; the kernels are single-threaded and use only libc/libm. Inner loops
+ * are written so that plain -O3 vectorises them (no -ffast-math needed): unit stride with one independent
+ * accumulator per element, reductions split over a fixed number of lanes, and a polynomial exp for the
+ * softmax instead of a libm call per score.
  * All arrays are dense row-major. Layouts: Q and O [batch, heads, q_len, d], K and V
  * [batch, kv_heads, kv_len, d]; head h reads kv head h / (heads / kv_heads) (grouped-query attention).
  * The causal mask is aligned to the end of the kv sequence: query i sees keys j <= kv_len - q_len + i,
@@ -17,7 +20,7 @@
  * poison outputs to catch gaps.
  *
  * The type-generic kernels live in the second half of this file, which includes itself once per
- * element type (float, double) with T, SFX, EXP defined for that type.
+ * element type (float, double) with T, SFX, EXP and the EXP_* constants of refk_exp_neg defined for it.
  */
 
 #ifndef REFK_TYPE_PASS
@@ -39,6 +42,17 @@ static int64_t refk_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* Version of the exported interface, checked by the Python loader against the one it expects. */
 int refk_abi_version(void) { return REFK_ABI_VERSION; }
+
+/* Scratch buffers start on a cache line: a misaligned 512-bit load or store straddles two lines, which
+ * can halve a kernel's speed, and malloc only promises 16 bytes. */
+#define REFK_ALIGN 64
+
+/* malloc(bytes) moved up to a REFK_ALIGN boundary; *block receives the pointer to free (NULL on failure). */
+static void *refk_alloc_aligned(size_t bytes, void **block) {
+    *block = malloc(bytes + REFK_ALIGN - 1);
+    if (*block == NULL) return NULL;
+    return (void *)(((uintptr_t)*block + REFK_ALIGN - 1) & ~(uintptr_t)(REFK_ALIGN - 1));
+}
 
 /* ------------------------------------------------------------------------------------------------ */
 /* STREAM-like bandwidth loop                                                                        */
@@ -127,21 +141,60 @@ int refk_stream(int64_t n, int64_t repeats, double scalar, double *best_seconds,
 
 #define REFK_TYPE_PASS
 
+/* Per type: the libm exp (one call per row and key block, for the flash rescale) and the constants of the
+ * vectorised exp refk_exp_neg: unsigned integer of the same width, mantissa bits, 1.5 * 2^MANT (rounds to
+ * an integer when added), flush-to-zero bound, Cody-Waite split of ln 2 (Cephes' constants: ln2_hi has 9
+ * and 16 significant bits, so n * ln2_hi is exact) and the Taylor polynomial of e^r by Horner. */
 #define T float
 #define SFX(name) name##_f32
 #define EXP expf
+#define EXP_UINT uint32_t
+#define EXP_MANT 23
+#define EXP_SHIFT 0x1.8p23f
+#define EXP_LO (-87.0f)
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO (-2.12194440e-4f)
+/* Taylor to degree 7: sum of r^k / k!, k = 0..7 */
+#define EXP_POLY(r)                                                                                        \
+    (1.0f + (r) * (1.0f + (r) * (0.5f + (r) * (1.0f / 6 + (r) * (1.0f / 24 + (r) * (1.0f / 120 + (r) *     \
+        (1.0f / 720 + (r) * (1.0f / 5040))))))))
 #include __FILE__
 #undef T
 #undef SFX
 #undef EXP
+#undef EXP_UINT
+#undef EXP_MANT
+#undef EXP_SHIFT
+#undef EXP_LO
+#undef EXP_LN2_HI
+#undef EXP_LN2_LO
+#undef EXP_POLY
 
 #define T double
 #define SFX(name) name##_f64
 #define EXP exp
+#define EXP_UINT uint64_t
+#define EXP_MANT 52
+#define EXP_SHIFT 0x1.8p52
+#define EXP_LO (-708.0)
+#define EXP_LN2_HI 6.93145751953125e-1
+#define EXP_LN2_LO 1.42860682030941723212e-6
+/* Taylor to degree 13: sum of r^k / k!, k = 0..13 */
+#define EXP_POLY(r)                                                                                        \
+    (1.0 + (r) * (1.0 + (r) * (0.5 + (r) * (1.0 / 6 + (r) * (1.0 / 24 + (r) * (1.0 / 120 + (r) *           \
+        (1.0 / 720 + (r) * (1.0 / 5040 + (r) * (1.0 / 40320 + (r) * (1.0 / 362880 + (r) * (1.0 / 3628800 + \
+        (r) * (1.0 / 39916800 + (r) * (1.0 / 479001600 + (r) * (1.0 / 6227020800.0))))))))))))))
 #include __FILE__
 #undef T
 #undef SFX
 #undef EXP
+#undef EXP_UINT
+#undef EXP_MANT
+#undef EXP_SHIFT
+#undef EXP_LO
+#undef EXP_LN2_HI
+#undef EXP_LN2_LO
+#undef EXP_POLY
 
 #else /* REFK_TYPE_PASS: type-generic kernels, T is the element type */
 
@@ -213,24 +266,147 @@ static int SFX(refk_attn_args_ok)(int64_t batch, int64_t heads, int64_t kv_heads
            d >= 1;
 }
 
-static T SFX(refk_dot)(const T *restrict x, const T *restrict y, int64_t d) {
-    T s = (T)0;
-    for (int64_t c = 0; c < d; ++c) s += x[c] * y[c];
-    return s;
-}
-
 /* Number of keys query i may see: all of them, or under the causal mask those j <= kv_len - q_len + i. */
 static int64_t SFX(refk_visible)(int64_t i, int64_t q_len, int64_t kv_len, int causal) {
     if (!causal) return kv_len;
     return refk_max(0, refk_min(kv_len, kv_len - q_len + i + 1));
 }
 
-/* O = softmax(Q K^T * scale + mask) V, one query row at a time with the full score row in scratch. */
+/* Lanes of the score-row loops: rows are processed in whole blocks of REFK_LANES (so no loop has a scalar
+ * tail) and the row sum keeps REFK_LANES partial sums in a fixed association, so a row's result does not
+ * depend on its buffer's alignment or on how the compiler vectorises (flash work units replay bit for bit).
+ * 16 elements are whole 64-byte cache lines for both types. */
+#define REFK_LANES 16
+
+/* n rounded up to whole lane blocks: scratch leading dimensions and offsets, which keeps rows aligned. */
+static int64_t SFX(refk_pad)(int64_t n) { return (n + REFK_LANES - 1) / REFK_LANES * REFK_LANES; }
+
+/*
+ * e^x for x <= 0 (a softmax argument s - max), by Cody-Waite range reduction and a Taylor polynomial, in
+ * straight-line code the compiler vectorises (a libm call per element cannot be).
+ *   n = round(x / ln 2), by adding and subtracting 1.5 * 2^MANT, which leaves n in the low bits of t;
+ *   r = x - n ln2_hi - n ln2_lo, |r| <= ln2 / 2 + rounding: exact first step, ln2_hi has few bits;
+ *   e^r by Horner on the Taylor series to degree N (EXP_POLY: 7 for float, 13 for double): the truncation
+ *   is below 2 |r|^(N+1) / (N+1)! relative, 1e-8 for float and 1e-17 for double, under the unit roundoff;
+ *   e^x = e^r 2^n by adding n to the exponent field of e^r.
+ * Against a long-double exp over [EXP_LO, 0] the worst relative error is under 1 eps for both types; the
+ * attention tests allow at least 24 eps.
+ * Below EXP_LO (-87 float, -708 double) e^x is flushed to 0: such a weight is under 2^-125 (2^-1021) of
+ * the row maximum's weight 1 and vanishes in the row sum; it also keeps e^r 2^n a normal number. NaN
+ * propagates. Operation count for float, an FMA counted as 2 FLOPs: clamp 1, n 3, r 4, Horner 7 x 2,
+ * exponent insertion 2 (integer shift and add), underflow select 2: 26, the CPU model's exp_flops.
+ */
+static inline T SFX(refk_exp_neg)(T x) {
+    const T xc = x < EXP_LO ? EXP_LO : x;
+    const T t = xc * (T)1.44269504088896340736 + EXP_SHIFT;
+    const T n = t - EXP_SHIFT;
+    T r = xc - n * EXP_LN2_HI;
+    r = r - n * EXP_LN2_LO;
+    union {
+        T f;
+        EXP_UINT u;
+    } nt, p;
+    nt.f = t;
+    p.f = EXP_POLY(r);
+    p.u += nt.u << EXP_MANT; /* the shift drops 1.5 * 2^MANT's bits above n: p * 2^n */
+    return x < EXP_LO ? (T)0 : p.f;
+}
+
+/* Kt[c * ldk + j] = K[j * d + c] for j < n and 0 up to refk_pad(n) <= ldk: keys become columns, so score
+ * loops run with unit stride over whole lane blocks. */
+static void SFX(refk_transpose)(const T *restrict k, int64_t n, int64_t d, T *restrict kt, int64_t ldk) {
+    for (int64_t c = 0; c < d; ++c) {
+        for (int64_t j = 0; j < n; ++j) kt[c * ldk + j] = k[j * d + c];
+        for (int64_t j = n; j < SFX(refk_pad)(n); ++j) kt[c * ldk + j] = (T)0;
+    }
+}
+
+/*
+ * s[j] = q . k_j for j < refk_pad(n), from Kt = K^T with leading dimension ldk (columns past the row's n
+ * keys are masked keys or zeros; the softmax ignores them). The GEMM's i-k-j order: the innermost loop
+ * runs over keys with unit stride, one independent accumulator per key, so it vectorises without
+ * reassociating anything (each s[j] sums its d products in order c = 0, 1, ...). Two products are added
+ * per pass over s, in order, which is what GCC -O3 makes of the GEMM's loop (unroll and jam): both
+ * compile to the same instructions per vector (two multiplies, two adds, a load and a store of the
+ * accumulator row), so with rows as short as the GEMM's (a flash key block) they run alike.
+ */
+static void SFX(refk_scores)(const T *restrict q, const T *restrict kt, int64_t ldk, int64_t n, int64_t d,
+                             T *restrict s) {
+    const int64_t np = SFX(refk_pad)(n);
+    for (int64_t j = 0; j < np; ++j) s[j] = (T)0;
+    int64_t c = 0;
+    for (; c + 2 <= d; c += 2) {
+        const T q0 = q[c], q1 = q[c + 1];
+        const T *restrict k0 = kt + c * ldk;
+        const T *restrict k1 = k0 + ldk;
+        for (int64_t j = 0; j < np; ++j) s[j] = (s[j] + q0 * k0[j]) + q1 * k1[j];
+    }
+    if (c < d) {
+        const T qc = q[c];
+        const T *restrict kc = kt + c * ldk;
+        for (int64_t j = 0; j < np; ++j) s[j] += qc * kc[j];
+    }
+}
+
+/*
+ * Softmax numerators of one row of n >= 1 raw scores in s[0:refk_pad(n)]: s[j] <- e^(scale s[j] - m) for
+ * j < n and 0 after, with m the larger of m_prev and the row's maximum; returns m, and the sum of the new
+ * s[j] in *sum. Separate passes over the contiguous row (scale and max, exp, sum), each a simple loop over
+ * whole lane blocks that vectorises. Per score: a multiply, a max, a subtract, an add and one exp.
+ * The max is exact in any order, so `omp simd` (-fopenmp-simd: no OpenMP runtime) may vectorise it; a
+ * compiler without it runs the same loop in scalar code. The sum keeps REFK_LANES partial sums instead.
+ */
+static T SFX(refk_softmax_row)(T *restrict s, int64_t n, T scale, T m_prev, T *restrict sum) {
+    const int64_t np = SFX(refk_pad)(n);
+    T m = m_prev;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < np; ++j) {
+        const T x = j < n ? scale * s[j] : -(T)INFINITY; /* e^-inf = 0 below */
+        s[j] = x;
+        m = x > m ? x : m;
+    }
+    for (int64_t j = 0; j < np; ++j) s[j] = SFX(refk_exp_neg)(s[j] - m);
+    T lane[REFK_LANES];
+    for (int u = 0; u < REFK_LANES; ++u) lane[u] = (T)0;
+    for (int64_t j = 0; j < np; j += REFK_LANES)
+        for (int u = 0; u < REFK_LANES; ++u) lane[u] += s[j + u];
+    T l = (T)0;
+    for (int u = 0; u < REFK_LANES; ++u) l += lane[u];
+    *sum = l;
+    return m;
+}
+
+/* o[0:d] += sum_j p[j] v_j over j < n: the GEMM's i-k-j loop again, unit stride over d, two keys per pass
+ * added in order as in refk_scores. */
+static void SFX(refk_weighted_sum)(const T *restrict p, const T *restrict v, int64_t n, int64_t d,
+                                   T *restrict o) {
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const T p0 = p[j], p1 = p[j + 1];
+        const T *restrict v0 = v + j * d;
+        const T *restrict v1 = v0 + d;
+        for (int64_t c = 0; c < d; ++c) o[c] = (o[c] + p0 * v0[c]) + p1 * v1[c];
+    }
+    if (j < n) {
+        const T pj = p[j];
+        const T *restrict vj = v + j * d;
+        for (int64_t c = 0; c < d; ++c) o[c] += pj * vj[c];
+    }
+}
+
+/*
+ * O = softmax(Q K^T * scale + mask) V, one query row at a time with the full score row in scratch. K of the
+ * current (batch, kv head) is transposed once into scratch (kt [d, ldk]) and shared by the query heads of
+ * its group.
+ */
 int SFX(refk_attention)(const T *Q, const T *K, const T *V, T *O, int64_t batch, int64_t heads,
                         int64_t kv_heads, int64_t q_len, int64_t kv_len, int64_t d, T scale, int causal) {
     if (!SFX(refk_attn_args_ok)(batch, heads, kv_heads, q_len, kv_len, d)) return REFK_EBADARG;
-    T *s = malloc((size_t)refk_max(kv_len, 1) * sizeof(T));
+    const int64_t ldk = SFX(refk_pad)(refk_max(kv_len, 1));
+    void *block;
+    T *s = refk_alloc_aligned((size_t)(ldk + ldk * d) * sizeof(T), &block);
     if (s == NULL) return REFK_ENOMEM;
+    T *kt = s + ldk;
     const int64_t group = heads / kv_heads;
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t h = 0; h < heads; ++h) {
@@ -239,32 +415,21 @@ int SFX(refk_attention)(const T *Q, const T *K, const T *V, T *O, int64_t batch,
             const T *k = K + (b * kv_heads + kvh) * kv_len * d;
             const T *v = V + (b * kv_heads + kvh) * kv_len * d;
             T *o = O + (b * heads + h) * q_len * d;
+            if (h % group == 0) SFX(refk_transpose)(k, kv_len, d, kt, ldk);
             for (int64_t i = 0; i < q_len; ++i) {
-                const T *qi = q + i * d;
                 T *oi = o + i * d;
                 const int64_t nvis = SFX(refk_visible)(i, q_len, kv_len, causal);
                 for (int64_t c = 0; c < d; ++c) oi[c] = (T)0;
                 if (nvis == 0) continue;
-                T m = -(T)INFINITY;
-                for (int64_t j = 0; j < nvis; ++j) {
-                    s[j] = scale * SFX(refk_dot)(qi, k + j * d, d);
-                    if (s[j] > m) m = s[j];
-                }
-                T l = (T)0;
-                for (int64_t j = 0; j < nvis; ++j) {
-                    s[j] = EXP(s[j] - m);
-                    l += s[j];
-                }
-                for (int64_t j = 0; j < nvis; ++j) {
-                    const T p = s[j];
-                    const T *vj = v + j * d;
-                    for (int64_t c = 0; c < d; ++c) oi[c] += p * vj[c];
-                }
+                T l;
+                SFX(refk_scores)(q + i * d, kt, ldk, nvis, d, s);
+                SFX(refk_softmax_row)(s, nvis, scale, -(T)INFINITY, &l);
+                SFX(refk_weighted_sum)(s, v, nvis, d, oi);
                 for (int64_t c = 0; c < d; ++c) oi[c] /= l;
             }
         }
     }
-    free(s);
+    free(block);
     return 0;
 }
 
@@ -272,13 +437,16 @@ int SFX(refk_attention)(const T *Q, const T *K, const T *V, T *O, int64_t batch,
  * Online-softmax attention for query rows [i0, i1) of (batch b, head h), visiting keys in blocks of bc.
  * Per row it keeps the running max m, the running sum l of exp(s - m) and the unnormalised output acc;
  * a new block with max m' rescales both by exp(m - m'). Key blocks wholly above the causal diagonal of
- * the last row are skipped, as a flash kernel does. Scratch: acc [i1 - i0, d], m and l [i1 - i0], s [bc].
+ * the last row are skipped, as a flash kernel does. Each key block is transposed once into kt and shared
+ * by the block's rows. Scratch (refk_flash_scratch): acc [i1 - i0, lda], m and l [i1 - i0], s [bc],
+ * kt [d, ldk].
  */
 static void SFX(refk_flash_rows)(const T *Q, const T *K, const T *V, T *O, int64_t heads, int64_t kv_heads,
                                  int64_t q_len, int64_t kv_len, int64_t d, int64_t b, int64_t h, int64_t i0,
                                  int64_t i1, int64_t bc, T scale, int causal, T *restrict acc, T *restrict mrow,
-                                 T *restrict lrow, T *restrict s) {
+                                 T *restrict lrow, T *restrict s, T *restrict kt) {
     const int64_t rows = i1 - i0;
+    const int64_t lda = SFX(refk_pad)(d), ldk = SFX(refk_pad)(bc);
     const int64_t kvh = h / (heads / kv_heads);
     const T *q = Q + (b * heads + h) * q_len * d;
     const T *k = K + (b * kv_heads + kvh) * kv_len * d;
@@ -287,43 +455,29 @@ static void SFX(refk_flash_rows)(const T *Q, const T *K, const T *V, T *O, int64
     for (int64_t r = 0; r < rows; ++r) {
         mrow[r] = -(T)INFINITY;
         lrow[r] = (T)0;
-        for (int64_t c = 0; c < d; ++c) acc[r * d + c] = (T)0;
+        for (int64_t c = 0; c < d; ++c) acc[r * lda + c] = (T)0;
     }
     const int64_t kv_end = rows > 0 ? SFX(refk_visible)(i1 - 1, q_len, kv_len, causal) : 0;
     for (int64_t j0 = 0; j0 < kv_end; j0 += bc) {
         const int64_t j1 = j0 + refk_min(bc, kv_end - j0);
+        SFX(refk_transpose)(k + j0 * d, j1 - j0, d, kt, ldk);
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t jv = refk_min(j1, SFX(refk_visible)(i0 + r, q_len, kv_len, causal));
             if (jv <= j0) continue;
-            const T *qi = q + (i0 + r) * d;
-            T *ar = acc + r * d;
-            T bm = -(T)INFINITY;
-            for (int64_t j = j0; j < jv; ++j) {
-                const T sj = scale * SFX(refk_dot)(qi, k + j * d, d);
-                s[j - j0] = sj;
-                if (sj > bm) bm = sj;
-            }
-            const T mnew = mrow[r] > bm ? mrow[r] : bm;
+            T *ar = acc + r * lda;
+            T psum;
+            SFX(refk_scores)(q + (i0 + r) * d, kt, ldk, jv - j0, d, s);
+            const T mnew = SFX(refk_softmax_row)(s, jv - j0, scale, mrow[r], &psum);
             const T corr = EXP(mrow[r] - mnew); /* 0 on the first visible block: m = -inf */
-            T psum = (T)0;
-            for (int64_t j = j0; j < jv; ++j) {
-                const T p = EXP(s[j - j0] - mnew);
-                s[j - j0] = p;
-                psum += p;
-            }
             lrow[r] = lrow[r] * corr + psum;
             for (int64_t c = 0; c < d; ++c) ar[c] *= corr;
-            for (int64_t j = j0; j < jv; ++j) {
-                const T p = s[j - j0];
-                const T *vj = v + j * d;
-                for (int64_t c = 0; c < d; ++c) ar[c] += p * vj[c];
-            }
+            SFX(refk_weighted_sum)(s, v + j0 * d, jv - j0, d, ar);
             mrow[r] = mnew;
         }
     }
     for (int64_t r = 0; r < rows; ++r) {
         T *oi = o + (i0 + r) * d;
-        const T *ar = acc + r * d;
+        const T *ar = acc + r * lda;
         if (lrow[r] == (T)0) {
             for (int64_t c = 0; c < d; ++c) oi[c] = (T)0;
         } else {
@@ -332,8 +486,20 @@ static void SFX(refk_flash_rows)(const T *Q, const T *K, const T *V, T *O, int64
     }
 }
 
-static T *SFX(refk_flash_scratch)(int64_t rows, int64_t d, int64_t bc) {
-    return malloc((size_t)(rows * d + 2 * rows + bc) * sizeof(T));
+/* Scratch of refk_flash_rows for up to `rows` rows, each buffer on a cache line; returns the block to free
+ * (NULL when out of memory) and the buffers in order acc, m, l, s, kt. */
+static void *SFX(refk_flash_scratch)(int64_t rows, int64_t d, int64_t bc, T **buf) {
+    const int64_t sizes[5] = {rows * SFX(refk_pad)(d), rows, rows, bc, d * SFX(refk_pad)(bc)};
+    int64_t total = 0;
+    for (int i = 0; i < 5; ++i) total += SFX(refk_pad)(sizes[i]);
+    void *block;
+    T *p = refk_alloc_aligned((size_t)total * sizeof(T), &block);
+    if (p == NULL) return NULL;
+    for (int i = 0; i < 5; ++i) {
+        buf[i] = p;
+        p += SFX(refk_pad)(sizes[i]);
+    }
+    return block;
 }
 
 /*
@@ -351,12 +517,12 @@ int SFX(refk_flash_unit)(const T *Q, const T *K, const T *V, T *O, int64_t batch
     const int64_t i0 = q_block * block_q;
     const int64_t i1 = i0 + refk_min(block_q, q_len - i0);
     const int64_t bc = refk_max(1, refk_min(block_k, kv_len));
-    T *scratch = SFX(refk_flash_scratch)(i1 - i0, d, bc);
-    if (scratch == NULL) return REFK_ENOMEM;
-    T *acc = scratch, *mrow = acc + (i1 - i0) * d, *lrow = mrow + (i1 - i0), *s = lrow + (i1 - i0);
-    SFX(refk_flash_rows)(Q, K, V, O, heads, kv_heads, q_len, kv_len, d, b, h, i0, i1, bc, scale, causal,
-                         acc, mrow, lrow, s);
-    free(scratch);
+    T *w[5];
+    void *block = SFX(refk_flash_scratch)(i1 - i0, d, bc, w);
+    if (block == NULL) return REFK_ENOMEM;
+    SFX(refk_flash_rows)(Q, K, V, O, heads, kv_heads, q_len, kv_len, d, b, h, i0, i1, bc, scale, causal, w[0],
+                         w[1], w[2], w[3], w[4]);
+    free(block);
     return 0;
 }
 
@@ -369,15 +535,16 @@ int SFX(refk_flash_attention)(const T *Q, const T *K, const T *V, T *O, int64_t 
     block_q = refk_min(block_q, refk_max(1, q_len)); /* same rows per unit; keeps i0 + block_q in range */
     const int64_t rows = block_q;
     const int64_t bc = refk_max(1, refk_min(block_k, kv_len));
-    T *scratch = SFX(refk_flash_scratch)(rows, d, bc);
-    if (scratch == NULL) return REFK_ENOMEM;
-    T *acc = scratch, *mrow = acc + rows * d, *lrow = mrow + rows, *s = lrow + rows;
+    T *w[5];
+    void *block = SFX(refk_flash_scratch)(rows, d, bc, w);
+    if (block == NULL) return REFK_ENOMEM;
     for (int64_t b = 0; b < batch; ++b)
         for (int64_t h = 0; h < heads; ++h)
             for (int64_t i0 = 0; i0 < q_len; i0 += block_q)
                 SFX(refk_flash_rows)(Q, K, V, O, heads, kv_heads, q_len, kv_len, d, b, h, i0,
-                                     refk_min(i0 + block_q, q_len), bc, scale, causal, acc, mrow, lrow, s);
-    free(scratch);
+                                     refk_min(i0 + block_q, q_len), bc, scale, causal, w[0], w[1], w[2], w[3],
+                                     w[4]);
+    free(block);
     return 0;
 }
 
