@@ -140,3 +140,19 @@ def default_action_energy(energy: Mapping[str, Any], mem_type: str,
         own = energy.get(action.replace(".byte", "_per_byte"))
         out[action] = own if own is not None else table.sram_J_per_byte(size)
     return out
+
+
+def tdp_flop_energy(tdp_W: float | None, idle_W: float, compute_share: float,
+                    peaks: Mapping[str, float], stated: Mapping[str, float]) -> dict[str, float]:  # fmt: skip
+    """Joules per FLOP (and MAC) from the spec sheet: a chip running its peak in a dtype draws its TDP, of
+    which `compute_share` of the dynamic part goes to the compute units. That energy includes operand
+    delivery, register files and instruction issue, which dwarf the bare multiply-add of the energy tables.
+    Dtypes with a `stated` energy keep it."""
+    out: dict[str, float] = {}
+    if not tdp_W:
+        return out
+    for dtype, peak in peaks.items():
+        if peak and dtype not in stated:
+            j = compute_share * (tdp_W - idle_W) / peak
+            out[f"flop.{dtype}"], out[f"mac.{dtype}"] = j, 2 * j
+    return out

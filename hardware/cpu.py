@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hardware.base import Component, OpCost, register
+from hardware.base import Component, OpCost, default_action_energy, register, tdp_flop_energy
 from hardware.gpu import DTYPES
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
@@ -41,7 +41,10 @@ CPU_SCHEMA: dict[str, Any] = {
     "launch_overhead": nonneg("per-op dispatch overhead (framework + threading)", "time", default=5e-6),
     "energy": {
         "tech_node": positive("process node in nm", default=7.0),
-        "flop": MapOf(nonneg("", "energy_per_op"), "energy per FLOP by dtype", DTYPES),
+        "flop": MapOf(nonneg("", "energy_per_op"), "energy per FLOP by dtype; default from TDP", DTYPES),
+        "compute_share": positive(
+            "share of (TDP - idle) the cores draw at SIMD peak (the rest is uncore and memory)", default=0.7
+        ),
         "dram_per_byte": nonneg("DRAM energy; default from memory type", "energy_per_byte", default=None),
     },
 }
@@ -110,6 +113,11 @@ class CPU(Component):
         return OpCost(max(t_mem, t_compute) + self.params["launch_overhead"], bound, op.bytes, actions, {})
 
     def energy_per_action_J(self) -> dict[str, float]:
-        from hardware.base import default_action_energy
-
-        return default_action_energy(self.params["energy"], self.params["memory"]["type"])
+        """Memory actions from the energy tables; FLOPs from the TDP (`tdp_flop_energy`)."""
+        p, en = self.params, self.params["energy"]
+        out = default_action_energy(en, p["memory"]["type"])
+        peaks = {d: self.peak_flops(d) for d in p["flops_per_cycle"]}
+        out.update(
+            tdp_flop_energy(p["power"]["tdp"], p["power"]["idle"], en["compute_share"], peaks, en["flop"])
+        )
+        return out

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hardware.base import Component, OpCost, default_action_energy, register
+from hardware.base import Component, OpCost, default_action_energy, register, tdp_flop_energy
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.errors import ConfigError
@@ -107,7 +107,9 @@ GPU_SCHEMA: dict[str, Any] = {
     },
     "energy": {
         "tech_node": positive("process node in nm (energy scaling)", default=7.0),
-        "flop": MapOf(nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype; default from TDP", DTYPES),
+        "flop": MapOf(
+            nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype; default from TDP", DTYPES
+        ),
         "compute_share": positive(
             "share of (TDP - idle) the SMs draw at dense peak (the rest feeds L2/DRAM); sets the default FLOP energy",
             default=0.75,
@@ -443,20 +445,12 @@ class GPU(Component):
 
     # ---------------------------------------------------------------------------------------- energy
     def energy_per_action_J(self) -> dict[str, float]:
-        """Memory actions from the energy tables; a FLOP, unless the preset states its energy, from the
-        spec sheet: a GPU running its dense peak in a dtype draws its TDP, of which `compute_share` of
-        the dynamic part goes to the SMs. That energy includes operand delivery, register files and
-        issue, which dwarf the multiply-add itself (the tables' bare MAC is ~10x smaller on a 7 nm GPU)."""
+        """Memory actions from the energy tables; FLOPs from the TDP (`tdp_flop_energy`)."""
         p, en = self.params, self.params["energy"]
         sram = {"l2.byte": self.l2_size_B, "smem.byte": p["smem_per_sm"]}
         out = default_action_energy(en, p["memory"]["type"], sram)
-        tdp, idle = p["power"]["tdp"], p["power"]["idle"]
-        if tdp:
-            sm_J_per_s = en["compute_share"] * (tdp - idle)
-            peaks = {**p["tensor_peak"], **{d: v for d, v in p["vector_peak"].items() if d not in p["tensor_peak"]}}
-            peaks["fp32"] = p["vector_peak"].get("fp32", peaks.get("fp32", 0.0))  # fp32 runs on CUDA cores
-            for dtype, peak in peaks.items():
-                if peak and dtype not in en["flop"]:
-                    out[f"flop.{dtype}"] = sm_J_per_s / peak
-                    out[f"mac.{dtype}"] = 2 * sm_J_per_s / peak
+        peaks = {**p["vector_peak"], **{d: v for d, v in p["tensor_peak"].items() if d != "fp32"}}
+        out.update(
+            tdp_flop_energy(p["power"]["tdp"], p["power"]["idle"], en["compute_share"], peaks, en["flop"])
+        )
         return out
