@@ -135,16 +135,27 @@ def preset_dirs(kind: str) -> list[Path]:
     return [d / kind for d in CONFIG_DIRS if (d / kind).is_dir()]
 
 
+_PRESETS: dict[str, dict[str, Path]] = {}
+
+
+def _preset_index(kind: str, refresh: bool = False) -> dict[str, Path]:
+    """Preset name -> file, scanned once per process (and again when a name is not found, so presets
+    written during a session are seen)."""
+    if refresh or kind not in _PRESETS:
+        index: dict[str, Path] = {}
+        for d in preset_dirs(kind):
+            for p in sorted(d.rglob("*.yaml")):
+                index.setdefault(p.stem, p)
+        _PRESETS[kind] = index
+    return _PRESETS[kind]
+
+
 def preset_names(kind: str) -> list[str]:
-    names = {p.stem for d in preset_dirs(kind) for p in d.rglob("*.yaml")}
-    return sorted(names)
+    return sorted(_preset_index(kind, refresh=True))
 
 
 def preset_path(kind: str, name: str) -> Path | None:
-    for d in preset_dirs(kind):
-        for p in d.rglob(f"{name}.yaml"):
-            return p
-    return None
+    return _preset_index(kind).get(name) or _preset_index(kind, refresh=True).get(name)
 
 
 def resolve_ref(kind: str, ref: str, context: Doc | None = None, path: Path_ = ()) -> Path:
