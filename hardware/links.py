@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from simcore.config import Doc, Param, nonneg, positive, validate
-from simcore.errors import ConfigError
 
 # PCIe: GT/s per lane and line-encoding efficiency (PCI-SIG base specifications 3.0-6.0).
 PCIE_GTPS = {3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
@@ -68,6 +67,7 @@ class Link:
     energy_per_bit_J: float | None
     peak_Bps: float
     generation: int | None = None
+    source: str = ""  # file:line of the `links:` entry it came from
 
     @property
     def label(self) -> str:
@@ -105,6 +105,8 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[L
     if not 0 < eff <= 1:
         raise doc.error(path + ("efficiency",), f"must be in (0, 1], got {eff}")
     lat = p["latency"] if p["latency"] is not None else dflt["latency"]
+    file, line = doc.where(path)
+    source = f"{file}:{line}" if line else file
     links = []
     for a in sides[0]:
         for b in sides[1]:
@@ -112,11 +114,20 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[L
                 continue
             links.append(
                 Link(
-                    f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, p["generation"]
+                    f"{kind}:{a}-{b}",
+                    kind,
+                    a,
+                    b,
+                    peak * eff,
+                    lat,
+                    p["energy_per_bit"],
+                    peak,
+                    p["generation"],
+                    source,
                 )
             )
     if not links:
-        raise ConfigError("link connects nothing", *doc.where(path), key=".".join(path))
+        raise doc.error(path, "link connects nothing (both ends are the same device)")
     return links
 
 

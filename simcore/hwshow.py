@@ -47,8 +47,6 @@ def show_rows(system: System) -> list[tuple[str, str, str, str]]:
             rows.append((name, key, fmt(v, kind) if kind else f"{v:.4g}", f"derived: {how}"))
     for link in system.links:
         rows.append((link.name, "bandwidth_per_direction", fmt(link.bw_Bps, "bandwidth"),
-                     f"derived: {fmt(link.peak_Bps, 'bandwidth')} x efficiency"))  # fmt: skip
-        rows.append(
-            (link.name, "latency", fmt(link.latency_s, "time"), "link default" if link.latency_s else "")
-        )
+                     f"derived: {fmt(link.peak_Bps, 'bandwidth')} x efficiency ({link.source})"))  # fmt: skip
+        rows.append((link.name, "latency", fmt(link.latency_s, "time"), link.source))
     return rows

@@ -7,7 +7,7 @@ system. Everything is validated here, before any simulation starts.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import networkx as nx
@@ -40,8 +40,8 @@ class System:
             # parallel links between the same pair are bundled into one wider edge
             if g.has_edge(link.a, link.b):
                 old: Link = g.edges[link.a, link.b]["link"]
-                link = Link(old.name, old.type, old.a, old.b, old.bw_Bps + link.bw_Bps,
-                            min(old.latency_s, link.latency_s), old.energy_per_bit_J, old.peak_Bps + link.peak_Bps, old.generation)  # fmt: skip
+                link = replace(old, bw_Bps=old.bw_Bps + link.bw_Bps, peak_Bps=old.peak_Bps + link.peak_Bps,
+                               latency_s=min(old.latency_s, link.latency_s))  # fmt: skip
             g.add_edge(link.a, link.b, link=link, weight=link.latency_s)
         self._routes: dict[tuple[str, str], list[tuple[str, str, Link]]] = {}
 
