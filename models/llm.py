@@ -22,7 +22,8 @@ from simcore.ops import (
     Norm,
     OpGraph,
     Tensor,
-    dtype_bytes,  # fmt: skip
+    Transfer,
+    dtype_bytes,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -49,17 +50,22 @@ class LLMSpec:
     bias: bool = False
 
     @property
-    def params(self) -> int:
-        """Parameter count (embeddings included; tied embeddings counted once)."""
+    def layer_params(self) -> int:
+        """Parameters of one transformer block (attention, MLP, norms, biases)."""
         h, d = self.hidden, self.head_dim
         attn = h * (self.heads * d) + 2 * h * (self.kv_heads * d) + (self.heads * d) * h
         mlp = (3 if self.gated_ffn else 2) * h * self.ffn
         norms = 2 * h * (2 if self.norm == "layernorm" else 1)
         bias = (self.heads + 2 * self.kv_heads) * d + h + self.ffn * (2 if self.gated_ffn else 1) + h
-        per_layer = attn + mlp + norms + (bias if self.bias else 0)
+        return attn + mlp + norms + (bias if self.bias else 0)
+
+    @property
+    def params(self) -> int:
+        """Parameter count (embeddings included; tied embeddings counted once)."""
+        h = self.hidden
         emb = self.vocab * h * (1 if self.tie_embeddings else 2)
         pos = self.max_positions * h if self.family in ("opt", "gpt3") else 0
-        return self.layers * per_layer + emb + pos + h
+        return self.layers * self.layer_params + emb + pos + h
 
     def kv_bytes_per_token(self, dtype: str = "bf16") -> float:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes(dtype)
@@ -152,9 +158,11 @@ class Parallel:
         return len(self.devices)
 
 
-def weight_bytes_per_device(spec: LLMSpec, tp: int, dtype: str) -> float:
-    """Weights each TP rank holds: layer matrices split tp ways, norms and embeddings split too."""
-    return spec.params * dtype_bytes(dtype) / tp
+def weight_bytes_per_device(spec: LLMSpec, tp: int, dtype: str, resident_layers: int | None = None) -> float:
+    """Weights each TP rank holds: layer matrices split tp ways, norms and embeddings split too; with
+    `resident_layers`, only that many layers' buffers (weights streamed from the host)."""
+    layers = spec.layers if resident_layers is None else min(resident_layers, spec.layers)
+    return (spec.params - (spec.layers - layers) * spec.layer_params) * dtype_bytes(dtype) / tp
 
 
 def _check_tp(spec: LLMSpec, tp: int) -> None:
@@ -164,10 +172,16 @@ def _check_tp(spec: LLMSpec, tp: int) -> None:
 
 
 def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int, dtype: str = "bf16",
-               phase: str = "decode", kv_alloc_tokens: int = 0) -> OpGraph:  # fmt: skip
+               phase: str = "decode", kv_alloc_tokens: int = 0,
+               weights_from: Mapping[str, str] | None = None) -> OpGraph:  # fmt: skip
     """One forward pass over `q_len` new tokens per sequence with `kv_len` tokens of context
     (prefill: q_len == kv_len; decode: q_len == 1). `kv_alloc_tokens` > 0 allocates each layer's KV
-    cache for that many tokens when the layer first runs."""
+    cache for that many tokens when the layer first runs.
+
+    `weights_from` (GPU -> host device) streams each layer's weights from host memory instead of keeping
+    them resident: layer i's copy starts once layer i-2 has finished with the buffer it reuses (two layer
+    buffers, double-buffered) and layer i waits for it. The copies run on copy engines, concurrently with
+    compute, and share the PCIe links and the GPU's memory with everything else in flight."""
     tp = par.tp
     _check_tp(spec, tp)
     e = dtype_bytes(dtype)
@@ -184,10 +198,27 @@ def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int
         g.g.nodes[op.name]["seq"] = seq[0]
         last.append(op.name)
 
+    def fetch_weights(i: int, layer_ends: list[str]) -> list[str]:
+        """The copies of layer i's weight shard to every rank, after the buffer they reuse is free."""
+        names = []
+        free = layer_ends[i - 2 : i - 1] if i >= 2 else []
+        for gpu in dev:
+            seq[0] += 1
+            name = f"L{i}.weights_to_{gpu}"
+            g.add(Transfer(name, dtype, nbytes=spec.layer_params * e / tp, src=weights_from[gpu], dst=gpu), free,
+                  (weights_from[gpu],), phase)  # fmt: skip
+            g.g.nodes[name]["seq"] = seq[0]
+            names.append(name)
+        return names
+
+    layer_ends: list[str] = []
     add(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab))
     for i in range(spec.layers):
         p = f"L{i}."
+        fetched = fetch_weights(i, layer_ends) if weights_from else []
         add(Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm))
+        for name in fetched:
+            g.g.add_edge(name, p + "norm1")
         add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h))
         if spec.family != "opt" and spec.family != "gpt3":
             add(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1, flops_per_element=3,
@@ -212,6 +243,7 @@ def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int
         if tp > 1:
             add(AllReduce(p + "allreduce_mlp", dtype, bytes_per_device=T * h * e, group=tp))
         add(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
+        layer_ends.append(last[-1])
     add(Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm))
     add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h))
     if tp > 1:

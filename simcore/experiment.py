@@ -60,9 +60,10 @@ SCENARIOS: dict[str, type] = {
 
 
 def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
-             tp: int | None = None, keep_records: bool = True) -> Result:  # fmt: skip
+             tp: int | None = None, keep_records: bool = True, offload_weights: bool = False) -> Result:  # fmt: skip
     """Simulate `scenario` of `model` on `system` with tensor parallelism over its first `tp` GPUs
-    (default: all of them)."""
+    (default: all of them). With `offload_weights`, layer weights live in the nearest host CPU's memory
+    and stream to the GPUs layer by layer, overlapped with compute (two layer buffers per GPU)."""
     system = load_system(system) if isinstance(system, str) else system
     spec = load_llm(model) if isinstance(model, str) else model
     gpus = system.of_type("gpu") or list(system.devices)
@@ -70,27 +71,37 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
     if tp > len(gpus):
         raise ConfigError(f"tp={tp} but system {system.name!r} has {len(gpus)} GPUs", key="parallelism.tp")
     par = Parallel(tuple(gpus[:tp]))
+    hosts = nearest_hosts(system, par.devices) if offload_weights else None
     eng = Engine(system, keep_records=keep_records)
     for dev in par.devices:
-        eng.allocate(dev, f"{spec.name} weights", weight_bytes_per_device(spec, tp, dtype))
+        eng.allocate(
+            dev, f"{spec.name} weights", weight_bytes_per_device(spec, tp, dtype, 2 if hosts else None)
+        )
+    for host in set((hosts or {}).values()):
+        eng.allocate(host, f"{spec.name} weights (host copy)", spec.params * dtype_bytes(dtype))
     b = scenario.batch
     summary: dict[str, Any] = {}
     if isinstance(scenario, Decode):
         kv_B = b * scenario.context_len * spec.kv_bytes_per_token(dtype) / tp
         for dev in par.devices:
             eng.allocate(dev, "kv_cache", kv_B)
-        prog = Program.from_graph(build_pass(spec, par, b, 1, scenario.context_len + 1, dtype, "decode"))
+        prog = Program.from_graph(build_pass(spec, par, b, 1, scenario.context_len + 1, dtype, "decode",
+                                             weights_from=hosts))  # fmt: skip
         t = eng.run(prog, "decode")
         summary.update(latency_s=t, time_per_output_token_s=t, tokens_per_s=b / t)
     else:
         prompt = scenario.prompt_len
         total = prompt + (scenario.new_tokens if isinstance(scenario, Generate) else 1)
-        g = build_pass(spec, par, b, prompt, prompt, dtype, "prefill", kv_alloc_tokens=total)
+        g = build_pass(
+            spec, par, b, prompt, prompt, dtype, "prefill", kv_alloc_tokens=total, weights_from=hosts
+        )
         t_prefill = eng.run(Program.from_graph(g), "prefill")
         summary.update(prefill_time_s=t_prefill, time_to_first_token_s=t_prefill)
         steps = scenario.new_tokens - 1 if isinstance(scenario, Generate) else 0
         if steps > 0:
-            template = Program.from_graph(build_pass(spec, par, b, 1, prompt + 1, dtype, "decode"))
+            template = Program.from_graph(
+                build_pass(spec, par, b, 1, prompt + 1, dtype, "decode", weights_from=hosts)
+            )
             attention_steps = template.indices_of("attention")
             t_decode = 0.0
             for j in range(1, steps + 1):
@@ -110,6 +121,19 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
         latency = eng.env.now
         summary.update(latency_s=latency, tokens_per_s=tokens / latency, output_tokens=tokens)
     return _finish(eng, spec, par, summary, dtype)
+
+
+def nearest_hosts(system: System, gpus: tuple[str, ...]) -> dict[str, str]:
+    """Each GPU's closest CPU (lowest-latency route): where its offloaded weights live."""
+    cpus = system.of_type("cpu")
+    if not cpus:
+        raise ConfigError(f"weight offload needs a host CPU linked to the GPUs; {system.name!r} has none "
+                          "(use a system preset such as workstation-rtx4090 or dgx-a100-8)", key="offload.weights")  # fmt: skip
+
+    def latency(gpu: str, cpu: str) -> float:
+        return sum(link.latency_s for _, _, link in system.route(gpu, cpu))
+
+    return {gpu: min(cpus, key=lambda cpu: (latency(gpu, cpu), cpu)) for gpu in gpus}
 
 
 def _finish(eng: Engine, spec: LLMSpec, par: Parallel, summary: dict[str, Any], dtype: str) -> Result:
@@ -173,6 +197,11 @@ EXPERIMENT_SCHEMA = {
     ),  # fmt: skip
     "dtype": Param("weights/activations dtype", type=str, default="bf16", choices=tuple(DTYPE_BYTES)),
     "parallelism": {"tp": positive("tensor-parallel degree (default: every GPU)", type=int, default=None)},
+    "offload": {
+        "weights": Param(
+            "keep layer weights in host memory and stream them to the GPUs", type=bool, default=False
+        )
+    },  # fmt: skip
     "scenario": {
         "kind": Param("what to simulate", type=str, choices=tuple(SCENARIOS)),
         "batch": positive("sequences in the batch", type=int, default=1),
@@ -192,6 +221,7 @@ class Experiment:
     dtype: str
     tp: int | None
     doc: Doc
+    offload_weights: bool = False
 
     @property
     def model_name(self) -> str:
@@ -201,7 +231,8 @@ class Experiment:
         if isinstance(self.scenario, Inference):
             res = simulate_vision(self.system, str(self.model), self.scenario.batch, self.dtype, keep_records)
         else:
-            res = simulate(self.system, self.model, self.scenario, self.dtype, self.tp, keep_records)
+            res = simulate(self.system, self.model, self.scenario, self.dtype, self.tp, keep_records,
+                           self.offload_weights)  # fmt: skip
         res.summary = {"experiment": self.name, "hardware": self.system.name, **res.summary}
         return res
 
@@ -250,7 +281,16 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         except ConfigError as e:
             raise doc.error(("model",), e.message) from None
     fields = {k: v for k, v in sc.items() if k in cls.__dataclass_fields__}
-    return Experiment(p["name"], system, model, cls(**fields), p["dtype"], p["parallelism"]["tp"], doc)
+    return Experiment(
+        p["name"],
+        system,
+        model,
+        cls(**fields),
+        p["dtype"],
+        p["parallelism"]["tp"],
+        doc,
+        p["offload"]["weights"],
+    )
 
 
 def run(

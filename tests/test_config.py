@@ -138,3 +138,12 @@ def test_inference_scenario_needs_a_vision_network(tmp_path):
         load_experiment(_write(tmp_path, "exp.yaml", text))
     exp = load_experiment(_write(tmp_path, "exp.yaml", text.replace("llama-2-7b", "mobilenet_v2")))
     assert exp.model == "mobilenet_v2" and exp.scenario.batch == 4
+
+
+def test_weight_offload_needs_a_host(tmp_path):
+    text = GOOD_EXPERIMENT + "offload:\n  weights: true\n"
+    exp = load_experiment(_write(tmp_path, "exp.yaml", text))
+    with pytest.raises(ConfigError, match="weight offload needs a host CPU"):
+        exp.run()
+    with pytest.raises(ConfigError, match=r"exp.yaml:9: offload.weights: expected true or false"):
+        load_experiment(_write(tmp_path, "exp.yaml", text.replace("weights: true", "weights: maybe")))

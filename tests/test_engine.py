@@ -199,3 +199,41 @@ def test_vision_inference_runs_on_the_first_device_that_has_every_op():
     assert s["peak_memory_B"]["gpu"] >= param_count(build("resnet50", 1)) * 2
     tpu = simulate_vision("tpuv4-like", "resnet50", batch=8).summary
     assert tpu["device"] == "systolic" and tpu["energy_per_frame_j"] > 0
+
+
+def test_weight_offload_streams_layers_over_pcie_overlapped_with_compute():
+    # Llama-2-7B decode on one RTX 4090 with weights in host memory: every step moves all layer weights
+    # over the PCIe 4.0 x16 link, double-buffered against compute, so the step takes at least the bytes
+    # over the link's achievable rate and at most that plus the whole resident-weights step.
+    from models.llm import load_llm
+
+    spec = load_llm("llama-2-7b")
+    system = load_system("workstation-rtx4090")
+    link_bw = system.graph.edges["gpu", "cpu"]["link"].bw_Bps
+    streamed = simulate(system, spec, Decode(batch=1, context_len=512), offload_weights=True).summary
+    resident = simulate(system, spec, Decode(batch=1, context_len=512)).summary
+    floor = spec.layers * spec.layer_params * 2 / link_bw
+    assert floor < streamed["latency_s"] < floor + resident["latency_s"]
+    assert streamed["utilization"]["pcie:cpu->gpu"] > 0.9
+    # only two layer buffers are resident on the GPU
+    saved = (spec.layers - 2) * spec.layer_params * 2
+    assert streamed["peak_memory_B"]["gpu"] == pytest.approx(
+        resident["peak_memory_B"]["gpu"] - saved, rel=1e-9
+    )
+
+
+def test_offloaded_tensor_parallel_ranks_share_their_pcie_switch_uplink():
+    # dgx-a100-8 hangs two GPUs off each PCIe switch and one Gen4 x16 uplink per switch: streaming a layer's
+    # 8 shards moves two shards through each uplink, so a decode step takes 2 x shard bytes / uplink rate.
+    from models.llm import load_llm
+
+    spec = load_llm("llama-2-13b")
+    system = load_system("dgx-a100-8")
+    res = simulate(system, spec, Decode(batch=1, context_len=128), tp=8, offload_weights=True).summary
+    uplink = system.graph.edges["pcie-sw0", "cpu0"]["link"].bw_Bps
+    expected = spec.layers * 2 * (spec.layer_params * 2 / 8) / uplink
+    assert res["latency_s"] == pytest.approx(expected, rel=0.05)
+    assert res["utilization"]["pcie:cpu0->pcie-sw0"] > 0.9
+    assert res["utilization"]["pcie:pcie-sw0->gpu0"] == pytest.approx(
+        0.5 * res["utilization"]["pcie:cpu0->pcie-sw0"], rel=0.01
+    )
