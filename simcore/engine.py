@@ -47,7 +47,6 @@ class Engine:
         self.mem: dict[str, Resource] = {}
         self.used_B: dict[str, float] = {}
         self.peak_B: dict[str, float] = {}
-        self.resident: dict[str, dict[str, float]] = {}
         self.mem_in: dict[str, Resource] = {}  # where DMA writes land (a separate port for storage)
         for name, comp in system.devices.items():
             if comp.memory_bandwidth_Bps > 0:
@@ -57,7 +56,6 @@ class Engine:
                 if comp.write_bandwidth_Bps != comp.memory_bandwidth_Bps:
                     self.mem_in[name] = Resource(f"{name}.mem_write", comp.write_bandwidth_Bps, kind="memory")
             self.used_B[name] = self.peak_B[name] = 0.0
-            self.resident[name] = {}
         self.link_res: dict[tuple[str, str], Resource] = {}
         for link in system.links:
             for a, b in ((link.a, link.b), (link.b, link.a)):
@@ -72,7 +70,6 @@ class Engine:
         self._epa: dict[str, Mapping[str, float]] = {}
         self.runs: list[tuple[Program, bool]] = []  # every program run, and whether it ran alone
         self.steps_run = 0
-        self.phase_time: Counter[str] = Counter()
         self._paths: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------------------------ memory
@@ -88,8 +85,6 @@ class Engine:
         if nbytes > free:
             raise OutOfMemory(tensor, device, nbytes, free, cap)
         self.used_B[device] += nbytes
-        if nbytes:
-            self.resident[device][tensor] = self.resident[device].get(tensor, 0.0) + nbytes
         self.peak_B[device] = max(
             self.peak_B[device], self.used_B[device] + self.workspace_B.get(device, 0.0)
         )
@@ -100,9 +95,6 @@ class Engine:
         self.workspace_B.clear()
         for d, (nbytes, name) in program.workspace.items():
             self.allocate(d, f"activations of {name}", 0.0, workspace=nbytes)
-
-    def free(self, device: str, tensor: str) -> None:
-        self.used_B[device] -= self.resident[device].pop(tensor, 0.0)
 
     # -------------------------------------------------------------------------------------- paths
     def transfer_plan(self, op: Transfer) -> Plan:
@@ -171,7 +163,7 @@ class Engine:
             return Plan.make(0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s)
         return Plan.make(cost.duration_s, (), 0.0, math.inf)
 
-    def run(self, program: Program, phase: str = "") -> float:
+    def run(self, program: Program) -> float:
         """Run one program to completion; returns its makespan in seconds."""
         env = self.env
         t0 = env.now
@@ -188,7 +180,6 @@ class Engine:
         env.run()
         self.runs.append((program, solo))
         span = env.now - t0
-        self.phase_time[phase or program.name] += span
         return span
 
     def _solo_lane(self, program: Program, pid: int, idxs: list[int]):
@@ -249,7 +240,7 @@ class Engine:
                     if plan.delay_s:
                         yield env.timeout(plan.delay_s)
                     if plan.path:
-                        yield self.net.start(plan.path, plan.nbytes, plan.cap_Bps, op.name)
+                        yield self.net.start(plan.path, plan.nbytes, plan.cap_Bps)
                 busy_s += env.now - start
             self.steps_run += 1
             if keep:
@@ -269,7 +260,7 @@ class Engine:
         plan = self.transfer_plan(op)
         if plan.delay_s:
             yield self.env.timeout(plan.delay_s)
-        yield self.net.start(plan.path, op.nbytes, plan.cap_Bps, label=op.name)
+        yield self.net.start(plan.path, op.nbytes, plan.cap_Bps)
 
     # -------------------------------------------------------------------------------------- energy
     def energy_breakdown_J(self) -> dict[str, dict[str, float]]:

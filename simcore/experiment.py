@@ -87,7 +87,7 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
             eng.allocate(dev, "kv_cache", kv_B)
         prog = Program.from_graph(build_pass(spec, par, b, 1, scenario.context_len + 1, dtype, "decode",
                                              weights_from=hosts))  # fmt: skip
-        t = eng.run(prog, "decode")
+        t = eng.run(prog)
         summary.update(latency_s=t, time_per_output_token_s=t, tokens_per_s=b / t)
     else:
         prompt = scenario.prompt_len
@@ -95,7 +95,7 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
         g = build_pass(
             spec, par, b, prompt, prompt, dtype, "prefill", kv_alloc_tokens=total, weights_from=hosts
         )
-        t_prefill = eng.run(Program.from_graph(g), "prefill")
+        t_prefill = eng.run(Program.from_graph(g))
         summary.update(prefill_time_s=t_prefill, time_to_first_token_s=t_prefill)
         steps = scenario.new_tokens - 1 if isinstance(scenario, Generate) else 0
         if steps > 0:
@@ -115,7 +115,7 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
                     return None
 
                 step = template.replace_ops(swap, only=attention_steps) if j > 1 else template
-                t_decode += eng.run(step, "decode")
+                t_decode += eng.run(step)
             summary.update(decode_time_s=t_decode, time_per_output_token_s=t_decode / steps)
         tokens = b * (scenario.new_tokens if isinstance(scenario, Generate) else 1)
         latency = eng.env.now
@@ -181,7 +181,7 @@ def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: s
         )
     eng = Engine(system, keep_records=keep_records)
     eng.allocate(device, f"{network} weights", param_count(graph) * dtype_bytes(dtype))
-    t = eng.run(Program.from_graph(graph, (device,)), "inference")
+    t = eng.run(Program.from_graph(graph, (device,)))
     summary: dict[str, Any] = {"latency_s": t, "frames_per_s": batch / t, "model": network, "batch": batch,
                                "dtype": dtype, "device": device}  # fmt: skip
     return _account(eng, (device,), summary, "frame", batch)

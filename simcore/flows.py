@@ -37,7 +37,6 @@ class Flow:
     rate_Bps: float = 0.0
     updated_at: float = 0.0
     generation: int = 0
-    label: str = ""
 
 
 class FlowNetwork:
@@ -48,15 +47,14 @@ class FlowNetwork:
         self.active: set[Flow] = set()
         self.timeouts = 0
 
-    def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf,
-              label: str = "") -> simpy.Event:  # fmt: skip
+    def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf) -> simpy.Event:
         """Begin moving `nbytes` over `path`; the returned event fires when the last byte arrives."""
         done = self.env.event()
         if nbytes <= 0:
             done.succeed()
             return done
         now = self.env.now
-        flow = Flow(path, nbytes, cap_Bps, done, updated_at=now, label=label)
+        flow = Flow(path, nbytes, cap_Bps, done, updated_at=now)
         for r in path:
             if not r.flows:
                 r._busy_since = now
