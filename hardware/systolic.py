@@ -165,15 +165,20 @@ class GemmRun:
     def dram_B(self) -> float:
         return sum(self.dram_read_B.values()) + self.dram_write_B
 
-    def add(self, other: GemmRun, count: int = 1) -> None:
-        """Append `count` sequential copies of `other` (time and traffic add up)."""
-        self.cycles += other.cycles * count
-        self.compute_cycles += other.compute_cycles * count
+    def add(self, other: GemmRun, count: int = 1, parallel: bool = False) -> None:
+        """Append `count` copies of `other`: one after another (time and traffic add up) or, with
+        `parallel`, side by side on other cores (time is the longest, traffic adds up)."""
+        if parallel:
+            self.cycles = max(self.cycles, other.cycles)
+            self.compute_cycles = max(self.compute_cycles, other.compute_cycles)
+        else:
+            self.cycles += other.cycles * count
+            self.compute_cycles += other.compute_cycles * count
+            self.row_folds, self.col_folds = (
+                max(self.row_folds, other.row_folds),
+                max(self.col_folds, other.col_folds),
+            )
         self.folds += other.folds * count
-        self.row_folds, self.col_folds = (
-            max(self.row_folds, other.row_folds),
-            max(self.col_folds, other.col_folds),
-        )
         self.macs += other.macs * count
         self.pe_slots += other.pe_slots * count
         for key, b in other.dram_read_B.items():
@@ -468,16 +473,7 @@ class SystolicArray(Component):
             part = tiled_gemm(spec, mm, nn, kk, a_scale, by_time=self.mode == "physical")
             if self.mode == "scalesim":  # SCALE-Sim's timing; traffic still from the buffer model
                 part.cycles = part.compute_cycles = float(scalesim_gemm(R, C, df, mm, nn, kk).cycles)
-            total.cycles = max(total.cycles, part.cycles)
-            total.compute_cycles = max(total.compute_cycles, part.compute_cycles)
-            total.folds += part.folds * cnt
-            total.macs += part.macs * cnt
-            total.pe_slots += part.pe_slots * cnt
-            for key, b in part.dram_read_B.items():
-                total.dram_read_B[key] += b * cnt
-            total.dram_write_B += part.dram_write_B * cnt
-            total.sram_read_B += part.sram_read_B * cnt
-            total.sram_write_B += part.sram_write_B * cnt
+            total.add(part, cnt, parallel=True)
         return total
 
     def gemm_run(self, m: int, n: int, k: int, groups: int = 1, a_scale: float = 1.0) -> GemmRun:
