@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hardware.systolic import SystolicArray, scalesim_conv
@@ -111,12 +109,11 @@ def test_vit_uses_attention_and_gemm_ops() -> None:
     assert any(isinstance(o, Gemm) and o.n == 3 * 768 and o.m == 2 * 197 for o in g.ops())
 
 
-def test_resnet50_on_a_systolic_array_in_scalesim_mode_is_fast_and_exact() -> None:
+def test_resnet50_on_a_systolic_array_in_scalesim_mode_is_exact() -> None:
+    # (its speed, <= 0.2 s, is measured by benchmarks/bench_systolic.py)
     arr = SystolicArray.build(rows=32, cols=32, dataflow="os", mode="scalesim")
     g = resnet50()
-    t0 = time.perf_counter()
     total = sum(arr.op_cost(op).detail["cycles"] for op in g.ops() if arr.supports(op))
-    assert time.perf_counter() - t0 < 0.2
     # SCALE-Sim has no padding field: conv1 with its 3-pixel padding is the topology row
     # "230, 230, 7, 7, 3, 64, 2" (output side ceil((230 - 7 + 2) / 2) = 113)
     conv1 = next(o for o in g.ops() if isinstance(o, Conv2d))

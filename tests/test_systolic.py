@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import pytest
@@ -250,11 +249,10 @@ def test_cli_style_overrides_reshape_the_generic_array() -> None:
         load_system("systolic-array", ["dataflow=rs"])
 
 
-def test_large_gemm_with_stalls_is_fast_to_cost() -> None:
+def test_large_gemm_with_scarce_bandwidth_stalls() -> None:
+    # (its costing time, <= 50 ms, is measured by benchmarks/bench_systolic.py)
     arr = SystolicArray.build(rows=128, cols=128, dataflow="ws")
-    t0 = time.perf_counter()
     c = arr.op_cost(Gemm(name="big", m=4096, n=4096, k=4096))
-    assert time.perf_counter() - t0 < 0.05
     assert c.detail["stall_cycles"] > 0
 
 
