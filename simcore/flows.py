@@ -91,26 +91,29 @@ class FlowNetwork:
             f.updated_at = now
 
     def _reallocate(self, flows: set[Flow]) -> None:
-        """Progressive filling: raise all unfrozen rates together until a resource or a cap saturates."""
+        """Progressive filling: raise all unfrozen rates together until a resource or a cap saturates.
+
+        `flows` is a closed component (every flow on its resources is in it), so a resource's users are
+        simply its flows."""
         self._advance(flows)
-        resources = {r for f in flows for r in f.path}
-        left = {r: r.capacity_Bps for r in resources}
-        users = {r: sum(1 for f in r.flows if f in flows) for r in resources}
-        unfrozen = set(flows)
+        users: dict[Resource, int] = {}
+        for f in flows:
+            for r in f.path:
+                users[r] = users.get(r, 0) + 1
+        left = {r: r.capacity_Bps for r in users}
         rate = dict.fromkeys(flows, 0.0)
+        unfrozen = set(flows)
         while unfrozen:
-            inc = min(left[r] / users[r] for r in resources if users[r] > 0)
-            inc = min([inc] + [f.cap_Bps - rate[f] for f in unfrozen])
-            frozen = set()
+            inc = min(left[r] / n for r, n in users.items() if n)
+            for f in unfrozen:
+                inc = min(inc, f.cap_Bps - rate[f])
             for f in unfrozen:
                 rate[f] += inc
-                if rate[f] >= f.cap_Bps * (1 - 1e-12):
-                    frozen.add(f)
-            for r in resources:
-                left[r] -= inc * users[r]
-            for r in resources:
-                if users[r] > 0 and left[r] <= r.capacity_Bps * 1e-12:
-                    frozen.update(f for f in r.flows if f in unfrozen)
+            for r, n in users.items():
+                if n:
+                    left[r] -= inc * n
+            frozen = [f for f in unfrozen if rate[f] >= f.cap_Bps * (1 - 1e-12)
+                      or any(left[r] <= r.capacity_Bps * 1e-12 for r in f.path)]  # fmt: skip
             for f in frozen:
                 unfrozen.discard(f)
                 for r in f.path:
