@@ -9,6 +9,7 @@ from simcore.cli import command, emit, positive_int
 from simcore.config import preset_names, preset_path
 from simcore.errors import ConfigError
 from simcore.ops import DTYPE_BYTES
+from simcore.tables import text_table
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -141,10 +142,7 @@ def hw_cmd(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([{"name": n, "type": t, "description": d} for n, t, d in rows]))
         else:
-            w = max(len(n) for n, _, _ in rows)
-            print(f"{'name':<{w}}  {'type':<8}  description\n{'-' * w}  {'-' * 8}  {'-' * 11}")
-            for n, t, d in rows:
-                print(f"{n:<{w}}  {t:<8}  {d}")
+            print(text_table(("name", "type", "description"), rows))
         return 0
     if not args.name:
         raise ConfigError("hw show needs a preset NAME", key="simcore hw show")
@@ -158,9 +156,7 @@ def hw_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dict(zip(("component", "key", "value", "source"), r, strict=True)) for r in rows]))
     else:
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        for comp, key, value, source in rows:
-            print(f"{comp:<{widths[0]}}  {key:<{widths[1]}}  {value:<{widths[2]}}  {source}")
+        print(text_table(("component", "key", "value", "source"), rows))
     return 0
 
 
@@ -184,9 +180,10 @@ def models_cmd(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"{'model':<14} {'params':>8} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3}")
-    for s in rows:
-        print(
-            f"{s.name:<14} {s.params / 1e9:>7.1f}B {s.layers:>6} {s.hidden:>6} {s.heads:>5} {s.kv_heads:>3}"
+    table = [(s.name, f"{s.params / 1e9:.1f}B", s.layers, s.hidden, s.heads, s.kv_heads) for s in rows]
+    print(
+        text_table(
+            ("model", "params", "layers", "hidden", "heads", "kv heads"), table, (False,) + (True,) * 5
         )
+    )
     return 0

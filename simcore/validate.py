@@ -31,6 +31,7 @@ from typing import Any
 
 from simcore.cli import command
 from simcore.errors import ConfigError
+from simcore.tables import text_table
 
 # --------------------------------------------------------------------------------- device names
 
@@ -790,20 +791,6 @@ def by_family(r: Row) -> tuple[str, str, str, str]:
 # ------------------------------------------------------------------------------------------ tables
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | None = None) -> str:
-    """An aligned text table; numbers right-aligned."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    right = right or [False] * len(headers)
-
-    def line(vals: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if a else v.ljust(w) for v, w, a in zip(vals, widths, right, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:+.1f}%" if math.isfinite(x) else "-"
 
@@ -815,7 +802,7 @@ def _apct(x: float) -> str:
 def group_table(groups: Sequence[Group]) -> str:
     rows = [(g.device, g.family, g.dtype, g.quality, g.count, _apct(g.median_abs), _apct(g.p90_abs), _pct(g.worst),
              _pct(g.bias)) for g in groups]  # fmt: skip
-    return table(("device", "family", "dtype", "rows", "n", "median|err|", "p90|err|", "worst", "bias"), rows,
+    return text_table(("device", "family", "dtype", "rows", "n", "median|err|", "p90|err|", "worst", "bias"), rows,
                  (False, False, False, False, True, True, True, True, True))  # fmt: skip
 
 
@@ -838,7 +825,7 @@ def unmapped_table(rows: Sequence[Row]) -> str:
     lines = [
         (len(v), f"{file}:{_ranges([r.line for r in v])}", reason) for (reason, file), v in sorted(by.items())
     ]
-    return table(("rows", "where (file:lines)", "reason"), lines, (True, False, False))
+    return text_table(("rows", "where (file:lines)", "reason"), lines, (True, False, False))
 
 
 # ------------------------------------------------------------------------------------- validate data
@@ -1210,7 +1197,7 @@ def run_host(as_json: bool, quick: bool) -> dict[str, Any]:
           f"efficiency {efficiency:.3f} fitted on gemm {measured[ci][1]}, every other row predicted;\n"
           f"       {overhead * 1e6:.1f} us per call (a 1x1 GEMM); attention per (query, key) pair: 4·d matmul FLOPs "
           f"+ one exp ({NATIVE_EXP_FLOPS} FLOPs, counted from the kernel's code) + 4 softmax FLOPs\n")  # fmt: skip
-    print(table(("kernel", "shape", "measured", "predicted", "error", "GFLOP/s"),
+    print(text_table(("kernel", "shape", "measured", "predicted", "error", "GFLOP/s"),
                 [(r["kernel"], r["shape"], f"{r['measured_s'] * 1e3:.3f} ms", f"{r['predicted_s'] * 1e3:.3f} ms",
                   "(fit)" if r["calibration"] else _pct(r["error"]), f"{r['gflops']:.2f}") for r in rows],
                 (False, False, True, True, True, True)))  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 
 from simcore.plots import column_kind
 from simcore.sweep.spec import Axis, SweepSpec, load_sweep, to_number
+from simcore.tables import text_table
 
 
 def pareto_mask(costs: Any) -> Any:
@@ -152,8 +153,4 @@ def top_table(df: Any, n: int = 10) -> str:
         return "(no feasible points)"
     header = [c + (f" ({objectives[c]})" if c in objectives else "") for c in cols]
     cells = [[format_value(df, c, r[c]) for c in cols] for _, r in ok.iterrows()]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]  # fmt: skip
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    return text_table(header, cells, right=[c != "hardware" for c in cols])
