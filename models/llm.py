@@ -165,7 +165,7 @@ def weight_bytes_per_device(spec: LLMSpec, tp: int, dtype: str, resident_layers:
     return (spec.params - (spec.layers - layers) * spec.layer_params) * dtype_bytes(dtype) / tp
 
 
-def _check_tp(spec: LLMSpec, tp: int) -> None:
+def check_tp(spec: LLMSpec, tp: int) -> None:
     if spec.heads % tp or spec.ffn % tp:
         raise ConfigError(f"tensor parallelism {tp} does not divide {spec.name}'s {spec.heads} heads "
                           f"and FFN width {spec.ffn}", key="parallelism.tp")  # fmt: skip
@@ -183,7 +183,7 @@ def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int
     buffers, double-buffered) and layer i waits for it. The copies run on copy engines, concurrently with
     compute, and share the PCIe links and the GPU's memory with everything else in flight."""
     tp = par.tp
-    _check_tp(spec, tp)
+    check_tp(spec, tp)
     e = dtype_bytes(dtype)
     h, d, T = spec.hidden, spec.head_dim, batch * q_len
     heads, kvh = spec.heads // tp, max(1, spec.kv_heads // tp)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.llm import LLMSpec, Parallel, build_pass, load_llm, weight_bytes_per_device
+from models.llm import LLMSpec, Parallel, build_pass, check_tp, load_llm, weight_bytes_per_device
 from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
 from simcore.engine import Engine
 from simcore.errors import ConfigError
-from simcore.ops import DTYPE_BYTES, Attention, dtype_bytes
+from simcore.ops import DTYPE_BYTES, Attention, Gemm, dtype_bytes
 from simcore.program import Program
 from simcore.results import Result
 from simcore.system import System, load_system
@@ -66,12 +66,8 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
     and stream to the GPUs layer by layer, overlapped with compute (two layer buffers per GPU)."""
     system = load_system(system) if isinstance(system, str) else system
     spec = load_llm(model) if isinstance(model, str) else model
-    gpus = system.of_type("gpu") or list(system.devices)
-    tp = tp or len(gpus)
-    if tp > len(gpus):
-        raise ConfigError(f"tp={tp} but system {system.name!r} has {len(gpus)} GPUs", key="parallelism.tp")
-    par = Parallel(tuple(gpus[:tp]))
-    hosts = nearest_hosts(system, par.devices) if offload_weights else None
+    par, hosts = place(system, spec, dtype, tp, offload_weights)
+    tp = par.tp
     eng = Engine(system, keep_records=keep_records)
     for dev in par.devices:
         eng.allocate(
@@ -121,6 +117,27 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
         latency = eng.env.now
         summary.update(latency_s=latency, tokens_per_s=tokens / latency, output_tokens=tokens)
     return _finish(eng, spec, par, summary, dtype)
+
+
+def place(system: System, spec: LLMSpec, dtype: str, tp: int | None, offload_weights: bool
+          ) -> tuple[Parallel, dict[str, str] | None]:  # fmt: skip
+    """The tensor-parallel group (the first `tp` GPUs, default all) and, with offload, each GPU's host;
+    checked before anything runs: enough GPUs, a split that divides the model, a dtype they compute."""
+    gpus = system.of_type("gpu") or list(system.devices)
+    tp = tp or len(gpus)
+    if tp > len(gpus):
+        raise ConfigError(f"tp={tp} but system {system.name!r} has {len(gpus)} GPUs", key="parallelism.tp")
+    check_tp(spec, tp)
+    par = Parallel(tuple(gpus[:tp]))
+    for dev in par.devices:
+        comp = system.devices[dev]
+        if not comp.supports(Gemm("probe", dtype)):
+            raise ConfigError(f"{comp.type_name} {dev!r} cannot run an LLM's operators", key="hardware")
+        try:
+            comp.op_cost(Gemm("probe", dtype, m=1, n=1, k=1))
+        except ConfigError as e:
+            raise ConfigError(e.message, key="dtype") from None
+    return par, nearest_hosts(system, par.devices) if offload_weights else None
 
 
 def nearest_hosts(system: System, gpus: tuple[str, ...]) -> dict[str, str]:
@@ -281,6 +298,11 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         except ConfigError as e:
             raise doc.error(("model",), e.message) from None
     fields = {k: v for k, v in sc.items() if k in cls.__dataclass_fields__}
+    if isinstance(model, LLMSpec):  # the placement is checked now, so a bad one names file and line
+        try:
+            place(system, model, p["dtype"], p["parallelism"]["tp"], p["offload"]["weights"])
+        except ConfigError as e:
+            raise doc.error(tuple((e.key or "hardware").split(".")), e.message) from None
     return Experiment(
         p["name"],
         system,

@@ -142,8 +142,34 @@ def test_inference_scenario_needs_a_vision_network(tmp_path):
 
 def test_weight_offload_needs_a_host(tmp_path):
     text = GOOD_EXPERIMENT + "offload:\n  weights: true\n"
-    exp = load_experiment(_write(tmp_path, "exp.yaml", text))
-    with pytest.raises(ConfigError, match="weight offload needs a host CPU"):
-        exp.run()
+    with pytest.raises(ConfigError, match="exp.yaml:9: offload.weights: weight offload needs a host CPU"):
+        load_experiment(_write(tmp_path, "exp.yaml", text))
     with pytest.raises(ConfigError, match=r"exp.yaml:9: offload.weights: expected true or false"):
         load_experiment(_write(tmp_path, "exp.yaml", text.replace("weights: true", "weights: maybe")))
+
+
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        (
+            "hardware: dgx-a100-8\nparallelism: {tp: 3}\n",
+            "exp.yaml:3: parallelism.tp: tensor parallelism 3 does not divide",
+        ),
+        (
+            "hardware: dgx-a100-8\nparallelism: {tp: 16}\n",
+            "exp.yaml:3: parallelism.tp: tp=16 but system 'dgx-a100-8' has 8 GPUs",
+        ),
+        ("hardware: a100-sxm4-80gb\ndtype: fp8\n", "exp.yaml:3: dtype: gpu has no fp8 compute"),
+        ("hardware: samsung-pm1733\n", "exp.yaml:1: hardware: nvme 'nvme' cannot run an LLM's operators"),
+    ],
+)
+def test_impossible_placements_fail_before_anything_runs(tmp_path, lines, needle):
+    text = (
+        lines.split("\n", 1)[0]
+        + "\nmodel: llama-2-7b\n"
+        + lines.split("\n", 1)[1]
+        + "scenario: {kind: decode}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_experiment(_write(tmp_path, "exp.yaml", text))
+    assert needle in str(e.value)
