@@ -153,4 +153,4 @@ def top_table(df: Any, n: int = 10) -> str:
         return "(no feasible points)"
     header = [c + (f" ({objectives[c]})" if c in objectives else "") for c in cols]
     cells = [[format_value(df, c, r[c]) for c in cols] for _, r in ok.iterrows()]
-    return text_table(header, cells, right=[c != "hardware" for c in cols])
+    return text_table(header, cells)
