@@ -119,16 +119,23 @@ def op_cmd(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- hw
 def _hw_cmd_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("list", "show"))
-    p.add_argument("name", nargs="?")
+    p.add_argument("action", choices=("list", "show", "params"),
+                   help="list presets; show one resolved; params: every parameter of a component type")  # fmt: skip
+    p.add_argument(
+        "name", nargs="?", help="preset (show) or component type: gpu, cpu, nvme, systolic, link (params)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
 
 
 @command("hw", _hw_cmd_args)
 def hw_cmd(args: argparse.Namespace) -> int:
-    """List hardware presets, or show one with every resolved value, its unit and where it came from."""
+    """List hardware presets, show one with every resolved value, its unit and where it came from, or list a
+    component type's parameters with their units, defaults and meaning."""
     import json
+
+    if args.action == "params":
+        return _params(args)
 
     from simcore.config import load_preset
 
@@ -157,6 +164,26 @@ def hw_cmd(args: argparse.Namespace) -> int:
         print(json.dumps([dict(zip(("component", "key", "value", "source"), r, strict=True)) for r in rows]))
     else:
         print(text_table(("component", "key", "value", "source"), rows))
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    import json
+
+    import hardware  # noqa: F401  (registers the component types)
+    from hardware.base import COMPONENT_TYPES
+    from hardware.links import LINK_SCHEMA
+    from simcore.config import describe
+
+    schemas = {name: cls.SCHEMA for name, cls in COMPONENT_TYPES.items()} | {"link": LINK_SCHEMA}
+    if args.name not in schemas:
+        raise ConfigError(f"unknown component type {args.name!r} (known: {', '.join(sorted(schemas))})",
+                          key="simcore hw params")  # fmt: skip
+    rows = [r for r in describe(schemas[args.name]) if r[0] != "abstract"]
+    if args.json:
+        print(json.dumps([dict(zip(("key", "unit", "default", "meaning"), r, strict=True)) for r in rows]))
+    else:
+        print(text_table(("key", "unit", "default", "meaning"), rows, (False, False, False, False)))
     return 0
 
 

@@ -386,16 +386,23 @@ def validate(doc: Doc, schema: Schema, path: Path_ = (), ignore: tuple[str, ...]
 
 
 def describe(schema: Schema, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key path, unit/type, default, doc) rows for documentation and `hw show`."""
+    """(key path, unit/type, default, doc) rows: the reference `simcore hw params` prints."""
     rows = []
     for key, spec in schema.items():
         name = prefix + key
         if isinstance(spec, Param):
             kind = spec.unit or spec.type.__name__
-            dflt = "required" if spec.default is REQUIRED else repr(spec.default)
-            rows.append((name, kind, dflt, spec.doc))
+            if spec.default is REQUIRED:
+                dflt = "required"
+            elif spec.default is None:
+                dflt = "-"
+            else:
+                dflt = units.fmt(float(spec.default), spec.unit) if spec.unit else str(spec.default)
+            doc = spec.doc + (f" ({' | '.join(map(str, spec.choices))})" if spec.choices else "")
+            rows.append((name, kind, dflt, doc))
         elif isinstance(spec, MapOf):
-            rows.append((name + ".<key>", spec.item.unit or spec.item.type.__name__, "{}", spec.doc))
+            keys = f" ({', '.join(spec.keys)})" if spec.keys else ""
+            rows.append((name + ".<key>", spec.item.unit or spec.item.type.__name__, "-", spec.doc + keys))
         else:
             rows.extend(describe(spec, name + "."))
     return rows

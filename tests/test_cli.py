@@ -91,3 +91,15 @@ def test_run_prints_a_table_not_a_dict():
 
 def test_help_lists_run():
     assert "run" in simcore("--help").stdout
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu", "nvme", "systolic", "link"])
+def test_hw_params_documents_every_parameter_of_a_component_type(kind):
+    from hardware.base import COMPONENT_TYPES
+    from hardware.links import LINK_SCHEMA
+    from simcore.config import describe
+
+    d = json.loads(simcore("hw", "params", kind, "--json").stdout)
+    schema = LINK_SCHEMA if kind == "link" else COMPONENT_TYPES[kind].SCHEMA
+    assert [r["key"] for r in d] == [r[0] for r in describe(schema) if r[0] != "abstract"]
+    assert all(r["meaning"] for r in d)  # every parameter has a one-line doc
