@@ -320,8 +320,9 @@ class Engine:
 
     def op_energy_J(self, device: str, cost: OpCost) -> dict[str, float]:
         """Dynamic joules per action of one op on one device (actions the device has no price for cost 0)."""
-        epa = self.energy_per_action(device)
-        return {a: n * epa[a] for a, n in cost.actions.items() if epa.get(a)}
+        from simcore.energy import energy_breakdown
+
+        return dict(energy_breakdown(cost.actions, self.energy_per_action(device)).by_action_J)
 
     def utilization(self) -> dict[str, float]:
         self._settle()

@@ -19,9 +19,11 @@ def device_for(system: System, op: Op) -> Component:
 
 def op_energy_J(comp: Component, cost: OpCost) -> float:
     """Action counts × energy per action, plus the device's static power over the op's duration."""
-    epa = comp.energy_per_action_J()
-    dynamic = sum(n * epa.get(a, 0.0) for a, n in cost.actions.items())
-    return dynamic + comp.static_power_W * cost.duration_s
+    from simcore.energy import energy_breakdown
+
+    return energy_breakdown(
+        cost.actions, comp.energy_per_action_J(), comp.static_power_W, cost.duration_s
+    ).total_J
 
 
 def op_report(system: System, op: Op) -> dict[str, Any]:
