@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hardware.base import Component, OpCost, default_action_energy, register, tdp_flop_energy
 from hardware.gpu import DTYPES
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
+from hardware.power import default_action_energy, tdp_flop_energy
+from simcore.component import Component, OpCost, register
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.ops import Attention, Gemm, Op
 

@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hardware.base import Component, OpCost, default_action_energy, register, tdp_flop_energy
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
+from hardware.power import default_action_energy, tdp_flop_energy
+from simcore.component import Component, OpCost, register
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.errors import ConfigError
 from simcore.ops import (

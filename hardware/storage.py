@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hardware.base import Component, register
 from hardware.memory import PCIE_SCHEMA
+from simcore.component import Component, register
 from simcore.config import Param, nonneg, positive
 
 NVME_SCHEMA: dict[str, Any] = {

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from hardware.base import Component, OpCost, register
+from simcore.component import Component, OpCost, register
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.energy import energy_table
 from simcore.ops import Attention, Gemm, Op, Softmax, ceil_div, dtype_bytes

@@ -171,8 +171,8 @@ def _params(args: argparse.Namespace) -> int:
     import json
 
     import hardware  # noqa: F401  (registers the component types)
-    from hardware.base import COMPONENT_TYPES
     from hardware.links import LINK_SCHEMA
+    from simcore.component import COMPONENT_TYPES
     from simcore.config import describe
 
     schemas = {name: cls.SCHEMA for name, cls in COMPONENT_TYPES.items()} | {"link": LINK_SCHEMA}

@@ -16,7 +16,7 @@ from typing import Any
 
 import simpy
 
-from hardware.base import Component, OpCost
+from simcore.component import Component, OpCost
 from simcore.errors import OutOfMemory
 from simcore.flows import FlowNetwork, Resource
 from simcore.ops import AllReduce, Collective, Transfer

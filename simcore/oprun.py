@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hardware.base import Component, OpCost
+from simcore.component import Component, OpCost
 from simcore.errors import ConfigError
 from simcore.ops import Op
 from simcore.system import System

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from hardware.base import OpCost
+from simcore.component import OpCost
 from simcore.flows import Resource
 from simcore.ops import Op, OpGraph, Tensor, Transfer
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import networkx as nx
 
 import hardware  # noqa: F401  (registers the component types)
-from hardware.base import Component, component_type
 from hardware.links import Link, build_links
+from simcore.component import Component, component_type
 from simcore.config import Doc, apply_overrides, load_preset, merge, resolve_bases
 from simcore.errors import ConfigError
 

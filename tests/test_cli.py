@@ -95,8 +95,8 @@ def test_help_lists_run():
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu", "nvme", "systolic", "link"])
 def test_hw_params_documents_every_parameter_of_a_component_type(kind):
-    from hardware.base import COMPONENT_TYPES
     from hardware.links import LINK_SCHEMA
+    from simcore.component import COMPONENT_TYPES
     from simcore.config import describe
 
     d = json.loads(simcore("hw", "params", kind, "--json").stdout)
