@@ -26,7 +26,7 @@ _EXPORTS = {
     "load_llm": "models.llm",
     "OpGraph": "simcore.ops",
     "Engine": "simcore.engine",
-    "Program": "simcore.engine",
+    "Program": "simcore.program",
     "sweep": "simcore.sweep",
 }
 

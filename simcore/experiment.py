@@ -163,20 +163,21 @@ def _account(
     eng: Engine, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float
 ) -> Result:
     """Energy (total, per `unit`, per component), events, memory and utilization into the summary."""
-    energy = eng.energy_breakdown_J()
+    ledger = eng.ledger()
+    energy = ledger.energy_breakdown_J()
     total_J = sum(sum(v.values()) for v in energy.values())
     summary.update(
         {
             "energy_j": total_J,
             f"energy_per_{unit}_j": total_J / units,
-            "events": eng.events,
-            "ops": eng.steps_run,
-            "peak_memory_B": {d: eng.peak_B[d] for d in devices},
-            "utilization": eng.utilization(),
+            "events": ledger.events,
+            "ops": ledger.ops,
+            "peak_memory_B": {d: ledger.peak_B[d] for d in devices},
+            "utilization": ledger.utilization(),
             "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()},
         }  # fmt: skip
     )
-    return Result(summary, eng)
+    return Result(summary, ledger)
 
 
 def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: str = "bf16",

@@ -7,8 +7,9 @@ Ops are hashable values, so a cost computed once for an (op, device) pair is reu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, ClassVar
 
 import networkx as nx
 
@@ -22,6 +23,9 @@ def dtype_bytes(dtype: str) -> float:
         return DTYPE_BYTES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+_SIGNATURE_FIELDS: dict[type, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +74,14 @@ class Op:
         """Transient bytes live while the op runs (inputs and outputs that are not weights)."""
         return sum(t.bytes for t in self.tensors() if t.role != "weight")
 
-    def signature(self) -> Op:
-        """The op without its name: equal signatures have equal costs."""
-        return replace(self, name="")
+    def signature(self) -> tuple:
+        """The op without its name: equal signatures have equal costs (a tuple: cheap to build and hash)."""
+        getter = _SIGNATURE_FIELDS.get(type(self))
+        if getter is None:
+            names = [f.name for f in fields(self) if f.name != "name"]
+            getter = _SIGNATURE_FIELDS[type(self)] = attrgetter(*names) if len(names) > 1 else (
+                lambda op, n=names[0]: (getattr(op, n),))  # fmt: skip
+        return (type(self), getter(self))
 
 
 @dataclass(frozen=True, slots=True)

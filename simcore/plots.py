@@ -24,7 +24,7 @@ KIND_COLORS = {
 }  # fmt: skip
 _EXTRA_COLORS = ("#17becf", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5")
 PHASE_MARKERS = {"prefill": "o", "decode": "^"}
-#: Readable names for energy actions (Result.engine.energy_breakdown_J()).
+#: Readable names for energy actions (Result.ledger.energy_breakdown_J()).
 ACTION_LABELS = {"dram.byte": "DRAM traffic", "l2.byte": "L2 traffic", "smem.byte": "shared memory / registers",
                  "static": "static (idle) power"}  # fmt: skip
 
@@ -95,7 +95,7 @@ def _kind_color(kind: str, seen: dict[str, str]) -> str:
 
 def _hardware_name(result: Any) -> str:
     return str(
-        result.summary.get("hardware") or (result.engine.system.name if result.engine is not None else "")
+        result.summary.get("hardware") or (result.ledger.system.name if result.ledger is not None else "")
     )
 
 
@@ -115,7 +115,7 @@ def roofline(result: Any, *, device: str | None = None, dtype: str | None = None
     first GPU)."""
     import numpy as np
 
-    system = result.engine.system
+    system = result.ledger.system
     if device is None:
         gpus = system.of_type("gpu")
         device = gpus[0] if gpus else next(iter(system.devices))
@@ -281,8 +281,8 @@ def energy_breakdown(results: Any, *, by: str = "action", per_token: bool = Fals
     table: dict[str, dict[str, float]] = {}
     for label, res in results.items():
         row: dict[str, float] = defaultdict(float)
-        if res.engine is not None:
-            for comp, actions in res.engine.energy_breakdown_J().items():
+        if res.ledger is not None:
+            for comp, actions in res.ledger.energy_breakdown_J().items():
                 for action, j in actions.items():
                     row[_action_label(action) if by == "action" else _component_group(comp, group)] += j
         else:

@@ -1,21 +1,23 @@
-"""Programs: placed op graphs in topological order, compiled once and run many times by the engine.
+"""Programs: placed op sequences, immutable and reusable on any number of engines.
 
-A Program keeps per-step costs and resource plans once computed; `replace_ops` derives the next decode
-step's program by swapping only the ops that change, and tallies (cost counts, bytes per path) are
-derived from the base program's the same way.
+A Program is a value: steps (op, device group, dependencies, tensors it allocates) in a valid order and
+the lanes they run on. It holds no cost, no plan and no resource of any engine — an engine compiles it
+against its own resources (engine.Compiled). `replace_ops` derives the next decode step's program by
+swapping only the ops that change; the derived program remembers its base so an engine recompiles only
+those steps.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import networkx as nx
 
-from simcore.component import OpCost
-from simcore.flows import Resource
 from simcore.ops import Op, OpGraph, Tensor, Transfer
+
+Lane = tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,43 +31,28 @@ class Step:
     allocs: tuple[Tensor, ...] = ()
 
     @property
-    def lane(self) -> tuple[str, ...]:
+    def lane(self) -> Lane:
         if isinstance(self.op, Transfer):
             return ("copy", self.op.src, self.op.dst)
         return self.devices
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)  # identity-hashed: engines key their compiled forms by it
 class Program:
-    """A placed graph in topological order, compiled once and runnable many times."""
+    """Placed steps in a valid order, grouped into lanes; immutable."""
 
     name: str
-    steps: list[Step]
-    lanes: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
+    steps: tuple[Step, ...]
+    lanes: Mapping[Lane, tuple[int, ...]]
     signals: frozenset[int] = frozenset()  # steps that another lane waits for
-    costs: list[OpCost | None] = field(default_factory=list)  # filled by the engine, kept by replace_ops
-    plans: list[Plan | None] = field(default_factory=list)
-    #: device -> (bytes, op name) of the largest activation; computed once, updated by replace_ops
-    workspace: dict[str, tuple[float, str]] = field(default_factory=dict)
+    #: device group -> (bytes, op name) of its largest activation
+    group_workspace: Mapping[tuple[str, ...], tuple[float, str]] = field(default_factory=dict)
     base: Program | None = None  # the program this one was derived from by replace_ops
     changed: tuple[int, ...] = ()  # the steps that differ from `base`
-    _tally: Tally | None = None
-
-    def __post_init__(self) -> None:
-        if not self.workspace:
-            for s in self.steps:
-                self._grow_workspace(s)
-
-    def _grow_workspace(self, s: Step) -> None:
-        if isinstance(s.op, Transfer):
-            return
-        nbytes = s.op.activation_bytes
-        for d in s.devices:
-            if nbytes > self.workspace.get(d, (-1.0, ""))[0]:
-                self.workspace[d] = (nbytes, s.op.name)
 
     @classmethod
     def from_graph(cls, graph: OpGraph, default_devices: tuple[str, ...] = ()) -> Program:
+        """A program from a placed OpGraph (order: topological, ties by insertion sequence)."""
         g = graph.g
         order = list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n].get("seq", 0)))
         index = {n: i for i, n in enumerate(order)}
@@ -78,84 +65,65 @@ class Program:
         return cls.compile(graph.name, steps)
 
     @classmethod
-    def compile(cls, name: str, steps: list[Step]) -> Program:
-        lanes: dict[tuple[str, ...], list[int]] = {}
+    def compile(cls, name: str, steps: Sequence[Step]) -> Program:
+        """Group steps (already in a valid order) into lanes and find the cross-lane signals."""
+        lanes: dict[Lane, list[int]] = {}
         for i, s in enumerate(steps):
             lanes.setdefault(s.lane, []).append(i)
-        signals = {d for s in steps for d in s.deps if steps[d].lane != s.lane}
-        return cls(name, steps, lanes, frozenset(signals), [None] * len(steps), [None] * len(steps))
+        signals = frozenset(d for s in steps for d in s.deps if steps[d].lane != s.lane)
+        workspace: dict[tuple[str, ...], tuple[float, str]] = {}
+        for s in steps:
+            _grow_workspace(workspace, s)
+        return cls(name, tuple(steps), {k: tuple(v) for k, v in lanes.items()}, signals, workspace)
 
     def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None,
                     only: Iterable[int] | None = None) -> Program:  # fmt: skip
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
-        next decode step); costs of untouched steps are kept. `only` limits the steps offered to `fn`."""
-        steps, costs, plans = list(self.steps), list(self.costs), list(self.plans)
-        prog = Program(
-            name or self.name, steps, self.lanes, self.signals, costs, plans, dict(self.workspace), self
-        )
+        next decode step). `only` limits the steps offered to `fn`."""
+        steps = list(self.steps)
+        workspace = dict(self.group_workspace)
         changed = []
         for i in range(len(steps)) if only is None else only:
             s = steps[i]
             new = fn(s.op)
             if new is not None:
                 steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs)
-                costs[i] = plans[i] = None
-                prog._grow_workspace(steps[i])
+                _grow_workspace(workspace, steps[i])
                 changed.append(i)
-        prog.changed = tuple(changed)
-        return prog
+        root = self.base if self.base is not None else self
+        if self.base is not None:  # keep one level: changed steps relative to the root
+            changed = sorted(set(changed) | set(self.changed))
+        return Program(name or self.name, tuple(steps), self.lanes, self.signals, workspace, root,
+                       tuple(changed))  # fmt: skip
 
     def indices_of(self, kind: str) -> list[int]:
         """Steps whose op is of `kind` (e.g. every attention of a decode step)."""
         return [i for i, s in enumerate(self.steps) if s.op.kind == kind]
 
-    def tally(self) -> Tally:
-        """How often each (device group, cost) occurs and the bytes each resource path carries, for one
-        run; derived programs reuse their base's tally and adjust only the steps that changed."""
-        if self._tally is None:
-            t = Tally()
-            if self.base is not None and self.base.costs[0] is not None:
-                b = self.base.tally()
-                t.costs.update(b.costs)
-                t.path_bytes.update(b.path_bytes)
-                for i in self.changed:
-                    t.remove(self.base.steps[i], self.base.costs[i], self.base.plans[i])
-                    t.add(self.steps[i], self.costs[i], self.plans[i])
-            else:
-                for s, c, p in zip(self.steps, self.costs, self.plans, strict=True):
-                    t.add(s, c, p)
-            self._tally = t
-        return self._tally
+    @property
+    def single_lane(self) -> bool:
+        return len(self.lanes) == 1
+
+    @cached_property
+    def workspace(self) -> dict[str, tuple[float, str]]:
+        """device -> (bytes, op name) of the largest activation, reserved while the program runs."""
+        out: dict[str, tuple[float, str]] = {}
+        for group, (nbytes, name) in self.group_workspace.items():
+            for d in group:
+                if nbytes > out.get(d, (-1.0, ""))[0]:
+                    out[d] = (nbytes, name)
+        return out
 
 
-@dataclass
-class Tally:
-    costs: Counter[tuple[tuple[str, ...], OpCost]] = field(default_factory=Counter)
-    path_bytes: Counter[tuple[Resource, ...]] = field(default_factory=Counter)
-
-    def add(self, step: Step, cost: OpCost | None, plan: Plan | None, sign: int = 1) -> None:
-        if cost is not None:
-            self.costs[(step.devices, cost)] += sign
-        if plan is not None and plan.path:
-            self.path_bytes[plan.path] += sign * plan.nbytes
-
-    def remove(self, step: Step, cost: OpCost | None, plan: Plan | None) -> None:
-        self.add(step, cost, plan, -1)
+_ACTIVATION_B: dict[tuple, float] = {}  # op signature -> transient bytes (identical layers share it)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A step's use of shared resources: wait `delay_s`, then move `nbytes` over `path` at <= `cap_Bps`."""
-
-    delay_s: float
-    path: tuple[Resource, ...]
-    nbytes: float
-    cap_Bps: float
-    solo_s: (
-        float  # duration when nothing else shares the path: delay + bytes at the lesser of cap and capacity
-    )
-
-    @classmethod
-    def make(cls, delay_s: float, path: tuple[Resource, ...], nbytes: float, cap_Bps: float) -> Plan:
-        rate = min([cap_Bps] + [r.capacity_Bps for r in path])
-        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0))
+def _grow_workspace(workspace: dict[tuple[str, ...], tuple[float, str]], s: Step) -> None:
+    if isinstance(s.op, Transfer):
+        return
+    sig = s.op.signature()
+    nbytes = _ACTIVATION_B.get(sig)
+    if nbytes is None:
+        nbytes = _ACTIVATION_B[sig] = s.op.activation_bytes
+    if nbytes > workspace.get(s.devices, (-1.0, ""))[0]:
+        workspace[s.devices] = (nbytes, s.op.name)

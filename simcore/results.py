@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simcore.engine import Engine
-from simcore.ops import Transfer
+from simcore.ledger import Ledger
 from simcore.units import fmt, kind_from_name
 
 COLLECTIVE_KINDS = ("allreduce", "allgather", "sendrecv")
@@ -17,33 +16,17 @@ COLLECTIVE_KINDS = ("allreduce", "allgather", "sendrecv")
 
 @dataclass
 class Result:
-    """What one simulation produced. `summary` is flat JSON-able figures in SI units."""
+    """What one simulation produced: `summary` (flat JSON-able figures in SI units) and the ledger of
+    per-op records and per-resource tallies. A record: it holds no engine."""
 
     summary: dict[str, Any]
-    engine: Engine | None = field(default=None, repr=False)
+    ledger: Ledger | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------------------------ records
     def records(self) -> Iterator[dict[str, Any]]:
-        """One dict per executed op or transfer, in execution order."""
-        if self.engine is None:
-            return
-        eng = self.engine
-        tr = eng.trace
-        energy: dict[int, float] = {}
-        for pid, i, t0, t1 in zip(tr.prog, tr.step, tr.start, tr.end, strict=True):
-            prog = tr.programs[pid]
-            step = prog.steps[i]
-            cost = prog.costs[i]
-            op = step.op
-            if cost is not None and id(cost) not in energy:
-                energy[id(cost)] = sum(sum(eng.op_energy_J(d, cost).values()) for d in step.devices)
-            yield {
-                "name": op.name, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
-                "devices": ",".join(step.lane if isinstance(op, Transfer) else step.devices),
-                "start_s": t0, "end_s": t1, "duration_s": t1 - t0, "flops": op.flops, "bytes": op.bytes,
-                "bound": cost.bound if cost else "transfer", "dtype": op.dtype,
-                "energy_j": energy[id(cost)] if cost is not None else 0.0,
-            }  # fmt: skip
+        """One dict per executed op or transfer, in execution order (see simcore.ledger for energy_j)."""
+        if self.ledger is not None:
+            yield from self.ledger.records()
 
     def to_dataframe(self) -> Any:
         import pandas as pd  # optional dependency, imported only here

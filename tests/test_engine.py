@@ -44,7 +44,7 @@ def test_two_transfers_sharing_one_pcie_link_each_take_twice_as_long():
     link_bw = system.graph.edges["pcie-sw0", "cpu0"]["link"].bw_Bps
     latency = sum(link.latency_s for _, _, link in system.route("cpu0", "gpu0"))
     assert alone.env.now == pytest.approx(latency + nbytes / link_bw, rel=1e-9)
-    ends = sorted(alone.trace.end), sorted(both.trace.end)
+    ends = [sorted(r["end_s"] for r in e.ledger().records()) for e in (alone, both)]
     assert both.env.now - latency == pytest.approx(2 * (alone.env.now - latency), rel=1e-9)
     assert ends[1][0] == pytest.approx(ends[1][1])
 
@@ -61,14 +61,11 @@ def test_a_copy_into_hbm_slows_a_memory_bound_kernel():
     g.add(Transfer("h2d", nbytes=30e9, src="gpu1", dst="gpu0"), (), ("gpu1",))
     both = Engine(system)
     both.run(Program.from_graph(g))
-    rec = {
-        both.trace.programs[0].steps[i].op.name: (s, e)
-        for i, s, e in zip(both.trace.step, both.trace.start, both.trace.end, strict=True)
-    }
+    rec = {r["name"]: (r["start_s"], r["end_s"]) for r in both.ledger().records()}
     t_kernel = rec["stream"][1] - rec["stream"][0]
     assert t_kernel > t_solo * 1.05
     # bytes are conserved on the shared memory port
-    hbm = both.mem["gpu0"]
+    hbm = both.res[both.mem["gpu0"]]
     cost = system.devices["gpu0"].op_cost(kernel)
     assert hbm.bytes_carried == pytest.approx(cost.dram_bytes + 30e9, rel=1e-9)
 
@@ -130,11 +127,11 @@ def test_all_reduce_takes_ring_for_large_and_tree_for_small_messages():
 
 def test_energy_of_a_run_is_the_sum_of_its_op_energies_plus_static_power():
     res = simulate("a100-sxm4-80gb", "llama-2-7b", Decode(batch=1, context_len=256))
-    gpu = res.engine.system.devices["gpu"]
+    gpu = res.ledger.system.devices["gpu"]
     dynamic = sum(r["energy_j"] for r in res.records())
     static = gpu.static_power_W * res.summary["latency_s"]
     assert res.summary["energy_j"] == pytest.approx(dynamic + static, rel=1e-9)
-    assert res.engine.energy_breakdown_J()["gpu"]["dram.byte"] > 0
+    assert res.ledger.energy_breakdown_J()["gpu"]["dram.byte"] > 0
 
 
 def test_a_transfer_costs_link_bits_and_dram_bytes_at_both_ends():
@@ -143,12 +140,16 @@ def test_a_transfer_costs_link_bits_and_dram_bytes_at_both_ends():
     g.add(Transfer("t", nbytes=1e9, src="cpu0", dst="gpu0"), (), ("cpu0",))
     eng = Engine(system)
     eng.run(Program.from_graph(g))
-    e = eng.energy_breakdown_J()
+    e = eng.ledger().energy_breakdown_J()
     hops = len(system.route("cpu0", "gpu0"))
     links = [k for k, v in e.items() if "link.bit" in v]
     assert len(links) == hops
-    assert e["gpu0"]["dram.byte"] == pytest.approx(1e9 * eng.energy_per_action("gpu0")["dram.byte"])
-    assert e["cpu0"]["dram.byte"] == pytest.approx(1e9 * eng.energy_per_action("cpu0")["dram.byte"])
+    assert e["gpu0"]["dram.byte"] == pytest.approx(
+        1e9 * system.devices["gpu0"].energy_per_action_J()["dram.byte"]
+    )
+    assert e["cpu0"]["dram.byte"] == pytest.approx(
+        1e9 * system.devices["cpu0"].energy_per_action_J()["dram.byte"]
+    )
 
 
 def test_peak_memory_counts_weights_kv_cache_and_the_largest_activation():
@@ -193,7 +194,7 @@ def test_vision_inference_runs_on_the_first_device_that_has_every_op():
     s = res.summary
     ops = build("resnet50", 8).ops()
     assert s["ops"] == len(ops) and s["device"] == "gpu"
-    gpu = res.engine.system.devices["gpu"]
+    gpu = res.ledger.system.devices["gpu"]
     assert s["latency_s"] == pytest.approx(sum(gpu.op_cost(op).duration_s for op in ops), rel=1e-9)
     assert s["frames_per_s"] == pytest.approx(8 / s["latency_s"])
     assert s["peak_memory_B"]["gpu"] >= param_count(build("resnet50", 1)) * 2

@@ -1,0 +1,202 @@
+"""The ledger: what ran, when, and what it cost — per-op records and per-resource tallies of a run.
+
+The engine writes it as programs finish; a Result keeps it (a record: no engine, no SimPy). Per-op
+records are exact, not sampled: a program that ran alone is stored as its start time and its compiled
+step durations, and its records are laid out from them on demand.
+
+Energy of an op (`energy_j` in the records) means one thing everywhere: the dynamic energy of the
+actions it causes on every device of its group (compute, on-chip and DRAM traffic), priced by each
+device's energy per action. Transfers cost the DRAM bytes they read and write at both ends; link bits
+and static power are booked per component for the whole run, never to an op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hardware.links import link_energy_per_bit_J
+from simcore.component import OpCost
+from simcore.energy import energy_breakdown
+from simcore.ops import Transfer
+from simcore.program import Program, Step
+from simcore.system import System
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A step's use of shared resources: wait `delay_s`, then move `nbytes` over `path` at <= `cap_Bps`;
+    `path` holds resource names (a plan is a value, valid on any engine of the same system)."""
+
+    delay_s: float
+    path: tuple[str, ...]
+    nbytes: float
+    cap_Bps: float
+    solo_s: (
+        float  # duration when nothing else shares the path: delay + bytes at the lesser of cap and capacity
+    )
+
+    @classmethod
+    def make(cls, delay_s: float, path: tuple[str, ...], nbytes: float, cap_Bps: float,
+             capacity_Bps: Mapping[str, float]) -> Plan:  # fmt: skip
+        rate = min([cap_Bps] + [capacity_Bps[r] for r in path])
+        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0))
+
+
+@dataclass
+class Tally:
+    """How often each (device group, cost) occurs, the bytes each resource path carries, and the DMA bytes
+    read or written per device memory, for one run of a program."""
+
+    costs: Counter[tuple[tuple[str, ...], OpCost]] = field(default_factory=Counter)
+    path_bytes: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    dma_bytes: Counter[str] = field(default_factory=Counter)
+    busy: Counter[tuple[str, ...]] = field(default_factory=Counter)  # solo seconds per compute lane
+
+    def add(self, step: Step, cost: OpCost | None, plan: Plan, sign: int = 1) -> None:
+        if cost is not None:
+            self.costs[(step.devices, cost)] += sign
+            self.busy[step.devices] += sign * plan.solo_s
+        else:  # a transfer: read at the source, written at the destination
+            op: Transfer = step.op  # type: ignore[assignment]
+            self.dma_bytes[op.src] += sign * op.nbytes
+            self.dma_bytes[op.dst] += sign * op.nbytes
+        if plan.path:
+            self.path_bytes[plan.path] += sign * plan.nbytes
+
+    def copy(self) -> Tally:
+        return Tally(
+            Counter(self.costs), Counter(self.path_bytes), Counter(self.dma_bytes), Counter(self.busy)
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Compiled:
+    """A program's costs and plans on one system; `offsets_s` are each step's solo start (single lane)."""
+
+    program: Program
+    costs: list[OpCost | None]
+    plans: list[Plan]
+    tally: Tally
+    solo_s: float
+    allocs: tuple[tuple[str, str, float], ...]  # (device, tensor, bytes) the program makes resident
+
+
+@dataclass
+class RunRecord:
+    """One program run: when it started and ended; per-step times if it shared the machine."""
+
+    compiled: Compiled
+    start_s: float
+    end_s: float
+    solo: bool
+    steps: list[tuple[int, float, float]] = field(default_factory=list)  # (step, start, end), contended runs
+
+
+@dataclass
+class ResourceTally:
+    """Bytes one shared resource carried; `label` names it in the utilization figures."""
+
+    label: str
+    capacity_Bps: float
+    bytes_carried: float
+    link: Any = None  # the Link, for a link direction
+
+
+@dataclass
+class Ledger:
+    """Everything a finished simulation booked, without the engine that booked it."""
+
+    system: System
+    now_s: float
+    runs: list[RunRecord]
+    costs: Counter[tuple[tuple[str, ...], OpCost]]
+    dma_bytes: Counter[str]
+    busy_s: Counter[str]
+    resources: list[ResourceTally]
+    peak_B: dict[str, float]
+    events: int
+    ops: int
+    _epa_cache: dict[str, Mapping[str, float]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------------------------- energy
+    def _epa(self, device: str) -> Mapping[str, float]:
+        epa = self._epa_cache.get(device)
+        if epa is None:
+            epa = self._epa_cache[device] = self.system.devices[device].energy_per_action_J()
+        return epa
+
+    def op_energy_J(self, device: str, cost: OpCost) -> dict[str, float]:
+        """Dynamic joules per action of one op on one device (actions the device has no price for cost 0)."""
+        return dict(energy_breakdown(cost.actions, self._epa(device)).by_action_J)
+
+    def energy_breakdown_J(self) -> dict[str, dict[str, float]]:
+        """Joules per component and action: op actions × energy per action, DMA bytes, link bits, static."""
+        out: dict[str, Counter[str]] = {}
+        for (devices, cost), count in self.costs.items():
+            for dev in devices:
+                acc = out.setdefault(dev, Counter())
+                for action, j in self.op_energy_J(dev, cost).items():
+                    acc[action] += j * count
+        for dev, nbytes in self.dma_bytes.items():
+            j = self._epa(dev).get("dram.byte", 0.0)
+            if j:
+                out.setdefault(dev, Counter())["dram.byte"] += nbytes * j
+        for r in self.resources:
+            if r.link is not None and r.bytes_carried:
+                link = r.link
+                name = f"{link.type}:{min(link.a, link.b)}-{max(link.a, link.b)}"
+                out.setdefault(name, Counter())["link.bit"] += (
+                    r.bytes_carried * 8 * link_energy_per_bit_J(link)
+                )
+        for dev, comp in self.system.devices.items():
+            if comp.static_power_W:
+                out.setdefault(dev, Counter())["static"] += comp.static_power_W * self.now_s
+        return {k: dict(v) for k, v in out.items()}
+
+    def utilization(self) -> dict[str, float]:
+        """Busy fraction of each device's compute lane and carried fraction of each memory and link."""
+        t = self.now_s or math.inf
+        util = {f"{d}.compute": self.busy_s[d] / t for d in self.system.devices if self.busy_s[d]}
+        for r in self.resources:
+            if r.link is None or r.bytes_carried:  # memories always, links once used
+                util[r.label] = r.bytes_carried / (r.capacity_Bps * t)
+        return util
+
+    # ------------------------------------------------------------------------------------ records
+    def records(self) -> Iterator[dict[str, Any]]:
+        """One dict per executed op or transfer, in execution order."""
+        energy: dict[int, float] = {}
+        for pid, run in enumerate(self.runs):
+            c = run.compiled
+            prog = c.program
+            if run.solo:
+                t = run.start_s
+                times = []
+                for i, plan in enumerate(c.plans):
+                    times.append((i, t, t + plan.solo_s))
+                    t += plan.solo_s
+            else:
+                times = run.steps
+            for i, t0, t1 in times:
+                step = prog.steps[i]
+                yield self._record(pid, prog, step, c.costs[i], t0, t1, energy)
+
+    def _record(self, pid: int, prog: Program, step: Step, cost: OpCost | None, t0: float, t1: float,
+                energy: dict[int, float]) -> dict[str, Any]:  # fmt: skip
+        op = step.op
+        if cost is not None:
+            if id(cost) not in energy:
+                energy[id(cost)] = sum(sum(self.op_energy_J(d, cost).values()) for d in step.devices)
+            e = energy[id(cost)]
+        else:
+            e = sum(op.nbytes * self._epa(d).get("dram.byte", 0.0) for d in (op.src, op.dst))
+        return {
+            "name": op.name, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
+            "devices": ",".join(step.lane if isinstance(op, Transfer) else step.devices),
+            "start_s": t0, "end_s": t1, "duration_s": t1 - t0, "flops": op.flops, "bytes": op.bytes,
+            "bound": cost.bound if cost else "transfer", "dtype": op.dtype, "energy_j": e,
+        }  # fmt: skip
