@@ -20,9 +20,8 @@ from simcore.ops import (
     Embedding,
     Gemm,
     Norm,
-    OpGraph,
+    Op,
     Tensor,
-    Transfer,
     dtype_bytes,
 )
 
@@ -147,15 +146,32 @@ def load_llm(ref: str | Path) -> LLMSpec:
 # ------------------------------------------------------------------------------------------ graphs
 
 
-@dataclass(frozen=True)
-class Parallel:
-    """Tensor parallelism over `devices` (one SPMD group)."""
+@dataclass(frozen=True, slots=True)
+class LogicalOp:
+    """One op of a rank's pass: the block it belongs to (-1 embedding, 0..L-1 a layer, L the head) and
+    the tensors it makes resident when it first runs (the layer's KV cache)."""
 
-    devices: tuple[str, ...]
+    op: Op
+    block: int
+    allocs: tuple[Tensor, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogicalPass:
+    """One forward pass as a tensor-parallel rank runs it: a chain of ops, no device names, no transfers.
+    A mapper places it (which GPUs, which pipeline stage, where weights live)."""
+
+    name: str
+    phase: str
+    ops: tuple[LogicalOp, ...]
+    layers: int
+    tp: int
+    layer_weight_B: float  # bytes of one layer's weights on one rank (what a weight stream moves)
+    activation_B: float  # bytes of the hidden state between blocks on one rank (what a pipeline stage sends)
 
     @property
-    def tp(self) -> int:
-        return len(self.devices)
+    def op_records(self) -> list[Op]:
+        return [lop.op for lop in self.ops]
 
 
 def weight_bytes_per_device(spec: LLMSpec, tp: int, dtype: str, resident_layers: int | None = None) -> float:
@@ -171,54 +187,27 @@ def check_tp(spec: LLMSpec, tp: int) -> None:
                           f"and FFN width {spec.ffn}", key="parallelism.tp")  # fmt: skip
 
 
-def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int, dtype: str = "bf16",
-               phase: str = "decode", kv_alloc_tokens: int = 0,
-               weights_from: Mapping[str, str] | None = None) -> OpGraph:  # fmt: skip
+def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int, dtype: str = "bf16",
+               phase: str = "decode", kv_alloc_tokens: int = 0) -> LogicalPass:  # fmt: skip
     """One forward pass over `q_len` new tokens per sequence with `kv_len` tokens of context
-    (prefill: q_len == kv_len; decode: q_len == 1). `kv_alloc_tokens` > 0 allocates each layer's KV
-    cache for that many tokens when the layer first runs.
-
-    `weights_from` (GPU -> host device) streams each layer's weights from host memory instead of keeping
-    them resident: layer i's copy starts once layer i-2 has finished with the buffer it reuses (two layer
-    buffers, double-buffered) and layer i waits for it. The copies run on copy engines, concurrently with
-    compute, and share the PCIe links and the GPU's memory with everything else in flight."""
-    tp = par.tp
+    (prefill: q_len == kv_len; decode: q_len == 1), Megatron-style over `tp` ranks (column/row splits,
+    an all-reduce after attention and after the MLP). `kv_alloc_tokens` > 0 allocates each layer's KV
+    cache for that many tokens when the layer first runs."""
     check_tp(spec, tp)
     e = dtype_bytes(dtype)
     h, d, T = spec.hidden, spec.head_dim, batch * q_len
     heads, kvh = spec.heads // tp, max(1, spec.kv_heads // tp)
     ffn = spec.ffn // tp
-    g = OpGraph(f"{spec.name}-{phase}")
-    dev, seq = par.devices, [0]
-    last: list[str] = []
+    ops: list[LogicalOp] = []
+    block = -1
 
-    def add(op: Any, allocs: tuple[Tensor, ...] = ()) -> None:
-        seq[0] += 1
-        g.add(op, last[-1:], dev, phase, allocs)
-        g.g.nodes[op.name]["seq"] = seq[0]
-        last.append(op.name)
+    def add(op: Op, allocs: tuple[Tensor, ...] = ()) -> None:
+        ops.append(LogicalOp(op, block, allocs))
 
-    def fetch_weights(i: int, layer_ends: list[str]) -> list[str]:
-        """The copies of layer i's weight shard to every rank, after the buffer they reuse is free."""
-        names = []
-        free = layer_ends[i - 2 : i - 1] if i >= 2 else []
-        for gpu in dev:
-            seq[0] += 1
-            name = f"L{i}.weights_to_{gpu}"
-            g.add(Transfer(name, dtype, nbytes=spec.layer_params * e / tp, src=weights_from[gpu], dst=gpu), free,
-                  (weights_from[gpu],), phase)  # fmt: skip
-            g.g.nodes[name]["seq"] = seq[0]
-            names.append(name)
-        return names
-
-    layer_ends: list[str] = []
     add(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab))
     for i in range(spec.layers):
-        p = f"L{i}."
-        fetched = fetch_weights(i, layer_ends) if weights_from else []
+        block, p = i, f"L{i}."
         add(Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm))
-        for name in fetched:
-            g.g.add_edge(name, p + "norm1")
         add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h))
         if spec.family != "opt" and spec.family != "gpt3":
             add(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1, flops_per_element=3,
@@ -243,9 +232,10 @@ def build_pass(spec: LLMSpec, par: Parallel, batch: int, q_len: int, kv_len: int
         if tp > 1:
             add(AllReduce(p + "allreduce_mlp", dtype, bytes_per_device=T * h * e, group=tp))
         add(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
-        layer_ends.append(last[-1])
+    block = spec.layers
     add(Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm))
     add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h))
     if tp > 1:
         add(AllGather("logits_allgather", dtype, bytes_per_device=batch * (spec.vocab // tp) * e, group=tp))
-    return g
+    return LogicalPass(f"{spec.name}-{phase}", phase, tuple(ops), spec.layers, tp,
+                       spec.layer_params * e / tp, T * h * e / tp)  # fmt: skip

@@ -157,10 +157,13 @@ def test_weight_offload_needs_a_host(tmp_path):
         ),
         (
             "hardware: dgx-a100-8\nparallelism: {tp: 16}\n",
-            "exp.yaml:3: parallelism.tp: tp=16 but system 'dgx-a100-8' has 8 GPUs",
+            "exp.yaml:3: parallelism.tp: tp=16 × pp=1 × dp=1 needs 16 devices but 'dgx-a100-8' offers 8",
         ),
         ("hardware: a100-sxm4-80gb\ndtype: fp8\n", "exp.yaml:3: dtype: gpu has no fp8 compute"),
-        ("hardware: samsung-pm1733\n", "exp.yaml:1: hardware: nvme 'nvme' cannot run an LLM's operators"),
+        (
+            "hardware: samsung-pm1733\n",
+            "exp.yaml:1: hardware: nvme 'nvme' cannot run the workload's embedding ops",
+        ),
     ],
 )
 def test_impossible_placements_fail_before_anything_runs(tmp_path, lines, needle):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from models.llm import Parallel, build_pass, load_llm
+from models.llm import build_pass, load_llm
 from simcore.errors import ConfigError
 from simcore.ops import AllReduce, Attention, Gemm
 
@@ -30,26 +30,26 @@ def test_gqa_shapes():
 def test_prefill_flops_are_two_per_parameter_per_token_plus_attention():
     s = load_llm("llama-2-7b")
     b, t = 2, 1024
-    g = build_pass(s, Parallel(("gpu",)), b, t, t, "bf16", "prefill")
-    gemm_flops = sum(op.flops for op in g.ops() if isinstance(op, Gemm))
+    g = build_pass(s, 1, b, t, t, "bf16", "prefill")
+    gemm_flops = sum(op.flops for op in g.op_records if isinstance(op, Gemm))
     # every linear layer: 2 FLOPs per weight per token; lm_head only for the last token of each sequence
     linear = s.params - 2 * s.vocab * s.hidden - s.hidden * (2 * s.layers + 1)
     assert gemm_flops == pytest.approx(2 * linear * b * t + 2 * s.vocab * s.hidden * b, rel=1e-9)
-    attn = sum(op.flops for op in g.ops() if isinstance(op, Attention))
+    attn = sum(op.flops for op in g.op_records if isinstance(op, Attention))
     assert attn == pytest.approx(s.layers * 4 * b * s.heads * s.head_dim * t * (t + 1) / 2, rel=1e-9)
 
 
 def test_tensor_parallel_splits_and_all_reduces():
     s = load_llm("llama-2-13b")
-    one = build_pass(s, Parallel(("g0",)), 1, 1, 100)
-    tp4 = build_pass(s, Parallel(("g0", "g1", "g2", "g3")), 1, 1, 100)
-    f1 = sum(op.flops for op in one.ops() if isinstance(op, Gemm))
-    f4 = sum(op.flops for op in tp4.ops() if isinstance(op, Gemm))
+    one = build_pass(s, 1, 1, 1, 100)
+    tp4 = build_pass(s, 4, 1, 1, 100)
+    f1 = sum(op.flops for op in one.op_records if isinstance(op, Gemm))
+    f4 = sum(op.flops for op in tp4.op_records if isinstance(op, Gemm))
     assert f4 == pytest.approx(f1 / 4, rel=1e-9)
-    reduces = [op for op in tp4.ops() if isinstance(op, AllReduce)]
+    reduces = [op for op in tp4.op_records if isinstance(op, AllReduce)]
     assert len(reduces) == 2 * s.layers and all(r.group == 4 for r in reduces)
     with pytest.raises(ConfigError, match="does not divide"):
-        build_pass(s, Parallel(tuple(f"g{i}" for i in range(3))), 1, 1, 10)
+        build_pass(s, 3, 1, 1, 10)
 
 
 def test_config_json_from_a_path_and_its_errors(tmp_path):

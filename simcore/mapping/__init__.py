@@ -1,0 +1,28 @@
+"""Map: an execution plan and a registry of mappers that turn a rank's logical pass into a program.
+
+A mapper is a function (logical pass, placement, plan) -> Program; a new one is a file plus a line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from models.llm import LogicalPass
+from simcore.mapping.pipeline import map_pipeline
+from simcore.mapping.plan import ExecutionPlan, Placement, place
+from simcore.mapping.tensor_parallel import map_tensor_parallel
+from simcore.program import Program
+
+Mapper = Callable[[LogicalPass, Placement, ExecutionPlan], Program]
+
+MAPPERS: dict[str, Mapper] = {
+    "tensor": map_tensor_parallel,
+    "pipeline": map_pipeline,
+}
+
+
+def map_pass(logical: LogicalPass, placement: Placement, plan: ExecutionPlan) -> Program:
+    return MAPPERS[plan.mapper](logical, placement, plan)
+
+
+__all__ = ["MAPPERS", "ExecutionPlan", "Placement", "map_pass", "place"]

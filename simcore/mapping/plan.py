@@ -1,0 +1,164 @@
+"""The execution plan and where it puts things: how a model is split over devices, checked before t=0.
+
+The plan (`parallelism: {tp, pp, ep, dp, microbatches}`, offload policy, precision) is separate from the
+hardware description; `place` turns plan + system into a Placement — the tensor-parallel group of
+every pipeline stage, the host that holds streamed weights — and refuses, with the experiment key to
+blame, anything that would fail after time zero: too few devices, a group that mixes device types, a
+device that cannot run an op kind of the workload or compute its dtype.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from models.llm import LLMSpec, LogicalPass, check_tp
+from simcore.errors import ConfigError
+from simcore.ops import Op, dtype_bytes
+from simcore.system import System
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How a model runs on a system: parallel degrees, micro-batches, offload and number formats."""
+
+    tp: int | None = None  # tensor-parallel degree (default: every accelerator, over pp stages)
+    pp: int = 1  # pipeline stages
+    ep: int = 1  # expert-parallel degree (MoE): experts split over this many ranks
+    dp: int = 1  # data-parallel replicas
+    microbatches: int = 1
+    schedule: str = "1f1b"  # forward-only passes run the same order under both (no backward to interleave)
+    devices: tuple[str, ...] = ()  # names or patterns of the accelerators to use, in order
+    offload_weights: bool = False
+    dtype: str = "bf16"
+
+    @property
+    def mapper(self) -> str:
+        return "pipeline" if self.pp > 1 else "tensor"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Devices chosen for a plan: one tensor-parallel group per pipeline stage (per replica)."""
+
+    stages: tuple[tuple[str, ...], ...]
+    replicas: tuple[tuple[tuple[str, ...], ...], ...] = ()  # data-parallel copies of `stages`
+    hosts: Mapping[str, str] | None = None  # accelerator -> host holding its streamed weights
+    layer_bounds: tuple[int, ...] = ()  # stage s runs layers [bounds[s], bounds[s + 1])
+    expert_groups: tuple[tuple[str, ...], ...] = field(default=())  # hook for expert parallelism
+
+    @property
+    def tp(self) -> int:
+        return len(self.stages[0])
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(d for rep in (self.replicas or (self.stages,)) for st in rep for d in st)
+
+    def stage_of_layer(self, layer: int) -> int:
+        """The stage a block runs on (-1, the embedding, on the first; `layers`, the head, on the last)."""
+        for s in range(len(self.stages)):
+            if layer < self.layer_bounds[s + 1]:
+                return s
+        return len(self.stages) - 1
+
+
+def split_layers(layers: int, stages: int) -> tuple[int, ...]:
+    """Even split: the first `layers % stages` stages take one layer more."""
+    base, extra = divmod(layers, stages)
+    bounds = [0]
+    for s in range(stages):
+        bounds.append(bounds[-1] + base + (1 if s < extra else 0))
+    return tuple(bounds)
+
+
+def accelerators(system: System, patterns: Sequence[str] = ()) -> list[str]:
+    """The devices a plan may use: named ones (patterns reach into nested systems), else every GPU,
+    else every device."""
+    if patterns:
+        out: list[str] = []
+        for pat in patterns:
+            hits = [n for n in system.devices if fnmatch.fnmatchcase(n, pat) and n not in out]
+            if not hits:
+                raise ConfigError(f"no device matches {pat!r} in {system.name!r}", key="parallelism.devices")
+            out += hits
+        return out
+    return system.of_type("gpu") or list(system.devices)
+
+
+def place(system: System, spec: LLMSpec, plan: ExecutionPlan, probe: Callable[[int], LogicalPass]) -> Placement:
+    """Choose and check the devices; `probe(tp)` is a pass of the workload whose op kinds every device
+    of the placement must run in the plan's dtype."""
+    pool = accelerators(system, plan.devices)
+    per_copy = len(pool) // (plan.pp * plan.dp)
+    tp = plan.tp or per_copy
+    need = tp * plan.pp * plan.dp
+    if tp < 1 or need > len(pool):
+        raise ConfigError(f"tp={tp} × pp={plan.pp} × dp={plan.dp} needs {need} devices but "
+                          f"{system.name!r} offers {len(pool)}", key="parallelism.tp")  # fmt: skip
+    check_tp(spec, tp)
+    if plan.pp > spec.layers:
+        raise ConfigError(f"pp={plan.pp} exceeds {spec.name}'s {spec.layers} layers", key="parallelism.pp")
+    groups = [tuple(pool[i * tp : (i + 1) * tp]) for i in range(plan.pp * plan.dp)]
+    replicas = tuple(tuple(groups[r * plan.pp : (r + 1) * plan.pp]) for r in range(plan.dp))
+    blame = "parallelism.devices" if plan.devices else "hardware"
+    for group in groups:
+        check_group(system, group, probe(tp), blame)
+    hosts = nearest_hosts(system, [d for g in groups for d in g]) if plan.offload_weights else None
+    return Placement(replicas[0], replicas, hosts, split_layers(spec.layers, plan.pp))
+
+
+def check_group(system: System, group: Iterable[str], probe: LogicalPass, blame: str) -> None:
+    """A lock-step group is one device type, and each member runs every op kind of the workload."""
+    group = tuple(group)
+    types = {system.devices[d].type_name for d in group}
+    if len(types) > 1:
+        raise ConfigError(f"tensor-parallel group {', '.join(group)} mixes device types "
+                          f"({', '.join(sorted(types))}); a group runs in lock-step on one kind of device",
+                          key=blame)  # fmt: skip
+    kinds: dict[str, Op] = {}
+    for lop in probe.ops:
+        kinds.setdefault(lop.op.kind, lop.op)
+    for d in group:
+        comp = system.devices[d]
+        for kind, op in kinds.items():
+            if not comp.supports(op):
+                raise ConfigError(f"{comp.type_name} {d!r} cannot run the workload's {kind} ops "
+                                  f"(it runs: {', '.join(sorted(comp.COSTS))})", key=blame)  # fmt: skip
+            try:
+                comp.op_cost(op)
+            except ConfigError as e:
+                raise ConfigError(e.message, key="dtype") from None
+
+
+def nearest_hosts(system: System, gpus: Iterable[str]) -> dict[str, str]:
+    """Each GPU's closest CPU (lowest-latency route): where its offloaded weights live."""
+    cpus = system.of_type("cpu")
+    if not cpus:
+        raise ConfigError(f"weight offload needs a host CPU linked to the GPUs; {system.name!r} has none "
+                          "(use a system preset such as workstation-rtx4090 or dgx-a100-8)", key="offload.weights")  # fmt: skip
+
+    def latency(gpu: str, cpu: str) -> float:
+        return sum(link.latency_s for _, _, link in system.route(gpu, cpu))
+
+    return {gpu: min(cpus, key=lambda cpu: (latency(gpu, cpu), cpu)) for gpu in gpus}
+
+
+def weight_bytes(spec: LLMSpec, placement: Placement, stage: int, dtype: str) -> float:
+    """Weights one rank of `stage` holds: its layers split tp ways (only two layer buffers when weights
+    stream from the host), the embedding on the first stage, final norm and LM head on the last."""
+    tp, e = placement.tp, dtype_bytes(dtype)
+    lo, hi = placement.layer_bounds[stage], placement.layer_bounds[stage + 1]
+    layers = hi - lo if placement.hosts is None else min(2, hi - lo)
+    if len(placement.stages) == 1:  # one stage holds everything; tied embeddings counted once
+        return (spec.params - (spec.layers - layers) * spec.layer_params) * e / tp
+    h = spec.hidden
+    outer = 0.0
+    if stage == 0:
+        outer += spec.vocab * h + (spec.max_positions * h if spec.family in ("opt", "gpt3") else 0)
+    if stage == len(placement.stages) - 1:
+        outer += spec.vocab * h + h  # a pipeline's last stage keeps its own LM head, tied or not
+    return (layers * spec.layer_params + outer) * e / tp

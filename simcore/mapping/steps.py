@@ -1,0 +1,68 @@
+"""Writing a placed program: a rank's chain of ops on a device group, weight streams, stage sends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from models.llm import LogicalOp, LogicalPass
+from simcore.ops import Op, Transfer
+from simcore.program import Step
+
+
+class StepWriter:
+    """Appends steps in a valid order; every op runs on its stage's group after the previous op there."""
+
+    def __init__(self, logical: LogicalPass, hosts: Mapping[str, str] | None) -> None:
+        self.logical = logical
+        self.hosts = hosts
+        self.steps: list[Step] = []
+        self.last: dict[tuple[str, ...], int] = {}  # group -> its latest step
+        self.layer_end: dict[tuple[tuple[str, ...], int], int] = {}  # (group, layer) -> last step
+
+    def add(self, step: Step) -> int:
+        self.steps.append(step)
+        return len(self.steps) - 1
+
+    def chain(self, ops: Sequence[LogicalOp], group: tuple[str, ...], after: Sequence[int] = (),
+              prefix: str = "") -> int:  # fmt: skip
+        """`ops` in order on `group`; the first also waits for `after`. With weights streamed from hosts,
+        each layer's shard is copied to every rank once the buffer it reuses (layer i-2's) is free."""
+        phase = self.logical.phase
+        block = None
+        for lop in ops:
+            deps = [self.last[group]] if group in self.last else []
+            if lop.block != block:
+                if block is not None and 0 <= block < self.logical.layers:
+                    self.layer_end[(group, block)] = self.last[group]
+                block = lop.block
+                deps += list(after)
+                after = ()
+                if self.hosts is not None and 0 <= block < self.logical.layers:
+                    deps += self._fetch(block, group, prefix)
+            op = lop.op if not prefix else _renamed(lop.op, prefix + lop.op.name)
+            self.last[group] = self.add(Step(op, group, tuple(sorted(deps)), phase, lop.allocs))
+        if block is not None and 0 <= block < self.logical.layers:
+            self.layer_end[(group, block)] = self.last[group]
+        return self.last[group]
+
+    def _fetch(self, layer: int, group: tuple[str, ...], prefix: str) -> list[int]:
+        free = self.layer_end.get((group, layer - 2))
+        out = []
+        for gpu in group:
+            host = self.hosts[gpu]  # type: ignore[index]
+            op = Transfer(f"{prefix}L{layer}.weights_to_{gpu}", self.logical.ops[0].op.dtype,
+                          nbytes=self.logical.layer_weight_B, src=host, dst=gpu)  # fmt: skip
+            out.append(self.add(Step(op, (host,), (free,) if free is not None else (), self.logical.phase)))
+        return out
+
+    def send(self, src: tuple[str, ...], dst: tuple[str, ...], after: int, name: str) -> list[int]:
+        """Each rank of `src` sends its share of the hidden state to the same rank of `dst`."""
+        dtype = self.logical.ops[0].op.dtype
+        return [self.add(Step(Transfer(f"{name}_r{r}", dtype, nbytes=self.logical.activation_B, src=a, dst=b),
+                              (a,), (after,), self.logical.phase))  # fmt: skip
+                for r, (a, b) in enumerate(zip(src, dst, strict=True))]
+
+
+def _renamed(op: Op, name: str) -> Op:
+    return replace(op, name=name)

@@ -1,0 +1,176 @@
+"""What every scenario shares: the registry, and the run context an LLM scenario drives.
+
+A scenario is a dataclass of its YAML fields and a SimPy process (`drive`) that submits programs to the
+engine and returns the summary figures it measured. Programs come from the mapping stage through
+`LLMRun.program`, cached as values: identical layers and repeated shapes are built and mapped once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import simpy
+
+from models.llm import LLMSpec, build_pass
+from simcore.engine import Engine
+from simcore.ledger import Ledger
+from simcore.mapping import ExecutionPlan, Placement, map_pass, place
+from simcore.mapping.plan import weight_bytes
+from simcore.ops import dtype_bytes
+from simcore.program import Program
+from simcore.results import Result
+from simcore.system import System
+
+SCENARIOS: dict[str, type[Scenario]] = {}
+
+
+def register(kind: str) -> Callable[[type[Scenario]], type[Scenario]]:
+    def deco(cls: type[Scenario]) -> type[Scenario]:
+        cls.kind = kind
+        SCENARIOS[kind] = cls
+        return cls
+
+    return deco
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Base of the scenario records; subclasses are dataclasses of their YAML fields (each field's
+    metadata["param"] documents it for the experiment schema)."""
+
+    kind: ClassVar[str] = ""
+    workload: ClassVar[str] = "llm"  # llm | vision: what the experiment's `model` names
+
+    def run(self, system: System, model: Any, plan: ExecutionPlan, keep_records: bool) -> Result:
+        raise NotImplementedError
+
+
+Process = Generator[simpy.Event, Any, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LLMScenario(Scenario):
+    """A scenario over an LLM: a SimPy process (`drive`) submits its programs and returns its figures."""
+
+    def drive(self, run: LLMRun) -> Process:
+        raise NotImplementedError
+
+    def run(self, system: System, model: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> Result:
+        llm = LLMRun(system, model, plan, keep_records)
+        llm.allocate_weights()
+        env = llm.engine.env
+        proc = env.process(self.drive(llm))
+        env.run()
+        summary: dict[str, Any] = proc.value
+        tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
+        summary.update(model=model.name, params=model.params, tp=llm.tp, dtype=plan.dtype)
+        if plan.pp > 1 or plan.dp > 1:
+            summary.update(pp=plan.pp, dp=plan.dp, microbatches=plan.microbatches)
+        return account(llm.engine.ledger(), llm.placement.devices, summary, "token", tokens)
+
+
+_MAPPED: dict[tuple, Program] = {}  # programs are values: a sweep's repeated shapes are mapped once
+
+
+def _mapped(spec: LLMSpec, key: tuple, placement: Placement, plan: ExecutionPlan, batch: int, q_len: int,
+            kv_len: int, phase: str, kv_alloc_tokens: int) -> Program:  # fmt: skip
+    full = (spec, key, plan, batch, q_len, kv_len, phase, kv_alloc_tokens)
+    prog = _MAPPED.get(full)
+    if prog is None:
+        if len(_MAPPED) >= 256:
+            _MAPPED.clear()
+        logical = build_pass(spec, placement.tp, batch, q_len, kv_len, plan.dtype, phase, kv_alloc_tokens)
+        prog = _MAPPED[full] = map_pass(logical, placement, plan)
+    return prog
+
+
+class LLMRun:
+    """One LLM simulation: the engine, the model, the plan and where it was placed."""
+
+    def __init__(self, system: System, spec: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> None:
+        self.system, self.spec, self.plan = system, spec, plan
+        self.placement = place(system, spec, plan, lambda tp: build_pass(spec, tp, 1, 1, 2, plan.dtype))
+        self.engine = Engine(system, keep_records=keep_records)
+        self._key = (self.placement.replicas, tuple(sorted((self.placement.hosts or {}).items())),
+                     self.placement.layer_bounds)  # fmt: skip
+
+    @property
+    def tp(self) -> int:
+        return self.placement.tp
+
+    @property
+    def microbatch(self) -> int:
+        """Sequences per micro-batch per data-parallel replica (the batch must split evenly)."""
+        return self.plan.microbatches * self.plan.dp
+
+    def programs(self, batch: int, q_len: int, kv_len: int, phase: str, kv_alloc_tokens: int = 0) -> list[Program]:
+        """One program per data-parallel replica for a pass over `batch` sequences."""
+        per = batch // self.microbatch
+        out = []
+        for stages in self.placement.replicas:
+            pl = self.placement if stages == self.placement.stages else replace(self.placement, stages=stages)
+            out.append(_mapped(self.spec, self._key + (stages,), pl, self.plan, per, q_len, kv_len, phase,
+                               kv_alloc_tokens))  # fmt: skip
+        return out
+
+    def allocate_weights(self) -> None:
+        dtype = self.plan.dtype
+        for stages in self.placement.replicas:
+            for s, group in enumerate(stages):
+                for dev in group:
+                    self.engine.allocate(dev, f"{self.spec.name} weights", weight_bytes(self.spec, self.placement, s, dtype))
+        for host in dict.fromkeys((self.placement.hosts or {}).values()):
+            self.engine.allocate(host, f"{self.spec.name} weights (host copy)", self.spec.params * dtype_bytes(dtype))
+
+    def allocate_kv(self, batch: int, tokens: int) -> None:
+        """A KV cache for `tokens` tokens of `batch` sequences, on every rank that holds the layers."""
+        per_layer = batch / self.plan.dp * tokens * self.spec.kv_bytes_per_token(self.plan.dtype) / self.spec.layers / self.tp
+        for stages in self.placement.replicas:
+            for s, group in enumerate(stages):
+                layers = self.placement.layer_bounds[s + 1] - self.placement.layer_bounds[s]
+                for dev in group:
+                    self.engine.allocate(dev, "kv_cache", per_layer * layers)
+
+    def submit_all(self, programs: list[Program]) -> simpy.Event:
+        return self.engine.env.all_of([self.engine.submit(p) for p in programs])
+
+    def stage_busy_s(self) -> list[float]:
+        """Compute-busy seconds so far of each pipeline stage (of the first replica)."""
+        return [self.engine.busy_group[group] for group in self.placement.stages]
+
+    def bubble_fraction(self, since_s: float, busy_before: list[float]) -> float:
+        """Share of the stages' time since `since_s` spent idle: 1 - mean stage busy time / makespan."""
+        span = self.engine.env.now - since_s
+        busy = [b - a for a, b in zip(busy_before, self.stage_busy_s(), strict=True)]
+        return 1.0 - sum(busy) / len(busy) / span
+
+
+@lru_cache(maxsize=64)
+def _attention_steps(template: Program) -> tuple[int, ...]:
+    return tuple(template.indices_of("attention"))
+
+
+def decode_step(template: Program, kv_len: int) -> Program:
+    """The template decode program with every attention reading `kv_len` tokens of context."""
+    return template.replace_ops(lambda op: op.with_kv_len(kv_len), only=_attention_steps(template))
+
+
+def account(ledger: Ledger, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float) -> Result:
+    """Energy (total, per `unit`, per component), events, memory and utilization into the summary."""
+    energy = ledger.energy_breakdown_J()
+    total_J = sum(sum(v.values()) for v in energy.values())
+    summary.update(
+        {
+            "energy_j": total_J,
+            f"energy_per_{unit}_j": total_J / units,
+            "events": ledger.events,
+            "ops": ledger.ops,
+            "peak_memory_B": {d: ledger.peak_B[d] for d in devices},
+            "utilization": ledger.utilization(),
+            "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()},
+        }  # fmt: skip
+    )
+    return Result(summary, ledger)
