@@ -40,13 +40,18 @@ class Result:
         return text
 
     def to_chrome_trace(self, path: str | Path) -> Path:
-        """Chrome trace JSON (opens in Perfetto / chrome://tracing): one lane per device group or link."""
+        """Chrome trace JSON (opens in Perfetto / chrome://tracing): one lane per device group or link; a
+        transfer also shows on a lane for every link on its route."""
         events: list[dict[str, Any]] = []
         lanes: dict[str, int] = {}
+        system = self.ledger.system if self.ledger is not None else None
         for r in self.records():
             lane_names = [r["devices"]]
             if r["kind"] in COLLECTIVE_KINDS:  # the collective also occupies the group's links
                 lane_names.append(f"links {r['devices']}")
+            elif r["kind"] == "transfer" and system is not None:
+                _, src, dst = r["devices"].split(",")
+                lane_names += [f"{link.type} {a}->{b}" for a, b, link in system.route(src, dst)]
             for lane in lane_names:
                 tid = lanes.setdefault(lane, len(lanes) + 1)
                 events.append({"name": r["name"], "cat": r["kind"], "ph": "X", "pid": 1, "tid": tid,

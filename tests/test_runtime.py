@@ -1,0 +1,171 @@
+"""The run as a process: immutable programs on several engines, concurrent submissions sharing a memory,
+pipeline parallelism across nodes, placement refused before time zero, and the import layering."""
+
+import ast
+import json
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from simcore.engine import Engine
+from simcore.errors import ConfigError
+from simcore.experiment import load_experiment
+from simcore.experiment import run as run_experiment
+from simcore.ops import Elementwise, OpGraph, Transfer
+from simcore.program import Program
+from simcore.system import load_system
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stream_program(name: str, device: str = "gpu", elements: int = 1 << 30) -> Program:
+    g = OpGraph(name)
+    g.add(Elementwise(f"{name}.stream", elements=elements, inputs=1), (), (device,))
+    return Program.from_graph(g)
+
+
+def test_a_program_run_on_two_engines_books_equal_bytes_on_each():
+    # A program is a value: running it on a second engine must not touch the first engine's books.
+    system = load_system("dgx-a100-8")
+    g = OpGraph("mixed")
+    g.add(Elementwise("k", elements=1 << 28, inputs=2), (), ("gpu0",))
+    g.add(Transfer("h2d", nbytes=4e9, src="cpu0", dst="gpu0"), (), ("cpu0",))
+    prog = Program.from_graph(g)
+    first, second = Engine(system), Engine(system)
+    t1 = first.run(prog)
+    util1 = first.ledger().utilization()
+    t2 = second.run(prog)
+    assert t2 == pytest.approx(t1, rel=1e-12)
+    assert second.ledger().utilization() == pytest.approx(util1, rel=1e-12)
+    assert first.ledger().utilization() == pytest.approx(util1, rel=1e-12)  # untouched by the second run
+    assert util1["gpu0.memory_bw"] <= 1.0
+
+
+def test_two_programs_submitted_together_share_one_gpus_hbm_at_the_closed_form_time():
+    # Two memory-bound kernels on one A100, submitted as separate programs: each alone streams at the
+    # kernel's own DRAM rate r = bytes / t_solo <= HBM bandwidth B. Together, max-min fairness gives each
+    # min(r, B/2); both move the same bytes, so both end at bytes / min(r, B/2).
+    system = load_system("a100-sxm4-80gb")
+    gpu = system.devices["gpu"]
+    a, b = _stream_program("a"), _stream_program("b")
+    cost = gpu.op_cost(a.steps[0].op)
+    t_solo = Engine(system).run(a)
+    assert t_solo == pytest.approx(cost.duration_s, rel=1e-12)
+    eng = Engine(system)
+    done_a, done_b = eng.submit(a), eng.submit(b)
+    eng.env.run()
+    share = min(cost.dram_bytes / cost.duration_s, gpu.memory_bandwidth_Bps / 2)
+    expected = cost.dram_bytes / share
+    for done in (done_a, done_b):
+        rec = done.value
+        assert rec.end_s - rec.start_s == pytest.approx(expected, rel=1e-9)
+    assert expected > t_solo * 1.2  # they really slowed each other down
+
+
+def test_work_submitted_mid_run_joins_the_flows_in_flight():
+    # A second program arriving halfway through the first slows the remainder of the first.
+    system = load_system("a100-sxm4-80gb")
+    eng = Engine(system)
+    first = eng.submit(_stream_program("a"))
+    t_solo = Engine(system).run(_stream_program("a"))
+
+    def late():
+        yield eng.env.timeout(t_solo / 2)
+        yield eng.submit(_stream_program("b"))
+
+    eng.env.process(late())
+    eng.env.run()
+    assert first.value.end_s > t_solo * 1.05
+
+
+def test_memory_is_freed():
+    system = load_system("a100-sxm4-80gb")
+    eng = Engine(system)
+    cap = system.devices["gpu"].memory_capacity_B
+    eng.allocate("gpu", "kv of request 1", 0.6 * cap)
+    eng.free("gpu", 0.6 * cap)
+    eng.allocate("gpu", "kv of request 2", 0.6 * cap)  # fits again once the first is gone
+    assert eng.ledger().peak_B["gpu"] == pytest.approx(0.6 * cap)
+
+
+PP_EXPERIMENT = """\
+name: pp
+hardware: dgx-a100-x2
+model: gpt3-175b
+dtype: bf16
+parallelism: {tp: 8, pp: 2, microbatches: 8}
+scenario: {kind: prefill, batch: 8, prompt_len: 2048}
+"""
+
+
+def test_pipeline_parallel_gpt3_on_two_dgx_nodes(tmp_path):
+    path = tmp_path / "pp.yaml"
+    path.write_text(PP_EXPERIMENT)
+    res = run_experiment(path)
+    s = res.summary
+    p, m = 2, 8
+    # evenly split layers: the pipeline idles (p-1)/(m+p-1) of the time (GPipe / 1F1B fill and drain);
+    # activations over InfiniBand and the uneven embedding/head make it slightly larger
+    assert s["pipeline_bubble_fraction"] == pytest.approx((p - 1) / (m + p - 1), rel=0.05)
+    ib = {k: v for k, v in s["utilization"].items() if k.startswith("infiniband:")}
+    assert ib and all(v > 0 for v in ib.values())
+    trace = json.loads(res.to_chrome_trace(tmp_path / "t.json").read_text())["traceEvents"]
+    lanes = {e["args"]["name"] for e in trace if e.get("name") == "thread_name"}
+    assert any(lane.startswith("infiniband ") for lane in lanes)
+    # both nodes' GPUs hold half the layers each
+    peaks = s["peak_memory_B"]
+    assert set(peaks) == {f"node{n}.gpu{i}" for n in (0, 1) for i in range(8)}
+
+
+def test_a_mixed_accelerator_and_cpu_tensor_parallel_group_is_refused_before_time_zero(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text("name: mixed\nhardware: workstation-rtx4090\nmodel: llama-2-7b\n"
+                    "parallelism: {tp: 2, devices: [gpu, cpu]}\n"
+                    "scenario: {kind: decode, batch: 1, context_len: 128}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"mixed.yaml:4: parallelism.devices: tensor-parallel group gpu, cpu "
+                                          r"mixes device types"):  # fmt: skip
+        load_experiment(path)
+
+
+def test_pipeline_batch_must_split_into_micro_batches(tmp_path):
+    path = tmp_path / "pp.yaml"
+    path.write_text(PP_EXPERIMENT.replace("batch: 8", "batch: 6"))
+    with pytest.raises(ConfigError, match=r"pp.yaml:5: parallelism.microbatches: batch 6 does not split"):
+        load_experiment(path)
+
+
+# --------------------------------------------------------------------------------- import layering
+
+PACKAGES = ("simcore", "hardware", "models", "traces")
+#: the kernel: nothing in it imports anything above it
+KERNEL = {"simcore.units", "simcore.errors", "simcore.config", "simcore.ops", "simcore.flows",
+          "simcore.component", "simcore.tables", "simcore.energy", "simcore.precision"}  # fmt: skip
+
+
+def _imports() -> nx.DiGraph:
+    """Every import of the project's modules, including those inside function bodies."""
+    g = nx.DiGraph()
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    names = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__") for p in files}
+    for p in files:
+        mod = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        g.add_node(mod)
+        for node in ast.walk(ast.parse(p.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for t in targets:
+                if t in names and t != mod and not mod.startswith(t + "."):
+                    g.add_edge(mod, t)
+    return g
+
+
+def test_the_import_graph_has_no_cycle_and_the_kernel_imports_nothing_above_it():
+    g = _imports()
+    cycles = list(nx.simple_cycles(g))
+    assert not cycles, f"import cycles: {cycles[:3]}"
+    upward = [(a, b) for a, b in g.edges if a in KERNEL and b not in KERNEL]
+    assert not upward, f"kernel modules importing above the kernel: {upward}"
