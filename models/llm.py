@@ -154,6 +154,7 @@ class LogicalOp:
     op: Op
     block: int
     allocs: tuple[Tensor, ...] = ()
+    twin: int = -1  # index of the identical op of the first layer (layers repeat: costed once)
 
 
 @dataclass(frozen=True)
@@ -200,13 +201,19 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int, dtyp
     ffn = spec.ffn // tp
     ops: list[LogicalOp] = []
     block = -1
+    first_layer: list[int] = []  # indices of layer 0's ops, in order
 
     def add(op: Op, allocs: tuple[Tensor, ...] = ()) -> None:
-        ops.append(LogicalOp(op, block, allocs))
+        if block == 0:
+            first_layer.append(len(ops))
+        pos = len(ops) - layer_start
+        twin = first_layer[pos] if 0 < block < spec.layers and not allocs else -1
+        ops.append(LogicalOp(op, block, allocs, twin))
 
+    layer_start = 0
     add(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab))
     for i in range(spec.layers):
-        block, p = i, f"L{i}."
+        block, p, layer_start = i, f"L{i}.", len(ops)
         add(Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm))
         add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h))
         if spec.family != "opt" and spec.family != "gpt3":
@@ -232,7 +239,7 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int, dtyp
         if tp > 1:
             add(AllReduce(p + "allreduce_mlp", dtype, bytes_per_device=T * h * e, group=tp))
         add(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
-    block = spec.layers
+    block, layer_start = spec.layers, len(ops)
     add(Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm))
     add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h))
     if tp > 1:

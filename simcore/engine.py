@@ -191,7 +191,10 @@ class Engine:
             swaps: dict[tuple, list] = {}  # identical layers change identically: tally them once
             for i in program.changed:
                 before = (old[i], costs[i], plans[i])
-                costs[i], plans[i] = self._price(program.steps[i])
+                twin = program.steps[i].twin
+                costs[i], plans[i] = (
+                    (costs[twin], plans[twin]) if twin >= 0 else self._price(program.steps[i])
+                )
                 after = (program.steps[i], costs[i], plans[i])
                 if costs[i] is None or before[1] is None:  # transfers tally their own bytes
                     tally.add(*before, -1)
@@ -207,7 +210,7 @@ class Engine:
         else:
             costs, plans, tally = [], [], Tally()
             for step in program.steps:
-                cost, plan = self._price(step)
+                cost, plan = (costs[step.twin], plans[step.twin]) if step.twin >= 0 else self._price(step)
                 costs.append(cost)
                 plans.append(plan)
                 tally.add(step, cost, plan)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models.cnn import BUILDERS
-from models.llm import LLMSpec, build_pass, load_llm
+from models.llm import LLMSpec, load_llm
 from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
 from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan, place
@@ -69,14 +69,17 @@ EXPERIMENT_SCHEMA = {
     ),  # fmt: skip
     "dtype": Param("weights/activations dtype", type=str, default="bf16", choices=tuple(DTYPE_BYTES)),
     "parallelism": {
-        "tp": positive("tensor-parallel degree (default: every accelerator over pp × dp)", type=int, default=None),
+        "tp": positive(
+            "tensor-parallel degree (default: every accelerator over pp × dp)", type=int, default=None
+        ),
         "pp": positive("pipeline-parallel stages", type=int, default=1),
         "ep": positive("expert-parallel degree (MoE models)", type=int, default=1),
         "dp": positive("data-parallel replicas (the batch is split over them)", type=int, default=1),
         "microbatches": positive("micro-batches a pipeline splits each batch into", type=int, default=1),
         "schedule": Param("pipeline order", type=str, default="1f1b", choices=SCHEDULES),
-        "devices": Param("accelerators to use, in order (names or patterns such as node*.gpu*)", type=list,
-                         default=None),  # fmt: skip
+        "devices": Param(
+            "accelerators to use, in order (names or patterns such as node*.gpu*)", type=list, default=None
+        ),  # fmt: skip
     },
     "offload": {
         "weights": Param(
@@ -122,7 +125,9 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         doc = load_yaml(ref)
     if not isinstance(doc.data, Mapping):
         raise doc.error((), "an experiment must be a mapping")
-    if isinstance(doc.data.get("hardware"), str):  # `hardware: NAME` is shorthand for `hardware: {base: NAME}`
+    if isinstance(
+        doc.data.get("hardware"), str
+    ):  # `hardware: NAME` is shorthand for `hardware: {base: NAME}`
         data = copy.deepcopy(doc.data)
         data["hardware"] = {"base": data["hardware"]}
         origin = dict(doc.origin)
@@ -158,7 +163,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
     if isinstance(model, LLMSpec):  # the placement is checked now, so a bad one names file and line
         try:
             _check_batch(scenario, plan)
-            place(system, model, plan, lambda tp: build_pass(model, tp, 1, 1, 2, plan.dtype))
+            place(system, model, plan)
         except ConfigError as e:
             raise doc.error(tuple((e.key or "hardware").split(".")), e.message) from None
     return Experiment(p["name"], system, model, scenario, plan, doc)

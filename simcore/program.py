@@ -29,6 +29,7 @@ class Step:
     deps: tuple[int, ...]
     phase: str
     allocs: tuple[Tensor, ...] = ()
+    twin: int = -1  # an earlier step running an identical op on the same devices (identical layers)
 
     @property
     def lane(self) -> Lane:
@@ -73,13 +74,15 @@ class Program:
         signals = frozenset(d for s in steps for d in s.deps if steps[d].lane != s.lane)
         workspace: dict[tuple[str, ...], tuple[float, str]] = {}
         for s in steps:
-            _grow_workspace(workspace, s)
+            if s.twin < 0:
+                _grow_workspace(workspace, s)
         return cls(name, tuple(steps), {k: tuple(v) for k, v in lanes.items()}, signals, workspace)
 
     def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None,
-                    only: Iterable[int] | None = None) -> Program:  # fmt: skip
+                    only: Iterable[int] | None = None, uniform: bool = False) -> Program:  # fmt: skip
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
-        next decode step). `only` limits the steps offered to `fn`."""
+        next decode step). `only` limits the steps offered to `fn`; `uniform` promises that `fn` maps
+        identical ops to identical ops, so twin steps stay twins."""
         steps = list(self.steps)
         workspace = dict(self.group_workspace)
         changed = []
@@ -87,8 +90,10 @@ class Program:
             s = steps[i]
             new = fn(s.op)
             if new is not None:
-                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs)
-                _grow_workspace(workspace, steps[i])
+                twin = s.twin if uniform and steps[s.twin].op is not self.steps[s.twin].op else -1
+                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs, twin)
+                if twin < 0:
+                    _grow_workspace(workspace, steps[i])
                 changed.append(i)
         root = self.base if self.base is not None else self
         if self.base is not None:  # keep one level: changed steps relative to the root

@@ -10,10 +10,11 @@ device that cannot run an op kind of the workload or compute its dtype.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
-from models.llm import LLMSpec, LogicalPass, check_tp
+from models.llm import LLMSpec, LogicalPass, build_pass, check_tp
 from simcore.errors import ConfigError
 from simcore.ops import Op, dtype_bytes
 from simcore.system import System
@@ -89,9 +90,9 @@ def accelerators(system: System, patterns: Sequence[str] = ()) -> list[str]:
     return system.of_type("gpu") or list(system.devices)
 
 
-def place(system: System, spec: LLMSpec, plan: ExecutionPlan, probe: Callable[[int], LogicalPass]) -> Placement:
-    """Choose and check the devices; `probe(tp)` is a pass of the workload whose op kinds every device
-    of the placement must run in the plan's dtype."""
+def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
+    """Choose and check the devices: every device of the placement must run every op kind of the
+    workload in the plan's dtype (probed on a one-layer pass of the same model)."""
     pool = accelerators(system, plan.devices)
     per_copy = len(pool) // (plan.pp * plan.dp)
     tp = plan.tp or per_copy
@@ -106,9 +107,15 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan, probe: Callable[[i
     replicas = tuple(tuple(groups[r * plan.pp : (r + 1) * plan.pp]) for r in range(plan.dp))
     blame = "parallelism.devices" if plan.devices else "hardware"
     for group in groups:
-        check_group(system, group, probe(tp), blame)
+        check_group(system, group, probe_pass(spec, tp, plan.dtype), blame)
     hosts = nearest_hosts(system, [d for g in groups for d in g]) if plan.offload_weights else None
     return Placement(replicas[0], replicas, hosts, split_layers(spec.layers, plan.pp))
+
+
+@lru_cache(maxsize=64)
+def probe_pass(spec: LLMSpec, tp: int, dtype: str) -> LogicalPass:
+    """A one-token pass of a one-layer copy of the model: every op kind it has, at a fraction of the cost."""
+    return build_pass(replace(spec, layers=1), tp, 1, 1, 2, dtype)
 
 
 def check_group(system: System, group: Iterable[str], probe: LogicalPass, blame: str) -> None:

@@ -19,6 +19,8 @@ class StepWriter:
         self.steps: list[Step] = []
         self.last: dict[tuple[str, ...], int] = {}  # group -> its latest step
         self.layer_end: dict[tuple[tuple[str, ...], int], int] = {}  # (group, layer) -> last step
+        self.placed: dict[tuple[tuple[str, ...], int], int] = {}  # (group, logical op index) -> step
+        self.index = {id(lop): k for k, lop in enumerate(logical.ops)}
 
     def add(self, step: Step) -> int:
         self.steps.append(step)
@@ -41,7 +43,10 @@ class StepWriter:
                 if self.hosts is not None and 0 <= block < self.logical.layers:
                     deps += self._fetch(block, group, prefix)
             op = lop.op if not prefix else _renamed(lop.op, prefix + lop.op.name)
-            self.last[group] = self.add(Step(op, group, tuple(sorted(deps)), phase, lop.allocs))
+            k = self.index[id(lop)]
+            twin = self.placed.get((group, lop.twin if lop.twin >= 0 else k), -1)
+            self.last[group] = self.add(Step(op, group, tuple(sorted(deps)), phase, lop.allocs, twin))
+            self.placed.setdefault((group, k), self.last[group])
         if block is not None and 0 <= block < self.logical.layers:
             self.layer_end[(group, block)] = self.last[group]
         return self.last[group]
@@ -59,9 +64,17 @@ class StepWriter:
     def send(self, src: tuple[str, ...], dst: tuple[str, ...], after: int, name: str) -> list[int]:
         """Each rank of `src` sends its share of the hidden state to the same rank of `dst`."""
         dtype = self.logical.ops[0].op.dtype
-        return [self.add(Step(Transfer(f"{name}_r{r}", dtype, nbytes=self.logical.activation_B, src=a, dst=b),
-                              (a,), (after,), self.logical.phase))  # fmt: skip
-                for r, (a, b) in enumerate(zip(src, dst, strict=True))]
+        return [
+            self.add(
+                Step(
+                    Transfer(f"{name}_r{r}", dtype, nbytes=self.logical.activation_B, src=a, dst=b),
+                    (a,),
+                    (after,),
+                    self.logical.phase,
+                )
+            )  # fmt: skip
+            for r, (a, b) in enumerate(zip(src, dst, strict=True))
+        ]
 
 
 def _renamed(op: Op, name: str) -> Op:

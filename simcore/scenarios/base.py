@@ -92,7 +92,7 @@ class LLMRun:
 
     def __init__(self, system: System, spec: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> None:
         self.system, self.spec, self.plan = system, spec, plan
-        self.placement = place(system, spec, plan, lambda tp: build_pass(spec, tp, 1, 1, 2, plan.dtype))
+        self.placement = place(system, spec, plan)
         self.engine = Engine(system, keep_records=keep_records)
         self._key = (self.placement.replicas, tuple(sorted((self.placement.hosts or {}).items())),
                      self.placement.layer_bounds)  # fmt: skip
@@ -106,7 +106,9 @@ class LLMRun:
         """Sequences per micro-batch per data-parallel replica (the batch must split evenly)."""
         return self.plan.microbatches * self.plan.dp
 
-    def programs(self, batch: int, q_len: int, kv_len: int, phase: str, kv_alloc_tokens: int = 0) -> list[Program]:
+    def programs(
+        self, batch: int, q_len: int, kv_len: int, phase: str, kv_alloc_tokens: int = 0
+    ) -> list[Program]:
         """One program per data-parallel replica for a pass over `batch` sequences."""
         per = batch // self.microbatch
         out = []
@@ -121,13 +123,24 @@ class LLMRun:
         for stages in self.placement.replicas:
             for s, group in enumerate(stages):
                 for dev in group:
-                    self.engine.allocate(dev, f"{self.spec.name} weights", weight_bytes(self.spec, self.placement, s, dtype))
+                    self.engine.allocate(
+                        dev, f"{self.spec.name} weights", weight_bytes(self.spec, self.placement, s, dtype)
+                    )
         for host in dict.fromkeys((self.placement.hosts or {}).values()):
-            self.engine.allocate(host, f"{self.spec.name} weights (host copy)", self.spec.params * dtype_bytes(dtype))
+            self.engine.allocate(
+                host, f"{self.spec.name} weights (host copy)", self.spec.params * dtype_bytes(dtype)
+            )
 
     def allocate_kv(self, batch: int, tokens: int) -> None:
         """A KV cache for `tokens` tokens of `batch` sequences, on every rank that holds the layers."""
-        per_layer = batch / self.plan.dp * tokens * self.spec.kv_bytes_per_token(self.plan.dtype) / self.spec.layers / self.tp
+        per_layer = (
+            batch
+            / self.plan.dp
+            * tokens
+            * self.spec.kv_bytes_per_token(self.plan.dtype)
+            / self.spec.layers
+            / self.tp
+        )
         for stages in self.placement.replicas:
             for s, group in enumerate(stages):
                 layers = self.placement.layer_bounds[s + 1] - self.placement.layer_bounds[s]
@@ -158,7 +171,9 @@ def decode_step(template: Program, kv_len: int) -> Program:
     return template.replace_ops(lambda op: op.with_kv_len(kv_len), only=_attention_steps(template))
 
 
-def account(ledger: Ledger, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float) -> Result:
+def account(
+    ledger: Ledger, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float
+) -> Result:
     """Energy (total, per `unit`, per component), events, memory and utilization into the summary."""
     energy = ledger.energy_breakdown_J()
     total_J = sum(sum(v.values()) for v in energy.values())

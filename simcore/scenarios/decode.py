@@ -12,7 +12,9 @@ from simcore.scenarios.base import LLMRun, LLMScenario, Process, register
 @dataclass(frozen=True)
 class Decode(LLMScenario):
     batch: int = field(default=1, metadata={"param": positive("sequences in the batch", type=int, default=1)})
-    context_len: int = field(default=512, metadata={"param": positive("tokens in the KV cache", type=int, default=512)})
+    context_len: int = field(
+        default=512, metadata={"param": positive("tokens in the KV cache", type=int, default=512)}
+    )
 
     def drive(self, run: LLMRun) -> Process:
         env = run.engine.env

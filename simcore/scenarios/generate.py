@@ -14,7 +14,9 @@ from simcore.scenarios.prefill import prefill_then_decode
 class Generate(LLMScenario):
     batch: int = field(default=1, metadata={"param": positive("sequences in the batch", type=int, default=1)})
     prompt_len: int = field(default=512, metadata={"param": positive("prompt tokens", type=int, default=512)})
-    new_tokens: int = field(default=128, metadata={"param": positive("tokens to generate", type=int, default=128)})
+    new_tokens: int = field(
+        default=128, metadata={"param": positive("tokens to generate", type=int, default=128)}
+    )
 
     def drive(self, run: LLMRun) -> Process:
         return prefill_then_decode(run, self.batch, self.prompt_len, self.new_tokens)

@@ -33,7 +33,9 @@ class Inference(Scenario):
         kinds = {op.kind for op in graph.ops()}
         device = next((n for n, c in system.devices.items() if all(k in c.COSTS for k in kinds)), None)
         if device is None:
-            raise ConfigError(f"no device in {system.name!r} runs every op of {network} ({', '.join(sorted(kinds))})")
+            raise ConfigError(
+                f"no device in {system.name!r} runs every op of {network} ({', '.join(sorted(kinds))})"
+            )
         eng = Engine(system, keep_records=keep_records)
         eng.allocate(device, f"{network} weights", param_count(graph) * dtype_bytes(dtype))
         t = eng.run(Program.from_graph(graph, (device,)))
