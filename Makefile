@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m benchmarks
+	$(VPY) -m benchmarks.compare
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 
 from simcore.engine import Engine
@@ -29,13 +30,19 @@ def _decode() -> dict:
 
 
 def _gpt3() -> dict:
+    """GPT-3 generation: wall time, ops simulated per second, SimPy events (a program alone is one event)
+    and the process's peak memory with every per-op record kept."""
     t0 = time.perf_counter()
     res = run_experiment("configs/experiments/gpt3-dgx-a100.yaml", keep_records=True)
     wall = time.perf_counter() - t0
     s = res.summary
+    records = sum(1 for _ in res.records())
     return {"gpt3_175b_dgx_a100_generate_wall_s": round(wall, 3), "gpt3_175b_events": s["events"],
-            "gpt3_175b_events_per_s": round(s["events"] / wall), "gpt3_175b_simulated_latency_s": round(s["latency_s"], 3),
-            "gpt3_175b_tpot_ms": round(s["time_per_output_token_s"] * 1e3, 3)}  # fmt: skip
+            "gpt3_175b_events_per_s": round(s["events"] / wall), "gpt3_175b_ops": s["ops"],
+            "gpt3_175b_ops_per_s": round(s["ops"] / wall), "gpt3_175b_records": records,
+            "gpt3_175b_simulated_latency_s": round(s["latency_s"], 3),
+            "gpt3_175b_tpot_ms": round(s["time_per_output_token_s"] * 1e3, 3),
+            "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # fmt: skip
 
 
 def _contention() -> dict:

@@ -201,7 +201,7 @@ class Engine:
                     tally.add(*after)
                     solo += after[2].solo_s - before[2].solo_s
                 else:
-                    key = (old[i].devices, before[1], before[2], after[1], after[2])
+                    key = (old[i].devices, id(before[1]), id(before[2]), id(after[1]), id(after[2]))
                     swaps.setdefault(key, [0, before, after])[0] += 1
             for n, before, after in swaps.values():
                 tally.add(*before, -n)

@@ -168,7 +168,9 @@ def _attention_steps(template: Program) -> tuple[int, ...]:
 
 def decode_step(template: Program, kv_len: int) -> Program:
     """The template decode program with every attention reading `kv_len` tokens of context."""
-    return template.replace_ops(lambda op: op.with_kv_len(kv_len), only=_attention_steps(template))
+    return template.replace_ops(
+        lambda op: op.with_kv_len(kv_len), only=_attention_steps(template), uniform=True
+    )
 
 
 def account(

@@ -80,6 +80,8 @@ def run_chunk(
         if store is not None:
             store.put(rec)
         out.append(rec)
+    if store is not None:
+        store.flush()
     return out
 
 
