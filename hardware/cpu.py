@@ -14,11 +14,15 @@ from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from hardware.power import default_action_energy, tdp_flop_energy
 from simcore.component import Component, OpCost, register
 from simcore.config import MapOf, Param, nonneg, positive
-from simcore.ops import Attention, Gemm, Op
+from simcore.ops import Attention, Gemm, Op, ceil_div
+from simcore.precision import Dequant, dequant_work
 
 #: Softmax FLOPs per (query, key) pair besides the exp: scale the score, fold it into the row max,
 #: subtract the max, add the exp to the row sum (the per-row normalisation is amortised over the keys).
 SOFTMAX_FLOPS_PER_PAIR = 4.0
+#: Rows of A (queries) sharing one dequantized copy of a weight (KV) block: the M (query) block of a blocked
+#: kernel, 64 as in the native reference kernels (simcore/native/refkernels.c).
+DEQUANT_ROWS = 64
 
 CPU_SCHEMA: dict[str, Any] = {
     "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
@@ -54,6 +58,9 @@ CPU_SCHEMA: dict[str, Any] = {
 @register("cpu")
 class CPU(Component):
     SCHEMA = CPU_SCHEMA
+    FORWARDS = True  # the root complex routes peer-to-peer PCIe between root ports and over the socket link
+    ACTIONS = ("flop.{dtype}", "flop.fp32", "dram.byte")
+    ACTION_DTYPES = ("flops_per_cycle",)
     COSTS = {"gemm": "compute_cost", "attention": "attention_cost"} | {
         k: "stream_cost" for k in ("elementwise", "norm", "softmax", "embedding")
     }
@@ -75,13 +82,33 @@ class CPU(Component):
         per_core = fpc.get(dtype, fpc.get("fp32", 0.0))
         return self.params["cores"] * self.params["clock"] * per_core
 
+    def dequant_s(self, work: Dequant, elements: float) -> float:
+        """Seconds to dequantize `elements` stored elements: one SIMD lane operation per integer or
+        floating element-op, at the fp32 lane rate (FMA peak / 2) and the blocked-GEMM efficiency, on the
+        same pipes as the matmul (so serial with it)."""
+        lanes_per_s = self.peak_flops("fp32") / 2.0 * self.params["efficiency"]["compute"]
+        return elements * work.ops / lanes_per_s
+
     def compute_cost(self, op: Gemm) -> OpCost:
-        """GEMM: FLOPs at the blocked-GEMM fraction of SIMD peak, or DRAM traffic, whichever takes longer."""
+        """GEMM: FLOPs at the blocked-GEMM fraction of SIMD peak, or DRAM traffic, whichever takes longer.
+        A quantized B (`weight_dtype`) is read at its bits and dequantized once per block of DEQUANT_ROWS
+        rows of A, serially with the FLOPs."""
         t_compute = op.flops / (self.peak_flops(op.dtype) * self.params["efficiency"]["compute"])
         t_mem = op.bytes / self.memory_bandwidth_Bps
+        work = dequant_work(op.weight_dtype, op.dtype) if op.weight_dtype is not None else None
+        elements = 0.0
+        if work is not None:
+            elements = op.batch * op.n * op.k * ceil_div(op.m, DEQUANT_ROWS)
+            t_compute += self.dequant_s(work, elements)
         bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "dram.byte": op.bytes}
-        return OpCost(max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, {})
+        detail = {}
+        if work is not None:
+            actions["vector.op"] = elements * work.ops
+            detail = {"weight_dtype": op.weight_dtype, "dequant_elements": elements}
+        return OpCost(
+            max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, detail
+        )
 
     def softmax_flops(self, op: Attention) -> float:
         """Exp and softmax FLOPs of an attention op: per computed (query, key) pair, causal half skipped."""
@@ -100,11 +127,25 @@ class CPU(Component):
         t_matmul = op.flops / (self.peak_flops(op.dtype) * eff)
         t_softmax = sm_flops / (self.peak_flops(sm_dtype) * eff)
         t_compute = t_matmul + t_softmax
+        work = dequant_work(op.kv_dtype, op.dtype) if op.kv_dtype is not None else None
+        elements = 0.0
+        if work is not None:
+            # K and V dequantized once per query block (decode: per group of query heads sharing a KV head)
+            rows = min(op.q_len * (op.heads // op.kv_heads), DEQUANT_ROWS) if op.q_len <= 16 else \
+                min(op.q_len, DEQUANT_ROWS)  # fmt: skip
+            elements = 2.0 * op.head_dim * op.batch * op.heads * op.score_pairs / rows
+            t_compute += self.dequant_s(work, elements)
         t_mem = op.bytes / self.memory_bandwidth_Bps
         bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "dram.byte": op.bytes}
         actions[f"flop.{sm_dtype}"] = actions.get(f"flop.{sm_dtype}", 0.0) + sm_flops
-        return OpCost(max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, {})
+        detail = {}
+        if work is not None:
+            actions["vector.op"] = elements * work.ops
+            detail = {"kv_dtype": op.kv_dtype, "dequant_elements": elements}
+        return OpCost(
+            max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, detail
+        )
 
     def stream_cost(self, op: Op) -> OpCost:
         t_mem = op.bytes / self.memory_bandwidth_Bps
@@ -121,4 +162,6 @@ class CPU(Component):
         out.update(
             tdp_flop_energy(p["power"]["tdp"], p["power"]["idle"], en["compute_share"], peaks, en["flop"])
         )
+        if "flop.fp32" in out:  # one SIMD lane operation (dequantization) ~ an fp32 FMA lane: 2 FLOPs
+            out["vector.op"] = 2.0 * out["flop.fp32"]
         return out

@@ -33,12 +33,17 @@ from simcore.ops import (
     Softmax,
     ceil_div,
 )
+from simcore.precision import Dequant, dequant_work
 
 DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
 
 # Output-tile shapes the kernel library offers (CUTLASS/cuBLAS threadblock tiles for tensor cores).
 TILES = ((256, 128), (128, 256), (128, 128), (128, 64), (64, 128), (64, 64))
+# Mixed-input (weight-dequantizing) kernels also tile M in multiples of the m16n8k16 MMA's 16 rows for small
+# batches (Marlin, arXiv 2408.11743: 16-64-row thread blocks; TensorRT-LLM fpA_intB), with all warps along N.
+SMALL_M_TILES = ((16, 256), (16, 128), (32, 256), (32, 128))
 SPLIT_K = (1, 2, 3, 4, 6, 8, 12, 16)
+STRIPE_K = 64  # k-depth of one unit of work in a striped (Marlin) schedule: its 64-deep k-tile
 K_STEP_BYTES = 64  # bytes of K per pipeline stage per row (32 x 16-bit, 64 x 8-bit)
 PIPELINE_STAGES = 3  # multistage (cp.async / TMA) pipeline depth of the tensor-core GEMM main loop
 WARP_TILE = 64  # largest warp tile edge: CUTLASS lays a CTA tile out as >= 2 x 2 warps of <= 64 x 64
@@ -52,6 +57,12 @@ SOFTMAX_PASSES = 3
 NORM_CTA_ROW = 8192
 NORM_PASSES = 2
 WARPS_PER_ROW_CTA = 4  # warp-per-row kernels pack 4 rows (128 threads) into a CTA
+# SIMT issue and integer rates for dequantization in GEMM main loops and attention (CUDA C programming
+# guide, arithmetic-instruction throughput table, compute capability 7.0-9.0): 32-bit integer add/logic/
+# shift/LOP3/PRMT run at 64 results per SM per clock, and four warp schedulers issue 4 x 32 lane
+# instructions per clock; packed half2 arithmetic runs at the part's `vector_peak` for its dtype.
+SIMT_INT32_PER_SM_PER_CLK = 64
+SIMT_ISSUE_PER_SM_PER_CLK = 128
 
 GPU_SCHEMA: dict[str, Any] = {
     "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
@@ -142,20 +153,28 @@ class GemmPlan:
     l2_bytes: float
     smem_bytes: float
     t_fixed_s: float = 0.0  # not overlapped with the main loop: split-K's reduction kernel
+    t_dequant_s: float = 0.0  # the busiest SM's weight dequantization, serial with its MMAs
+    striped: bool = False  # Marlin-style striped partitioning over persistent CTAs (mixed-input kernels)
 
     @property
     def t_s(self) -> float:
-        return max(self.t_compute_s, self.t_dram_s, self.t_l2_s, self.t_smem_s) + self.t_fixed_s
+        return (
+            max(self.t_compute_s + self.t_dequant_s, self.t_dram_s, self.t_l2_s, self.t_smem_s)
+            + self.t_fixed_s
+        )
 
     @property
     def bound(self) -> str:
-        t = {"compute": self.t_compute_s, "memory": self.t_dram_s, "l2": self.t_l2_s, "smem": self.t_smem_s}
+        t = {"compute": self.t_compute_s + self.t_dequant_s, "memory": self.t_dram_s, "l2": self.t_l2_s,
+             "smem": self.t_smem_s}  # fmt: skip
         return max(t, key=t.__getitem__)
 
 
 @register("gpu")
 class GPU(Component):
     SCHEMA = GPU_SCHEMA
+    ACTIONS = ("flop.{dtype}", "flop.fp32", "dram.byte", "l2.byte", "smem.byte")
+    ACTION_DTYPES = ("tensor_peak", "vector_peak")
     COSTS = {
         "gemm": "gemm_cost",
         "attention": "attention_cost",
@@ -225,6 +244,24 @@ class GPU(Component):
         vp = self.params["vector_peak"]
         return vp.get(dtype) or vp.get("fp32") or self.matmul_peak(dtype)[0] / 16
 
+    def dequant_s_per_element(self, work: Dequant, dtype: str) -> float:
+        """Seconds one SM spends turning one stored element into `dtype` (`work` from simcore.precision):
+        the slowest of the integer pipe, the `dtype` vector pipe (packed two-wide for 16-bit dtypes) and
+        instruction issue, at `efficiency.vector`."""
+        rate = self.clock_Hz * self.eff["vector"]  # SM clocks per second, derated like other vector work
+        t_int = work.int_ops / (SIMT_INT32_PER_SM_PER_CLK * rate)
+        t_fp = 0.0
+        pack = 2.0 if dtype in ("fp16", "bf16") else 1.0
+        if work.fp_ops:
+            t_fp = work.fp_ops / (self.vector_peak(dtype) / 2.0 / self.sms * self.eff["vector"])
+        t_issue = (work.int_ops + work.fp_ops / pack) / (SIMT_ISSUE_PER_SM_PER_CLK * rate)
+        return max(t_int, t_fp, t_issue)
+
+    @staticmethod
+    def simt_instructions(work: Dequant, dtype: str) -> float:
+        """Lane instructions per element of `work` (packed half2 arithmetic does two elements)."""
+        return work.int_ops + work.fp_ops / (2.0 if dtype in ("fp16", "bf16") else 1.0)
+
     # ---------------------------------------------------------------------------------------- GEMM
     def gemm_plan(self, op: Gemm) -> GemmPlan:
         """The fastest tile shape and split-K for `op`, with the time each resource needs under it."""
@@ -233,12 +270,18 @@ class GPU(Component):
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
         sm_flops = peak * eff / self.sms
         smem_Bps = self.params["smem_bytes_per_clk"] * self.clock_Hz
-        a_B, b_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * e
+        # B in its storage format: read from DRAM, L2 and shared memory at the format's bits, then each CTA
+        # dequantizes its tile_n x k_cta slice of B in registers on the CUDA cores, once per M tile.
+        eb = op.weight_elem_bytes
+        work = dequant_work(op.weight_dtype, op.dtype) if op.weight_dtype is not None else None
+        t_elem = self.dequant_s_per_element(work, op.dtype) if work is not None else 0.0
+        striped = work is not None and op.dtype in ("fp16", "bf16")
+        a_B, b_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * eb
         c_B = batch * m * n * e
         mem_Bps = self.memory_bandwidth_Bps
         saturating_sms = self.sms * self.eff["mem_saturation"]
         best: GemmPlan | None = None
-        for tm, tn in TILES:
+        for tm, tn in TILES if work is None else TILES + SMALL_M_TILES:
             # CTAs per SM: limited by shared memory (multistage pipeline) and by the fp32 accumulators.
             smem_cta = PIPELINE_STAGES * (tm + tn) * K_STEP_BYTES
             per_sm = max(1, int(min(self.params["smem_per_sm"] // smem_cta,
@@ -247,7 +290,7 @@ class GPU(Component):
             grid_m, grid_n = ceil_div(m, tm), ceil_div(n, tn)
             tiles = grid_m * grid_n * batch
             # each warp reads its own A rows and B columns from shared memory: A once per warp column
-            warps_m, warps_n = max(2, tm // WARP_TILE), max(2, tn // WARP_TILE)
+            warps_m, warps_n = max(1 if tm < WARP_TILE else 2, tm // WARP_TILE), max(2, tn // WARP_TILE)
             for split in SPLIT_K:
                 if split > 1 and (tiles >= self.sms or k // split < 128):
                     break
@@ -264,7 +307,7 @@ class GPU(Component):
                 conc = min(ctas, slots)
                 rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
                 cols = min(grid_n, max(1, ceil_div(conc, rows)))
-                wave_B = (rows * tm + cols * tn) * k_cta * e
+                wave_B = (rows * tm * e + cols * tn * eb) * k_cta
                 if a_B + b_B <= self.l2_size_B / 2:
                     dram = a_B + b_B + c_B
                 else:
@@ -277,18 +320,61 @@ class GPU(Component):
                 full, last = divmod(ctas, slots)
                 t_dram = sum(count * nw * dram / ctas / (mem_Bps * min(1.0, count / saturating_sms))
                              for count, nw in ((slots, full), (last, 1)) if count and nw)  # fmt: skip
-                l2_B = ctas * (tm + tn) * k_cta * e / self.params["l2_multicast"]
+                l2_B = ctas * (tm * e + tn * eb) * k_cta / self.params["l2_multicast"]
                 t_l2 = l2_B / self.l2_bw_Bps
-                smem_B = (tm * warps_n + tn * warps_m) * k_cta * e
+                smem_B = (tm * warps_n * e + tn * warps_m * eb) * k_cta
                 t_smem = busiest * smem_B / smem_Bps
                 # split-K partials are summed by a second kernel: its launch and one DRAM round trip
                 t_fixed = self.launch_s + self.mem_latency_s if split > 1 else 0.0
+                # dequantization is serial with the MMAs of the same k-step (QServe §4: on A100 the CUDA-core
+                # dequantization of W4A8 / W4A4 main loops is the bottleneck, not hidden by the tensor cores)
+                t_dequant = busiest * tn * k_cta * t_elem
                 plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, t_dram, t_l2, t_smem, dram, l2_B,
-                                ctas * smem_B, t_fixed)  # fmt: skip
+                                ctas * smem_B, t_fixed, t_dequant)  # fmt: skip
                 if best is None or plan.t_s < best.t_s:
+                    best = plan
+            if striped:
+                plan = self._striped_plan(
+                    op, tm, tn, tiles, grid_m, grid_n, warps_m, warps_n, sm_flops, t_elem
+                )
+                if plan.t_s < best.t_s:
                     best = plan
         assert best is not None
         return best
+
+    def _striped_plan(self, op: Gemm, tm: int, tn: int, tiles: int, grid_m: int, grid_n: int, warps_m: int,
+                      warps_n: int, sm_flops: float, t_elem: float) -> GemmPlan:  # fmt: skip
+        """Marlin's striped partitioning (arXiv 2408.11743) for 16-bit-activation mixed-input GEMMs: one
+        persistent CTA per SM walks an equal share of all (tile, 64-deep k-step) units, so no SM runs more
+        than ceil(units / SMs) of them (no wave quantization); tiles split between two SMs are summed
+        through L2 as fp32 partials (at most one split tile per SM)."""
+        m, n, k, batch, e, eb = op.m, op.n, op.k, op.batch, op.elem_bytes, op.weight_elem_bytes
+        k_iters = ceil_div(k, STRIPE_K)
+        units = tiles * k_iters
+        busiest = ceil_div(units, self.sms) / k_iters  # output tiles' worth of main loop on the busiest SM
+        active = min(self.sms, units)
+        t_compute = busiest * 2.0 * tm * tn * k / sm_flops + math.ceil(busiest) * self.mem_latency_s
+        a_B, b_B, c_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * eb, batch * m * n * e
+        conc = min(tiles, active)
+        rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
+        cols = min(grid_n, max(1, ceil_div(conc, rows)))
+        wave_B = (rows * tm * e + cols * tn * eb) * k
+        if a_B + b_B <= self.l2_size_B / 2:
+            dram = a_B + b_B + c_B
+        else:
+            dram = max(a_B + b_B, min(tiles / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
+        t_dram = dram / (
+            self.memory_bandwidth_Bps * min(1.0, active / (self.sms * self.eff["mem_saturation"]))
+        )
+        # a stripe boundary inside a tile (the busiest share is not whole tiles) splits it between two SMs
+        per_sm_units = ceil_div(units, self.sms)
+        reduce_B = 2.0 * active * tm * tn * 4 if active > 1 and per_sm_units % k_iters else 0.0
+        l2_B = tiles * (tm * e + tn * eb) * k / self.params["l2_multicast"] + reduce_B
+        smem_B = (tm * warps_n * e + tn * warps_m * eb) * k
+        t_smem = busiest * smem_B / (self.params["smem_bytes_per_clk"] * self.clock_Hz)
+        t_dequant = busiest * tn * k * t_elem
+        return GemmPlan(tm, tn, 1, active, self.sms, 1, t_compute, t_dram, l2_B / self.l2_bw_Bps, t_smem, dram, l2_B,
+                        tiles * smem_B, 0.0, t_dequant, striped=True)  # fmt: skip
 
     def gemm_cost(self, op: Gemm) -> OpCost:
         plan = self.gemm_plan(op)
@@ -297,6 +383,13 @@ class GPU(Component):
         detail = {"tile": f"{plan.tile_m}x{plan.tile_n}", "split_k": plan.split_k, "ctas": plan.ctas,
                   "waves": plan.waves, "t_compute_s": plan.t_compute_s, "t_dram_s": plan.t_dram_s,
                   "t_l2_s": plan.t_l2_s}  # fmt: skip
+        work = dequant_work(op.weight_dtype, op.dtype) if op.weight_dtype is not None else None
+        if work is not None:
+            # every CTA dequantizes its B slice once: n x k x ceil(m / tile_m) elements per batch entry
+            elements = op.batch * op.n * op.k * ceil_div(op.m, plan.tile_m)
+            actions["vector.op"] = elements * self.simt_instructions(work, op.dtype)
+            detail = {**detail, "weight_dtype": op.weight_dtype, "t_dequant_s": plan.t_dequant_s,
+                      "dequant_elements": elements, "striped": plan.striped}  # fmt: skip
         return OpCost(plan.t_s + self.launch_s, plan.bound, plan.dram_bytes, actions, detail)
 
     def conv2d_cost(self, op: Op) -> OpCost:
@@ -374,6 +467,19 @@ class GPU(Component):
         sm_l2 = self.l2_bw_Bps / self.sms
         t_pair = mm_per_pair / sm_mm + 1.0 / sm_sfu + fp32_per_pair / sm_fma + atomic_B_per_pair / sm_l2
         block_q = self.flash_block_q(op)
+        kv_work = dequant_work(op.kv_dtype, op.dtype) if op.kv_dtype is not None else None
+        kv_per_pair = 0.0
+        if kv_work is not None:
+            # a quantized KV cache is dequantized as each work unit loads it: 2 x head_dim elements per key
+            # and query block. Decode kernels (flash-decoding with GQA packing: TensorRT-LLM XQA, FlashInfer,
+            # QServe) load a key once for all query heads of its group.
+            rows = (
+                min(op.q_len * (op.heads // op.kv_heads), block_q)
+                if op.q_len <= 16
+                else min(op.q_len, block_q)
+            )
+            kv_per_pair = 2.0 * op.head_dim / rows
+            t_pair += kv_per_pair * self.dequant_s_per_element(kv_work, op.dtype)
         q_blocks = ceil_div(op.q_len, block_q)
         units = op.batch * op.heads * q_blocks
         splits = 1
@@ -393,6 +499,10 @@ class GPU(Component):
         actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": (fp32_per_pair + 1) * pairs_total,
                    "dram.byte": dram, "smem.byte": 2 * dram, "l2.byte": atomic_B_per_pair * pairs_total}  # fmt: skip
         detail = {"units": units, "block_q": block_q, "t_compute_s": t_compute, "t_dram_s": t_mem}
+        if kv_work is not None:
+            elements = kv_per_pair * pairs_total
+            actions["vector.op"] = elements * self.simt_instructions(kv_work, op.dtype)
+            detail = {**detail, "kv_dtype": op.kv_dtype, "dequant_elements": elements}
         return OpCost(
             max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail
         )
@@ -454,4 +564,6 @@ class GPU(Component):
         out.update(
             tdp_flop_energy(p["power"]["tdp"], p["power"]["idle"], en["compute_share"], peaks, en["flop"])
         )
+        if "flop.fp32" in out:  # one CUDA-core lane instruction (dequantization) ~ an fp32 FMA lane: 2 FLOPs
+            out["vector.op"] = 2.0 * out["flop.fp32"]
         return out

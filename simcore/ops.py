@@ -13,9 +13,8 @@ from typing import Any, ClassVar
 
 import networkx as nx
 
-DTYPE_BYTES: dict[str, float] = {
-    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "int32": 4,
-}  # fmt: skip
+# bytes per element of each plain dtype: defined with the storage formats, below the op records
+from simcore.precision import DTYPE_BYTES, format_bytes
 
 
 def dtype_bytes(dtype: str) -> float:
@@ -23,6 +22,14 @@ def dtype_bytes(dtype: str) -> float:
         return DTYPE_BYTES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
+
+
+def format_elem_bytes(fmt: str | None, dtype: str) -> float:
+    """Bytes per element of data stored in `fmt` next to a `dtype` op: `dtype`'s own when `fmt` is None or
+    equal to it (a plain tensor, as before formats existed), else the format's (simcore.precision)."""
+    if fmt is None or fmt == dtype:
+        return dtype_bytes(dtype)
+    return format_bytes(fmt)
 
 
 _SIGNATURE_FIELDS: dict[type, Any] = {}
@@ -93,18 +100,30 @@ class Gemm(Op):
     k: int = 1
     batch: int = 1
     b_is_weight: bool = True
+    #: storage format of B (simcore.precision.FORMATS: "int4", "q4_k", "fp8"...); None = `dtype`. The MMA
+    #: runs in `dtype`; B is dequantized to it in the main loop unless the format is computed natively.
+    weight_dtype: str | None = None
     kind: ClassVar[str] = "gemm"
 
     @property
     def flops(self) -> float:
         return 2.0 * self.batch * self.m * self.n * self.k
 
+    @property
+    def weight_elem_bytes(self) -> float:
+        """Bytes per element of B in memory, scales and zeros included."""
+        return format_elem_bytes(self.weight_dtype, self.dtype)
+
     def tensors(self) -> tuple[Tensor, ...]:
         e, b = self.elem_bytes, self.batch
         w_count = 1 if self.b_is_weight else b
         return (
             Tensor("A", b * self.m * self.k * e, "in"),
-            Tensor("B", w_count * self.k * self.n * e, "weight" if self.b_is_weight else "in"),
+            Tensor(
+                "B",
+                w_count * self.k * self.n * self.weight_elem_bytes,
+                "weight" if self.b_is_weight else "in",
+            ),
             Tensor("C", b * self.m * self.n * e, "out"),
         )
 
@@ -120,7 +139,21 @@ class Attention(Op):
     kv_len: int = 1
     head_dim: int = 128
     causal: bool = True
+    #: KV-cache format (simcore.precision: "fp8", "int8", "int4"...); None = `dtype`. K and V are read at
+    #: its bits and dequantized to `dtype` as they are loaded.
+    kv_dtype: str | None = None
     kind: ClassVar[str] = "attention"
+
+    @property
+    def kv_elem_bytes(self) -> float:
+        """Bytes per K or V element in memory, scales and zeros included."""
+        return format_elem_bytes(self.kv_dtype, self.dtype)
+
+    def with_kv_len(self, kv_len: int) -> Attention:
+        """The same attention over `kv_len` tokens of context (the next decode step); built directly, as
+        a long generation makes one per layer and token."""
+        return type(self)(self.name, self.dtype, self.batch, self.heads, self.kv_heads, self.q_len, kv_len,
+                          self.head_dim, self.causal, self.kv_dtype)  # fmt: skip
 
     @property
     def score_pairs(self) -> float:
@@ -142,11 +175,11 @@ class Attention(Op):
         return 2.0 * self.batch * self.heads * self.q_len * self.head_dim * self.elem_bytes
 
     def tensors(self) -> tuple[Tensor, ...]:
-        e, b, d = self.elem_bytes, self.batch, self.head_dim
+        e, b, d, ekv = self.elem_bytes, self.batch, self.head_dim, self.kv_elem_bytes
         return (
             Tensor("Q", b * self.heads * self.q_len * d * e, "in"),
-            Tensor("K", b * self.kv_heads * self.kv_len * d * e, "in"),
-            Tensor("V", b * self.kv_heads * self.kv_len * d * e, "in"),
+            Tensor("K", b * self.kv_heads * self.kv_len * d * ekv, "in"),
+            Tensor("V", b * self.kv_heads * self.kv_len * d * ekv, "in"),
             Tensor("O", b * self.heads * self.q_len * d * e, "out"),
         )
 
@@ -169,7 +202,8 @@ class AttentionGrad(Attention):
         e, b, d = self.elem_bytes, self.batch, self.head_dim
         q = b * self.heads * self.q_len * d * e
         kv = b * self.kv_heads * self.kv_len * d * e
-        return (Tensor("Q", q), Tensor("K", kv), Tensor("V", kv), Tensor("O", q), Tensor("dO", q),
+        kv_in = kv if self.kv_dtype is None else b * self.kv_heads * self.kv_len * d * self.kv_elem_bytes
+        return (Tensor("Q", q), Tensor("K", kv_in), Tensor("V", kv_in), Tensor("O", q), Tensor("dO", q),
                 Tensor("lse", b * self.heads * self.q_len * 4), Tensor("dQ", q, "out"), Tensor("dK", kv, "out"),
                 Tensor("dV", kv, "out"))  # fmt: skip
 
