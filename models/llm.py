@@ -24,6 +24,7 @@ from simcore.ops import (
     Tensor,
     dtype_bytes,
 )
+from simcore.precision import PrecisionPlan, tensor_format
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -66,8 +67,13 @@ class LLMSpec:
         pos = self.max_positions * h if self.family in ("opt", "gpt3") else 0
         return self.layers * self.layer_params + emb + pos + h
 
+    @property
+    def kv_elements_per_token(self) -> int:
+        """K and V elements one token adds to the cache, over all layers."""
+        return 2 * self.layers * self.kv_heads * self.head_dim
+
     def kv_bytes_per_token(self, dtype: str = "bf16") -> float:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes(dtype)
+        return self.kv_elements_per_token * dtype_bytes(dtype)
 
 
 # ---------------------------------------------------------------------------------- HF config parsing
@@ -188,14 +194,25 @@ def check_tp(spec: LLMSpec, tp: int) -> None:
                           f"and FFN width {spec.ffn}", key="parallelism.tp")  # fmt: skip
 
 
-def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int, dtype: str = "bf16",
-               phase: str = "decode", kv_alloc_tokens: int = 0) -> LogicalPass:  # fmt: skip
+def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
+               precision: PrecisionPlan | str = "bf16", phase: str = "decode",
+               kv_alloc_tokens: int = 0) -> LogicalPass:  # fmt: skip
     """One forward pass over `q_len` new tokens per sequence with `kv_len` tokens of context
     (prefill: q_len == kv_len; decode: q_len == 1), Megatron-style over `tp` ranks (column/row splits,
-    an all-reduce after attention and after the MLP). `kv_alloc_tokens` > 0 allocates each layer's KV
-    cache for that many tokens when the layer first runs."""
+    an all-reduce after attention and after the MLP). `precision` (or one dtype for everything) sets the
+    activations' dtype, the weights' and KV cache's storage formats and the collectives' dtype.
+    `kv_alloc_tokens` > 0 allocates each layer's KV cache for that many tokens when the layer first runs."""
     check_tp(spec, tp)
-    e = dtype_bytes(dtype)
+    plan = PrecisionPlan.uniform(precision) if isinstance(precision, str) else precision
+    dtype, comm = plan.activations, plan.communication
+    e, ce = dtype_bytes(dtype), dtype_bytes(comm)
+    kv_dtype = plan.attention_kv_dtype
+
+    def weights(tensor: str, layer: int | None = None) -> str | None:
+        """`Gemm.weight_dtype` of one weight matrix (a mixture such as q4_k_m varies by tensor and layer)."""
+        w = plan.gemm_weight_dtype
+        return tensor_format(w, tensor, layer, spec.layers) if w is not None else None
+
     h, d, T = spec.hidden, spec.head_dim, batch * q_len
     heads, kvh = spec.heads // tp, max(1, spec.kv_heads // tp)
     ffn = spec.ffn // tp
@@ -208,6 +225,8 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int, dtyp
             first_layer.append(len(ops))
         pos = len(ops) - layer_start
         twin = first_layer[pos] if 0 < block < spec.layers and not allocs else -1
+        if twin >= 0 and ops[twin].op.signature() != op.signature():
+            twin = -1  # this layer differs (e.g. a mixed-format layer): costed on its own
         ops.append(LogicalOp(op, block, allocs, twin))
 
     layer_start = 0
@@ -215,34 +234,35 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int, dtyp
     for i in range(spec.layers):
         block, p, layer_start = i, f"L{i}.", len(ops)
         add(Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm))
-        add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h))
+        add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h, weight_dtype=weights("attn_qkv", i)))
         if spec.family != "opt" and spec.family != "gpt3":
             add(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1, flops_per_element=3,
                             function="rope"))  # fmt: skip
-        kv = (Tensor(f"{p}kv_cache", 2 * batch * kvh * kv_alloc_tokens * d * e),) if kv_alloc_tokens else ()
+        kv_B = plan.kv_bytes(2 * batch * kvh * kv_alloc_tokens * d)
+        kv = (Tensor(f"{p}kv_cache", kv_B),) if kv_alloc_tokens else ()
         add(Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv_len,
-                      head_dim=d, causal=True), kv)  # fmt: skip
-        add(Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d))
+                      head_dim=d, causal=True, kv_dtype=kv_dtype), kv)  # fmt: skip
+        add(Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d, weight_dtype=weights("attn_output", i)))
         if tp > 1:
-            add(AllReduce(p + "allreduce_attn", dtype, bytes_per_device=T * h * e, group=tp))
+            add(AllReduce(p + "allreduce_attn", comm, bytes_per_device=T * h * ce, group=tp))
         add(Elementwise(p + "residual1", dtype, elements=T * h, inputs=2))
         add(Norm(p + "norm2", dtype, rows=T, cols=h, function=spec.norm))
         if spec.gated_ffn:
-            add(Gemm(p + "gate_up", dtype, m=T, n=2 * ffn, k=h))
+            add(Gemm(p + "gate_up", dtype, m=T, n=2 * ffn, k=h, weight_dtype=weights("ffn_up", i)))
             add(Elementwise(p + "act_mul", dtype, elements=T * ffn, inputs=2, flops_per_element=5,
                             function=spec.activation))  # fmt: skip
         else:
-            add(Gemm(p + "fc1", dtype, m=T, n=ffn, k=h))
+            add(Gemm(p + "fc1", dtype, m=T, n=ffn, k=h, weight_dtype=weights("ffn_up", i)))
             add(Elementwise(p + "act", dtype, elements=T * ffn, inputs=1, flops_per_element=8,
                             function=spec.activation))  # fmt: skip
-        add(Gemm(p + "down", dtype, m=T, n=h, k=ffn))
+        add(Gemm(p + "down", dtype, m=T, n=h, k=ffn, weight_dtype=weights("ffn_down", i)))
         if tp > 1:
-            add(AllReduce(p + "allreduce_mlp", dtype, bytes_per_device=T * h * e, group=tp))
+            add(AllReduce(p + "allreduce_mlp", comm, bytes_per_device=T * h * ce, group=tp))
         add(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
     block, layer_start = spec.layers, len(ops)
     add(Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm))
-    add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h))
+    add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h, weight_dtype=weights("output")))
     if tp > 1:
-        add(AllGather("logits_allgather", dtype, bytes_per_device=batch * (spec.vocab // tp) * e, group=tp))
+        add(AllGather("logits_allgather", comm, bytes_per_device=batch * (spec.vocab // tp) * ce, group=tp))
     return LogicalPass(f"{spec.name}-{phase}", phase, tuple(ops), spec.layers, tp,
-                       spec.layer_params * e / tp, T * h * e / tp)  # fmt: skip
+                       plan.weight_bytes(spec.layer_params) / tp, T * h * e / tp)  # fmt: skip

@@ -19,6 +19,7 @@ from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan, place
 from simcore.mapping.plan import SCHEDULES
 from simcore.ops import DTYPE_BYTES
+from simcore.precision import PRECISION_SCHEMA, PrecisionPlan, plan_from
 from simcore.results import Result
 from simcore.scenarios import SCENARIOS, Decode, Generate, Inference, Prefill, Scenario
 from simcore.system import System, load_system
@@ -29,15 +30,17 @@ __all__ = ["Decode", "Experiment", "Generate", "Inference", "Prefill", "load_exp
 
 def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
              tp: int | None = None, keep_records: bool = True, offload_weights: bool = False,
-             pp: int = 1, microbatches: int = 1, dp: int = 1) -> Result:  # fmt: skip
+             pp: int = 1, microbatches: int = 1, dp: int = 1,
+             precision: Mapping[str, str] | None = None) -> Result:  # fmt: skip
     """Simulate `scenario` of `model` on `system`: tensor parallelism over `tp` accelerators (default:
     all of them), `pp` pipeline stages fed `microbatches` micro-batches, `dp` replicas. With
     `offload_weights`, layer weights live in the nearest host CPU's memory and stream to the GPUs layer by
-    layer, overlapped with compute (two layer buffers per GPU)."""
+    layer, overlapped with compute (two layer buffers per GPU). `precision` overrides `dtype` per tensor
+    class: {weights, activations, kv_cache, communication} (e.g. weights: int4, kv_cache: fp8)."""
     system = load_system(system) if isinstance(system, str) else system
     spec = load_llm(model) if isinstance(model, str) else model
     plan = ExecutionPlan(tp=tp, pp=pp, dp=dp, microbatches=microbatches, offload_weights=offload_weights,
-                         dtype=dtype)  # fmt: skip
+                         precision=plan_from(dtype, precision))  # fmt: skip
     return scenario.run(system, spec, plan, keep_records)
 
 
@@ -45,7 +48,9 @@ def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: s
                     keep_records: bool = True) -> Result:  # fmt: skip
     """One inference of a CNN/ViT (`models.cnn.BUILDERS`) on the first device that runs all its ops."""
     system = load_system(system) if isinstance(system, str) else system
-    return Inference(batch).run(system, network, ExecutionPlan(dtype=dtype), keep_records)
+    return Inference(batch).run(
+        system, network, ExecutionPlan(precision=PrecisionPlan.uniform(dtype)), keep_records
+    )
 
 
 # ------------------------------------------------------------------------------------------ YAML
@@ -67,7 +72,13 @@ EXPERIMENT_SCHEMA = {
     "model": Param(
         "shipped LLM name, path to a HF config.json, or a vision network (resnet50, vit_base...)", type=str
     ),  # fmt: skip
-    "dtype": Param("weights/activations dtype", type=str, default="bf16", choices=tuple(DTYPE_BYTES)),
+    "dtype": Param(
+        "dtype of weights, activations, KV cache and collectives",
+        type=str,
+        default="bf16",
+        choices=tuple(DTYPE_BYTES),
+    ),
+    "precision": {k: Param(**v) for k, v in PRECISION_SCHEMA.items()},
     "parallelism": {
         "tp": positive(
             "tensor-parallel degree (default: every accelerator over pp × dp)", type=int, default=None
@@ -144,9 +155,13 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
     sc = p["scenario"]
     cls = SCENARIOS[sc["kind"]]
     par = p["parallelism"]
+    try:
+        precision = plan_from(p["dtype"], p["precision"])
+    except ConfigError as e:
+        raise doc.error(tuple((e.key or "precision").split(".")), e.message) from None
     plan = ExecutionPlan(tp=par["tp"], pp=par["pp"], ep=par["ep"], dp=par["dp"], microbatches=par["microbatches"],
                          schedule=par["schedule"], devices=tuple(map(str, par["devices"] or ())),
-                         offload_weights=p["offload"]["weights"], dtype=p["dtype"])  # fmt: skip
+                         offload_weights=p["offload"]["weights"], precision=precision)  # fmt: skip
     model: LLMSpec | str
     if cls.workload == "vision":
         model = p["model"].lower().replace("-", "_")

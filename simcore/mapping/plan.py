@@ -16,7 +16,8 @@ from functools import lru_cache
 
 from models.llm import LLMSpec, LogicalPass, build_pass, check_tp
 from simcore.errors import ConfigError
-from simcore.ops import Op, dtype_bytes
+from simcore.ops import Op
+from simcore.precision import PrecisionPlan
 from simcore.system import System
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -34,7 +35,12 @@ class ExecutionPlan:
     schedule: str = "1f1b"  # forward-only passes run the same order under both (no backward to interleave)
     devices: tuple[str, ...] = ()  # names or patterns of the accelerators to use, in order
     offload_weights: bool = False
-    dtype: str = "bf16"
+    precision: PrecisionPlan = field(default_factory=PrecisionPlan)
+
+    @property
+    def dtype(self) -> str:
+        """The compute dtype of activations (the experiment's `dtype:` unless `precision:` says otherwise)."""
+        return self.precision.activations
 
     @property
     def mapper(self) -> str:
@@ -107,15 +113,15 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
     replicas = tuple(tuple(groups[r * plan.pp : (r + 1) * plan.pp]) for r in range(plan.dp))
     blame = "parallelism.devices" if plan.devices else "hardware"
     for group in groups:
-        check_group(system, group, probe_pass(spec, tp, plan.dtype), blame)
+        check_group(system, group, probe_pass(spec, tp, plan.precision), blame)
     hosts = nearest_hosts(system, [d for g in groups for d in g]) if plan.offload_weights else None
     return Placement(replicas[0], replicas, hosts, split_layers(spec.layers, plan.pp))
 
 
 @lru_cache(maxsize=64)
-def probe_pass(spec: LLMSpec, tp: int, dtype: str) -> LogicalPass:
-    """A one-token pass of a one-layer copy of the model: every op kind it has, at a fraction of the cost."""
-    return build_pass(replace(spec, layers=1), tp, 1, 1, 2, dtype)
+def probe_pass(spec: LLMSpec, tp: int, precision: PrecisionPlan) -> LogicalPass:
+    """A one-token pass of a one-layer copy of the model: every op kind and format it has, cheaply."""
+    return build_pass(replace(spec, layers=1), tp, 1, 1, 2, precision)
 
 
 def check_group(system: System, group: Iterable[str], probe: LogicalPass, blame: str) -> None:
@@ -126,19 +132,22 @@ def check_group(system: System, group: Iterable[str], probe: LogicalPass, blame:
         raise ConfigError(f"tensor-parallel group {', '.join(group)} mixes device types "
                           f"({', '.join(sorted(types))}); a group runs in lock-step on one kind of device",
                           key=blame)  # fmt: skip
-    kinds: dict[str, Op] = {}
+    kinds: dict[tuple, Op] = {}  # one op per kind and dtype/format combination
     for lop in probe.ops:
-        kinds.setdefault(lop.op.kind, lop.op)
+        op = lop.op
+        kinds.setdefault(
+            (op.kind, op.dtype, getattr(op, "weight_dtype", None), getattr(op, "kv_dtype", None)), op
+        )
     for d in group:
         comp = system.devices[d]
-        for kind, op in kinds.items():
+        for op in kinds.values():
             if not comp.supports(op):
-                raise ConfigError(f"{comp.type_name} {d!r} cannot run the workload's {kind} ops "
+                raise ConfigError(f"{comp.type_name} {d!r} cannot run the workload's {op.kind} ops "
                                   f"(it runs: {', '.join(sorted(comp.COSTS))})", key=blame)  # fmt: skip
             try:
                 comp.op_cost(op)
             except ConfigError as e:
-                raise ConfigError(e.message, key="dtype") from None
+                raise ConfigError(e.message, key=e.key or "dtype") from None
 
 
 def nearest_hosts(system: System, gpus: Iterable[str]) -> dict[str, str]:
@@ -154,18 +163,18 @@ def nearest_hosts(system: System, gpus: Iterable[str]) -> dict[str, str]:
     return {gpu: min(cpus, key=lambda cpu: (latency(gpu, cpu), cpu)) for gpu in gpus}
 
 
-def weight_bytes(spec: LLMSpec, placement: Placement, stage: int, dtype: str) -> float:
+def weight_bytes(spec: LLMSpec, placement: Placement, stage: int, precision: PrecisionPlan) -> float:
     """Weights one rank of `stage` holds: its layers split tp ways (only two layer buffers when weights
     stream from the host), the embedding on the first stage, final norm and LM head on the last."""
-    tp, e = placement.tp, dtype_bytes(dtype)
+    tp = placement.tp
     lo, hi = placement.layer_bounds[stage], placement.layer_bounds[stage + 1]
     layers = hi - lo if placement.hosts is None else min(2, hi - lo)
     if len(placement.stages) == 1:  # one stage holds everything; tied embeddings counted once
-        return (spec.params - (spec.layers - layers) * spec.layer_params) * e / tp
+        return precision.weight_bytes(spec.params - (spec.layers - layers) * spec.layer_params) / tp
     h = spec.hidden
     outer = 0.0
     if stage == 0:
         outer += spec.vocab * h + (spec.max_positions * h if spec.family in ("opt", "gpt3") else 0)
     if stage == len(placement.stages) - 1:
         outer += spec.vocab * h + h  # a pipeline's last stage keeps its own LM head, tied or not
-    return (layers * spec.layer_params + outer) * e / tp
+    return precision.weight_bytes(layers * spec.layer_params + outer) / tp

@@ -19,7 +19,6 @@ from simcore.engine import Engine
 from simcore.ledger import Ledger
 from simcore.mapping import ExecutionPlan, Placement, map_pass, place
 from simcore.mapping.plan import weight_bytes
-from simcore.ops import dtype_bytes
 from simcore.program import Program
 from simcore.results import Result
 from simcore.system import System
@@ -67,6 +66,8 @@ class LLMScenario(Scenario):
         summary: dict[str, Any] = proc.value
         tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
         summary.update(model=model.name, params=model.params, tp=llm.tp, dtype=plan.dtype)
+        if not plan.precision.is_uniform:
+            summary["precision"] = plan.precision.as_dict()
         if plan.pp > 1 or plan.dp > 1:
             summary.update(pp=plan.pp, dp=plan.dp, microbatches=plan.microbatches)
         return account(llm.engine.ledger(), llm.placement.devices, summary, "token", tokens)
@@ -82,7 +83,7 @@ def _mapped(spec: LLMSpec, key: tuple, placement: Placement, plan: ExecutionPlan
     if prog is None:
         if len(_MAPPED) >= 256:
             _MAPPED.clear()
-        logical = build_pass(spec, placement.tp, batch, q_len, kv_len, plan.dtype, phase, kv_alloc_tokens)
+        logical = build_pass(spec, placement.tp, batch, q_len, kv_len, plan.precision, phase, kv_alloc_tokens)
         prog = _MAPPED[full] = map_pass(logical, placement, plan)
     return prog
 
@@ -119,33 +120,32 @@ class LLMRun:
         return out
 
     def allocate_weights(self) -> None:
-        dtype = self.plan.dtype
+        precision = self.plan.precision
         for stages in self.placement.replicas:
             for s, group in enumerate(stages):
+                nbytes = weight_bytes(self.spec, self.placement, s, precision)
                 for dev in group:
-                    self.engine.allocate(
-                        dev, f"{self.spec.name} weights", weight_bytes(self.spec, self.placement, s, dtype)
-                    )
+                    self.engine.allocate(dev, f"{self.spec.name} weights", nbytes)
         for host in dict.fromkeys((self.placement.hosts or {}).values()):
             self.engine.allocate(
-                host, f"{self.spec.name} weights (host copy)", self.spec.params * dtype_bytes(dtype)
+                host, f"{self.spec.name} weights (host copy)", precision.weight_bytes(self.spec.params)
             )
 
     def allocate_kv(self, batch: int, tokens: int) -> None:
         """A KV cache for `tokens` tokens of `batch` sequences, on every rank that holds the layers."""
-        per_layer = (
+        total = (
             batch
             / self.plan.dp
             * tokens
-            * self.spec.kv_bytes_per_token(self.plan.dtype)
-            / self.spec.layers
+            * self.plan.precision.kv_bytes(self.spec.kv_elements_per_token)
             / self.tp
         )
+        bounds = self.placement.layer_bounds
         for stages in self.placement.replicas:
             for s, group in enumerate(stages):
-                layers = self.placement.layer_bounds[s + 1] - self.placement.layer_bounds[s]
+                share = total * ((bounds[s + 1] - bounds[s]) / self.spec.layers)
                 for dev in group:
-                    self.engine.allocate(dev, "kv_cache", per_layer * layers)
+                    self.engine.allocate(dev, "kv_cache", share)
 
     def submit_all(self, programs: list[Program]) -> simpy.Event:
         return self.engine.env.all_of([self.engine.submit(p) for p in programs])
