@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from simcore.component import Component, OpCost
+from simcore.energy import energy_breakdown
 from simcore.errors import ConfigError
 from simcore.ops import Op
 from simcore.system import System
@@ -18,12 +19,9 @@ def device_for(system: System, op: Op) -> Component:
 
 
 def op_energy_J(comp: Component, cost: OpCost) -> float:
-    """Action counts × energy per action, plus the device's static power over the op's duration."""
-    from simcore.energy import energy_breakdown
-
-    return energy_breakdown(
-        cost.actions, comp.energy_per_action_J(), comp.static_power_W, cost.duration_s
-    ).total_J
+    """The op's energy as it means everywhere (simcore.ledger): its actions × energy per action, the
+    dynamic energy it adds to the device; static power is the device's, reported beside it."""
+    return energy_breakdown(cost.actions, comp.energy_per_action_J()).total_J
 
 
 def op_report(system: System, op: Op) -> dict[str, Any]:
@@ -33,6 +31,8 @@ def op_report(system: System, op: Op) -> dict[str, Any]:
         "device": comp.name,
         "time_s": cost.duration_s,
         "energy_j": op_energy_J(comp, cost),
+        "static_energy_j": comp.static_power_W * cost.duration_s,
+        "power_w": (op_energy_J(comp, cost) + comp.static_power_W * cost.duration_s) / cost.duration_s,
         "flops": op.flops,
         "bytes": cost.dram_bytes,
         "bound": cost.bound,

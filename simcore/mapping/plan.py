@@ -55,7 +55,8 @@ class Placement:
     replicas: tuple[tuple[tuple[str, ...], ...], ...] = ()  # data-parallel copies of `stages`
     hosts: Mapping[str, str] | None = None  # accelerator -> host holding its streamed weights
     layer_bounds: tuple[int, ...] = ()  # stage s runs layers [bounds[s], bounds[s + 1])
-    expert_groups: tuple[tuple[str, ...], ...] = field(default=())  # hook for expert parallelism
+    #: hook for expert parallelism: the ranks that each hold a share of every MoE layer's experts
+    expert_groups: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def tp(self) -> int:
@@ -109,6 +110,9 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
     check_tp(spec, tp)
     if plan.pp > spec.layers:
         raise ConfigError(f"pp={plan.pp} exceeds {spec.name}'s {spec.layers} layers", key="parallelism.pp")
+    if plan.ep > 1:  # the hook MoE models will use; a dense model has no experts to split
+        raise ConfigError(f"expert parallelism needs a mixture-of-experts model; {spec.name} is dense",
+                          key="parallelism.ep")  # fmt: skip
     groups = [tuple(pool[i * tp : (i + 1) * tp]) for i in range(plan.pp * plan.dp)]
     replicas = tuple(tuple(groups[r * plan.pp : (r + 1) * plan.pp]) for r in range(plan.dp))
     blame = "parallelism.devices" if plan.devices else "hardware"
