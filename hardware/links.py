@@ -3,10 +3,17 @@
 A link is full duplex: two flow resources, one per direction, each with the per-direction bandwidth.
 Per-direction rates come from the standard (lanes × transfer rate × encoding) times a protocol
 efficiency that is a documented parameter.
+
+A link attaches to the ports its devices document (`pcie: {generation, lanes}`, `nvlink: {generation,
+links}`): a PCIe link faster or wider than a device's port, or an NVLink link of another generation or
+with more links than the device has, is refused. A link that omits generation, lanes or links takes them
+from the ports of its ends (PCIe trains to the highest common generation and the narrowest width; NVLink
+generations must agree), so `{type: pcie, between: [gpu0, pcie-sw0]}` is a Gen4 x16 link on an A100.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +35,13 @@ def pcie_raw_Bps(generation: int, lanes: int) -> float:
 LINK_SCHEMA: dict[str, Any] = {
     "type": Param("link kind", type=str, choices=("pcie", "nvlink", "ethernet", "infiniband", "generic")),
     "between": Param("the two endpoints (device or switch names; `gpu*` expands to all)", type=list),
-    "generation": Param("PCIe or NVLink generation", default=None, type=int),
-    "lanes": Param("PCIe lanes", default=None, type=int),
-    "links": Param("NVLink links bundled between the two endpoints", default=None, type=int),
+    "generation": Param(
+        "PCIe or NVLink generation; default: from the device ends' ports", default=None, type=int
+    ),
+    "lanes": Param("PCIe lanes; default: the narrower device port", default=None, type=int),
+    "links": Param(
+        "NVLink links bundled between the two endpoints; default: the device's", default=None, type=int
+    ),
     "bandwidth": positive(
         "per-direction bandwidth; derived from generation and width if omitted", "bandwidth", default=None
     ),  # fmt: skip
@@ -68,14 +79,20 @@ class Link:
     peak_Bps: float
     generation: int | None = None
     source: str = ""  # file:line of the `links:` entry it came from
+    lanes: int | None = None  # PCIe width
+    nvlinks: int | None = None  # NVLink links bundled (counted against the devices' NVLink ports)
 
     @property
     def label(self) -> str:
         return f"{self.type}:{self.a}<->{self.b}"
 
 
-def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[Link]:
-    """Validate one `links:` entry and expand wildcards into concrete point-to-point links."""
+def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str],
+                devices: Mapping[str, Any] | None = None) -> list[Link]:  # fmt: skip
+    """Validate one `links:` entry and expand wildcards into concrete point-to-point links.
+
+    `devices` (name -> Component) gives the ports each end documents; switches have none.
+    """
     p = validate(doc, LINK_SCHEMA, path)
     kind = p["type"]
     between = p["between"]
@@ -88,18 +105,6 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[L
             raise doc.error(path + ("between", str(i)),
                             f"no device or switch named {pat!r} (have: {', '.join(endpoints)})")  # fmt: skip
         sides.append(names)
-    peak = p["bandwidth"]
-    if peak is None:
-        if kind == "pcie":
-            if p["generation"] not in PCIE_GTPS or not p["lanes"]:
-                raise doc.error(path, "a pcie link needs generation (3-6) and lanes, or a bandwidth")
-            peak = pcie_raw_Bps(p["generation"], p["lanes"])
-        elif kind == "nvlink":
-            if p["generation"] not in NVLINK_GBPS_PER_DIR or not p["links"]:
-                raise doc.error(path, "an nvlink link needs generation (2-5) and links, or a bandwidth")
-            peak = NVLINK_GBPS_PER_DIR[p["generation"]] * 1e9 * p["links"]
-        else:
-            raise doc.error(path, f"a {kind} link needs a bandwidth")
     dflt = LINK_DEFAULTS[kind]
     eff = p["efficiency"] if p["efficiency"] is not None else dflt["efficiency"]
     if not 0 < eff <= 1:
@@ -112,23 +117,94 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str]) -> list[L
         for b in sides[1]:
             if a == b:
                 continue
-            links.append(
-                Link(
-                    f"{kind}:{a}-{b}",
-                    kind,
-                    a,
-                    b,
-                    peak * eff,
-                    lat,
-                    p["energy_per_bit"],
-                    peak,
-                    p["generation"],
-                    source,
-                )
-            )
+            ends = [(i, n, devices[n]) for i, n in enumerate((a, b)) if devices and n in devices]
+            peak, gen, lanes, nvlinks = _rate(doc, path, p, ends)
+            links.append(Link(f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, gen,
+                              source, lanes, nvlinks))  # fmt: skip
     if not links:
         raise doc.error(path, "link connects nothing (both ends are the same device)")
     return links
+
+
+def port(comp: Any, kind: str) -> Mapping[str, Any] | None:
+    """The `pcie` or `nvlink` port block a component's type documents (None when its schema has none)."""
+    if kind not in getattr(comp, "SCHEMA", {}):
+        return None
+    block = comp.params.get(kind)
+    return block if isinstance(block, Mapping) else {}
+
+
+def _where(comp: Any, key: tuple[str, ...]) -> str:
+    if getattr(comp, "doc", None) is None:
+        return ".".join(key)
+    file, line = comp.doc.where(key)
+    return f"{file}:{line}: {'.'.join(key)}" if line else f"{file}: {'.'.join(key)}"
+
+
+def _rate(doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: list[tuple[int, str, Any]]
+          ) -> tuple[float, int | None, int | None, int | None]:  # fmt: skip
+    """Peak per-direction rate, generation, lanes and NVLink links of one point-to-point link, checked
+    against (and completed from) the ports of its device ends."""
+    kind, peak, gen = p["type"], p["bandwidth"], p["generation"]
+    lanes = nvlinks = None
+    if kind == "pcie":
+        lanes = p["lanes"]
+        ports = []
+        for _, name, comp in ends:
+            pp = port(comp, "pcie")
+            if not pp or not pp.get("generation") or not pp.get("lanes"):
+                continue  # the device does not state its PCIe port
+            if gen is not None and gen > pp["generation"]:
+                raise doc.error(path + ("generation",), f"a PCIe Gen{gen} link is faster than {name}'s "
+                                f"Gen{pp['generation']} port ({_where(comp, ('pcie', 'generation'))})")  # fmt: skip
+            if lanes is not None and lanes > pp["lanes"]:
+                raise doc.error(path + ("lanes",), f"x{lanes} is wider than {name}'s x{pp['lanes']} PCIe port "
+                                f"({_where(comp, ('pcie', 'lanes'))})")  # fmt: skip
+            ports.append(pp)
+        if gen is None and ports:
+            gen = min(pp["generation"] for pp in ports)  # link training: highest common generation
+        if lanes is None and ports:
+            lanes = min(pp["lanes"] for pp in ports)  # ... and the narrower width
+        if peak is None:
+            if gen not in PCIE_GTPS or not lanes:
+                raise doc.error(path, "a pcie link needs generation (3-6) and lanes, or a bandwidth "
+                                "(or a device end whose pcie port states them)")  # fmt: skip
+            peak = pcie_raw_Bps(gen, lanes)
+    elif kind == "nvlink":
+        nvlinks = p["links"]
+        ports, per_link = [], []
+        for i, name, comp in ends:
+            pp = port(comp, "nvlink")
+            if pp is None:
+                continue  # the device's type documents no NVLink ports
+            if not pp.get("generation") or not pp.get("links"):
+                raise doc.error(path + ("between", str(i)),
+                                f"{name} has no NVLink ports (its preset states no nvlink generation and links)")  # fmt: skip
+            if gen is not None and gen != pp["generation"]:
+                raise doc.error(path + ("generation",), f"NVLink {gen} does not match {name}'s NVLink "
+                                f"{pp['generation']} ports ({_where(comp, ('nvlink', 'generation'))})")  # fmt: skip
+            if nvlinks is not None and nvlinks > pp["links"]:
+                raise doc.error(path + ("links",), f"{nvlinks} links but {name} has {pp['links']} NVLink links "
+                                f"({_where(comp, ('nvlink', 'links'))})")  # fmt: skip
+            ports.append(pp)
+            if pp.get("bandwidth"):  # parts whose links run below the generation's rate (GA102 bridges)
+                per_link.append(pp["bandwidth"] / pp["links"])
+        if gen is None and ports:
+            gens = sorted({pp["generation"] for pp in ports})
+            if len(gens) > 1:
+                raise doc.error(path, f"the ends have NVLink generations {gens[0]} and {gens[1]}, which do not "
+                                "connect")  # fmt: skip
+            gen = gens[0]
+        if nvlinks is None and ports:
+            nvlinks = min(pp["links"] for pp in ports)
+        if peak is None:
+            if gen not in NVLINK_GBPS_PER_DIR or not nvlinks:
+                raise doc.error(path, "an nvlink link needs generation (2-5) and links, or a bandwidth "
+                                "(or a device end whose nvlink port states them)")  # fmt: skip
+            peak = min([NVLINK_GBPS_PER_DIR[gen] * 1e9] + per_link) * nvlinks
+    elif peak is None:
+        raise doc.error(path, f"a {kind} link needs a bandwidth")
+    return peak, gen, lanes, nvlinks
 
 
 def _expand(pattern: str, names: list[str]) -> list[str]:

@@ -50,6 +50,14 @@ class Component:
     SCHEMA: ClassVar[Schema] = {}
     #: op kind -> method name computing its OpCost; subclasses extend.
     COSTS: ClassVar[dict[str, str]] = {}
+    #: whether traffic between two other endpoints may pass through this device (a CPU's root complex);
+    #: a system's `forwarding:` key overrides it per device (simcore/system.py)
+    FORWARDS: ClassVar[bool] = False
+    #: energy actions the costs may emit, `{dtype}` standing for each dtype named by the parameters in
+    #: ACTION_DTYPES (the keys of a per-dtype map, or a dtype value); building a system refuses a
+    #: component that has no `energy_per_action_J` price for one of them
+    ACTIONS: ClassVar[tuple[str, ...]] = ()
+    ACTION_DTYPES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, params: dict[str, Any], doc: Doc | None = None) -> None:
         self.name = name
