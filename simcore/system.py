@@ -129,8 +129,10 @@ class System:
         return self._memory_of.get(device)
 
     def route(self, src: str, dst: str) -> list[tuple[str, str, Link]]:
-        """Hops (from, to, link) of the lowest-latency path through switches and forwarding devices only;
-        ties go to the path met first in the order the links were written (deterministic)."""
+        """Hops (from, to, link) of the lowest-latency path through switches and forwarding devices only.
+        Among equally short paths the rail-aligned one wins: the path whose hops carry the endpoints'
+        index (gpu3 leaves a node through nic3, as NCCL pairs GPUs and NICs on DGX systems); further ties
+        go to the path that names its hops first (deterministic)."""
         key = (src, dst)
         if key not in self._routes:
             if src == dst:
@@ -145,9 +147,10 @@ class System:
                     return d["weight"] if u in ok and v in ok else None
 
                 try:
-                    nodes = nx.shortest_path(self.graph, src, dst, weight=weight)
+                    paths = list(nx.all_shortest_paths(self.graph, src, dst, weight=weight))
                 except nx.NetworkXNoPath:
                     raise self._no_route(src, dst) from None
+                nodes = min(paths, key=lambda path: _rail_rank(path))
                 self._routes[key] = [
                     (a, b, self.graph.edges[a, b]["link"]) for a, b in zip(nodes, nodes[1:], strict=False)
                 ]
@@ -435,3 +438,16 @@ def _resolve_shared(doc: Doc, parts: _Parts, share_at: Mapping[str, tuple[str, .
         if comp.memory_bandwidth_Bps <= 0:
             raise doc.error(path, f"{owner!r} has no memory to share")
         parts.shared[n] = owner
+
+
+def _index(name: str) -> str:
+    """The instance index a name ends with (`node1.gpu3` -> '3'), or ''."""
+    leaf = name.rsplit(".", 1)[-1]
+    digits = leaf[len(leaf.rstrip("0123456789")) :]
+    return digits
+
+
+def _rail_rank(path: list[str]) -> tuple[int, list[str]]:
+    """Sort key of an equal-latency path: more hops sharing an endpoint's index first, then by names."""
+    ends = {_index(path[0]), _index(path[-1])} - {""}
+    return (-sum(_index(n) in ends for n in path[1:-1]), path)

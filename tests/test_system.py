@@ -348,3 +348,14 @@ def test_a_component_that_could_emit_an_unpriced_action_is_refused_where_it_is_d
         load_system("dgx-a100-8", ["gpu.power.tdp=null"])
     ok = load_system("a100-sxm4-80gb", ["power.tdp=null", "energy.flop.fp64=20 pJ/FLOP"]).devices["gpu"]
     assert ok.energy_per_action_J()["flop.fp64"] == pytest.approx(20e-12)
+
+
+def test_cross_node_routes_are_rail_aligned():
+    # Each DGX A100 GPU has its own InfiniBand HCA beside it on the PCIe switch; equally short paths
+    # through either HCA of a switch exist, and rank r talks to rank r over rail r (as NCCL does), so the
+    # eight ranks of a stage use eight different NICs and do not halve each other's bandwidth.
+    system = load_system("dgx-a100-x2")
+    for r in range(8):
+        hops = [b for _, b, _ in system.route(f"node0.gpu{r}", f"node1.gpu{r}")]
+        assert f"node0.nic{r}" in [a for a, _, _ in system.route(f"node0.gpu{r}", f"node1.gpu{r}")]
+        assert f"node1.nic{r}" in hops
