@@ -10,8 +10,6 @@ MEMORY_SCHEMA = {
     "type": Param("DRAM technology (selects energy per bit)", type=str, choices=MEMORY_TYPES),
     "capacity": positive("capacity usable for tensors", "bytes"),
     "bandwidth": positive("peak bandwidth (spec sheet)", "bandwidth"),
-    "bus_width": positive("interface width in bits", default=None, type=int),
-    "channels": positive("independent channels", default=None, type=int),
     "latency": nonneg("load-to-use latency of a DRAM access", "time", default=500e-9),
 }
 

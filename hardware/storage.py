@@ -19,10 +19,7 @@ NVME_SCHEMA: dict[str, Any] = {
     "write_iops": positive("4 KiB random-write IOPS at high queue depth", default=None),
     "queue_depth": positive("outstanding commands the host keeps in flight", type=int, default=64),
     "pcie": PCIE_SCHEMA,
-    "power": {
-        "active": nonneg("power while transferring", "power", default=None),
-        "idle": nonneg("idle power", "power", default=0.0),
-    },
+    "power": {"idle": nonneg("idle power", "power", default=0.0)},
     "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
 }
 

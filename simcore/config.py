@@ -8,8 +8,9 @@ file, the line and the key path of the value it is about.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,29 @@ def apply_overrides(doc: Doc, overrides: Iterable[str | tuple[str, Any]], flag: 
     return Doc(data, origin, doc.file)
 
 
+# ------------------------------------------------------------------------------------- experiments
+
+#: `hardware: NAME` in an experiment is shorthand for `hardware: {base: NAME}` (a preset name or a YAML
+#: path); this is the key path NAME really sets, so overrides and sweep axes can add keys next to it.
+HARDWARE_BASE: Path_ = ("hardware", "base")
+
+
+def expand_hardware_shorthand(doc: Doc) -> Doc:
+    """An experiment document with `hardware: NAME` written out as `hardware: {base: NAME}`, the origin of
+    `hardware.base` being where NAME was written; a document without the shorthand is returned as it is.
+    An experiment that is not a mapping is a ConfigError."""
+    if not isinstance(doc.data, Mapping):
+        raise doc.error((), "an experiment must be a mapping")
+    top, base = HARDWARE_BASE
+    if not isinstance(doc.data.get(top), str):
+        return doc
+    data = copy.deepcopy(doc.data)
+    data[top] = {base: data[top]}
+    origin = dict(doc.origin)
+    origin[HARDWARE_BASE] = doc.where((top,))
+    return Doc(data, origin, doc.file)
+
+
 # ------------------------------------------------------------------------------------------ schema
 
 
@@ -338,15 +362,32 @@ class MapOf:
 Schema = Mapping[str, "Param | MapOf | Mapping"]
 
 
-def validate(doc: Doc, schema: Schema, path: Path_ = (), ignore: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check `doc.data` at `path` against `schema`; return SI-converted values with defaults filled.
+#: The value `walk_schema` reports for a key the data does not hold.
+ABSENT = object()
 
-    Unknown keys, missing required keys, wrong units and out-of-range values raise ConfigError naming
-    file, line and key path.
+Entry = Param | MapOf | Mapping[str, Any]
+
+
+def walk_schema(schema: Schema, data: Any = None, path: Path_ = ()) -> Iterator[tuple[Path_, Entry, Any]]:
+    """Every entry of `schema`, depth first in declaration order, as (key path, entry, value): a Param,
+    a MapOf, or a nested block, which comes before its own entries. The value is what the mapping
+    `data` holds at that path, ABSENT where it holds nothing (a block whose value is not a mapping is
+    walked with its entries ABSENT). The one walk behind validation, `describe`, `hw show` and the
+    sweep's defaults; a consumer that raises on a block stops the walk before it descends into it.
     """
-    data = doc.get(path, {})
+    values = data if isinstance(data, Mapping) else {}
+    for key, entry in schema.items():
+        p = path + (key,)
+        value = values.get(key, ABSENT)
+        yield p, entry, value
+        if not isinstance(entry, Param | MapOf):
+            yield from walk_schema(entry, value, p)
+
+
+def _check_block(doc: Doc, path: Path_, data: Any, schema: Schema, ignore: tuple[str, ...] = ()) -> None:
+    """A block's value must be a mapping (or empty) holding only keys its schema declares."""
     if data is None:
-        data = {}
+        return
     if not isinstance(data, Mapping):
         raise doc.error(path, f"expected a mapping, got {type(data).__name__} {data!r}")
     unknown = [k for k in data if k not in schema and k not in ignore]
@@ -354,21 +395,32 @@ def validate(doc: Doc, schema: Schema, path: Path_ = (), ignore: tuple[str, ...]
         k = unknown[0]
         known = ", ".join(sorted(schema))
         raise doc.error(path + (k,), f"unknown key {k!r} (known: {known})")
+
+
+def validate(doc: Doc, schema: Schema, path: Path_ = (), ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check `doc.data` at `path` against `schema`; return SI-converted values with defaults filled.
+
+    Unknown keys, missing required keys, wrong units and out-of-range values raise ConfigError naming
+    file, line and key path. `ignore` lists keys allowed at the top level without being validated.
+    """
+    data = doc.get(path, {})
+    _check_block(doc, path, data, schema, ignore)
     out: dict[str, Any] = {}
-    for key, spec in schema.items():
-        p = path + (key,)
+    blocks: dict[Path_, dict[str, Any]] = {path: out}  # converted mapping of each block
+    for p, spec, value in walk_schema(schema, data, path):
+        parent, key = blocks[p[:-1]], p[-1]
         if isinstance(spec, Param):
-            if key not in data:
+            if value is ABSENT:
                 if spec.default is REQUIRED:
-                    raise doc.error(path, f"missing required key {key!r} ({spec.doc})")
-                out[key] = spec.default
+                    raise doc.error(p[:-1], f"missing required key {key!r} ({spec.doc})")
+                parent[key] = spec.default
                 continue
             try:
-                out[key] = spec.convert(data[key])
+                parent[key] = spec.convert(value)
             except ValueError as e:
                 raise doc.error(p, str(e)) from None
         elif isinstance(spec, MapOf):
-            sub = data.get(key, spec.default) or {}
+            sub = (spec.default if value is ABSENT else value) or {}
             if not isinstance(sub, Mapping):
                 raise doc.error(p, f"expected a mapping, got {sub!r}")
             conv = {}
@@ -379,17 +431,18 @@ def validate(doc: Doc, schema: Schema, path: Path_ = (), ignore: tuple[str, ...]
                     conv[k] = spec.item.convert(v)
                 except ValueError as e:
                     raise doc.error(p + (k,), str(e)) from None
-            out[key] = conv
+            parent[key] = conv
         else:
-            out[key] = validate(doc, spec, p)
+            _check_block(doc, p, None if value is ABSENT else value, spec)
+            parent[key] = blocks[p] = {}
     return out
 
 
 def describe(schema: Schema, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key path, unit/type, default, doc) rows: the reference `simcore hw params` prints."""
     rows = []
-    for key, spec in schema.items():
-        name = prefix + key
+    for path, spec, _ in walk_schema(schema):
+        name = prefix + ".".join(path)
         if isinstance(spec, Param):
             kind = spec.unit or spec.type.__name__
             if spec.default is REQUIRED:
@@ -403,6 +456,47 @@ def describe(schema: Schema, prefix: str = "") -> list[tuple[str, str, str, str]
         elif isinstance(spec, MapOf):
             keys = f" ({', '.join(spec.keys)})" if spec.keys else ""
             rows.append((name + ".<key>", spec.item.unit or spec.item.type.__name__, "-", spec.doc + keys))
-        else:
-            rows.extend(describe(spec, name + "."))
     return rows
+
+
+def schema_defaults(schema: Schema) -> dict[str, Any]:
+    """Dotted key -> default of every Param in `schema` (None where the key is required)."""
+    return {".".join(p): None if spec.default is REQUIRED else spec.default
+            for p, spec, _ in walk_schema(schema) if isinstance(spec, Param)}  # fmt: skip
+
+
+def param_field(param: Param) -> Any:
+    """A dataclass field documented by `param`, its default the Param's:
+    `batch: int = param_field(positive("sequences in the batch", type=int, default=1))`."""
+    default = dataclasses.MISSING if param.default is REQUIRED else param.default
+    return dataclasses.field(default=default, metadata={"param": param})
+
+
+def dataclass_schema(*classes: type) -> dict[str, Param]:
+    """The schema block the fields of `classes` declare, in field order (first class first).
+
+    A field is documented by a Param in `metadata["param"]` (`param_field(...)`, or
+    `dataclasses.field(default=..., metadata={"param": ...})`, whose default fills a Param that has none);
+    fields without one are left out. A field several classes share is declared by the first; the others
+    may word its doc differently but must validate it alike (unit, type, default, choices, minimum),
+    else TypeError, as for a field whose default differs from its Param's.
+    """
+    out: dict[str, Param] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            param = f.metadata.get("param")
+            if param is None:
+                continue
+            if not isinstance(param, Param):
+                raise TypeError(f"{cls.__name__}.{f.name}: metadata['param'] is not a Param: {param!r}")
+            if f.default is not dataclasses.MISSING:
+                if param.default is REQUIRED:
+                    param = dataclasses.replace(param, default=f.default)
+                elif f.default != param.default:
+                    raise TypeError(f"{cls.__name__}.{f.name} defaults to {f.default!r}, its Param to "
+                                    f"{param.default!r}")  # fmt: skip
+            first = out.setdefault(f.name, param)
+            if dataclasses.replace(first, doc="") != dataclasses.replace(param, doc=""):
+                raise TypeError(f"{cls.__name__}.{f.name} is validated unlike the {f.name!r} declared before "
+                                f"({param} vs {first})")  # fmt: skip
+    return out

@@ -6,7 +6,6 @@ Loading checks everything before time zero (schema, placement, op kinds and dtyp
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,7 +13,17 @@ from typing import Any
 
 from models.cnn import BUILDERS
 from models.llm import LLMSpec, load_llm
-from simcore.config import Doc, Param, apply_overrides, load_yaml, parse_yaml, positive, validate
+from simcore.config import (
+    Doc,
+    Param,
+    apply_overrides,
+    dataclass_schema,
+    expand_hardware_shorthand,
+    load_yaml,
+    parse_yaml,
+    positive,
+    validate,
+)
 from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan, place
 from simcore.mapping.plan import SCHEDULES
@@ -56,16 +65,6 @@ def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: s
 # ------------------------------------------------------------------------------------------ YAML
 
 
-def _scenario_schema() -> dict[str, Param]:
-    """The `scenario:` block: `kind` and every registered scenario's fields (documented on the field)."""
-    out: dict[str, Param] = {"kind": Param("what to simulate", type=str, choices=tuple(SCENARIOS))}
-    for cls in SCENARIOS.values():
-        for f in fields(cls):
-            if "param" in f.metadata:
-                out.setdefault(f.name, f.metadata["param"])
-    return out
-
-
 EXPERIMENT_SCHEMA = {
     "name": Param("experiment name", type=str, default="experiment"),
     "description": Param("free text", type=str, default=""),
@@ -97,7 +96,10 @@ EXPERIMENT_SCHEMA = {
             "keep layer weights in host memory and stream them to the GPUs", type=bool, default=False
         )
     },  # fmt: skip
-    "scenario": _scenario_schema(),
+    "scenario": {
+        "kind": Param("what to simulate", type=str, choices=tuple(SCENARIOS)),
+        **dataclass_schema(*SCENARIOS.values()),
+    },
 }
 
 
@@ -134,16 +136,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         doc = parse_yaml(yaml.safe_dump(dict(ref), sort_keys=False), "<experiment>")
     else:
         doc = load_yaml(ref)
-    if not isinstance(doc.data, Mapping):
-        raise doc.error((), "an experiment must be a mapping")
-    if isinstance(
-        doc.data.get("hardware"), str
-    ):  # `hardware: NAME` is shorthand for `hardware: {base: NAME}`
-        data = copy.deepcopy(doc.data)
-        data["hardware"] = {"base": data["hardware"]}
-        origin = dict(doc.origin)
-        origin[("hardware", "base")] = doc.where(("hardware",))
-        doc = Doc(data, origin, doc.file)
+    doc = expand_hardware_shorthand(doc)
     doc = apply_overrides(doc, overrides)
     if "hardware" not in doc.data:
         raise doc.error((), "missing required key 'hardware' (a preset name or path)")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from simcore.config import MapOf, Param
+from simcore.config import ABSENT, MapOf, Param, Path_, walk_schema
 from simcore.system import System
 from simcore.units import fmt
 
@@ -18,26 +18,24 @@ def _value(spec: Param | None, v: Any) -> str:
     return str(v)
 
 
-def _walk(schema: Mapping[str, Any], params: Mapping[str, Any], path: tuple[str, ...]):
-    for key, spec in schema.items():
-        if key == "abstract":
+def _leaves(schema: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[tuple[Path_, Param, Any]]:
+    """(key path, Param, value) of every resolved parameter, a MapOf's entries one by one."""
+    for path, spec, v in walk_schema(schema, params):
+        if "abstract" in path:
             continue
-        p = path + (key,)
-        v = params.get(key)
+        v = None if v is ABSENT else v
         if isinstance(spec, Param):
-            yield p, spec, v
+            yield path, spec, v
         elif isinstance(spec, MapOf):
             for k, item in (v or {}).items():
-                yield p + (k,), spec.item, item
-        else:
-            yield from _walk(spec, v or {}, p)
+                yield path + (k,), spec.item, item
 
 
 def show_rows(system: System) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, comp in system.devices.items():
         rows.append((name, "type", comp.type_name, ""))
-        for path, spec, v in _walk(comp.SCHEMA, comp.params, ()):
+        for path, spec, v in _leaves(comp.SCHEMA, comp.params):
             src = "default"
             if comp.doc is not None and path in comp.doc.origin:
                 file, line = comp.doc.origin[path]

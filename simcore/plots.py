@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from simcore.units import DISPLAY_SCALES, kind_from_name
+from simcore.sweep.analysis import pareto_front, sensitivity_summary
+from simcore.units import DISPLAY_SCALES, column_kind
 
 #: Colours per op kind, stable across plots.
 KIND_COLORS = {
@@ -56,16 +57,6 @@ def unit_scale(kind: str, values: Iterable[float]) -> tuple[float, str]:
         if typical >= scale:
             return scale, sym
     return DISPLAY_SCALES[kind][-1]
-
-
-def column_kind(df: Any, col: str) -> str | None:
-    """The unit kind of a result or sweep column: recorded axis units first, else the name's suffix."""
-    if df is not None:
-        k = df.attrs.get("units", {}).get(col)
-        if k:
-            return k
-    k = kind_from_name(col)
-    return k if k in DISPLAY_SCALES else None  # rates and fractions are plotted as plain numbers
 
 
 def column_label(col: str, df: Any = None) -> tuple[str, float]:
@@ -328,8 +319,6 @@ def pareto_scatter(df: Any, x: str, y: str, *, color: str | None = None, goals: 
     x and y (goals from `goals`, else the sweep's objectives, else x min / y max) drawn as a staircase."""
     import numpy as np
 
-    from simcore.sweep.analysis import pareto_front
-
     objectives = df.attrs.get("objectives", {})
     g = {x: objectives.get(x, "min"), y: objectives.get(y, "max")}
     if goals:
@@ -374,8 +363,6 @@ def tornado(
 ) -> Any:
     """One-factor sensitivity as a tornado chart: per axis, the range of `metric`'s relative change
     (from `simcore.sweep.sensitivity`), widest on top."""
-    from simcore.sweep.analysis import sensitivity_summary
-
     s = sensitivity_summary(df, metric)
     fig, ax = _figure(ax, (7.0, 1.2 + 0.5 * len(s)))
     ypos = range(len(s))

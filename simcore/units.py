@@ -7,6 +7,7 @@ Each quantity kind has its own table, so "80 GB/s" is never accepted where a cap
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _DEC = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _BIN = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
@@ -39,6 +40,14 @@ class UnitError(ValueError):
     """A value that is not a number with a unit of the expected kind."""
 
 
+def split_unit(text: str) -> tuple[float, str] | None:
+    """ "3.35 TB/s" -> (3.35, "TB/s"), "12" -> (12.0, ""); None when `text` does not start with a number."""
+    m = _NUM.match(text)
+    if not m:
+        return None
+    return float(m.group(1)), (m.group(2) or "").strip()
+
+
 def parse(value: object, kind: str) -> float:
     """Parse `value` ("3.35 TB/s", "80 GiB", 1.41e9) into the SI base unit of `kind`.
 
@@ -51,15 +60,50 @@ def parse(value: object, kind: str) -> float:
         return float(value)
     if not isinstance(value, str):
         raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
-    m = _NUM.match(value)
-    if not m:
+    parts = split_unit(value)
+    if parts is None:
         raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
-    number, unit = float(m.group(1)), (m.group(2) or "").strip()
+    number, unit = parts
     if unit == "":
         return number
     if unit not in table:
         raise UnitError(f"unknown unit {unit!r} for a {kind.replace('_', ' ')} (e.g. {example(kind)!r})")
     return number * table[unit]
+
+
+def unit_kind(unit: str) -> str | None:
+    """The quantity kind a unit symbol belongs to ("TB/s" -> "bandwidth"), or None.
+
+    The only symbols in two tables are the `J/bit` ones, read as energy per bit (listed first in UNITS).
+    """
+    for kind, table in UNITS.items():
+        if unit in table:
+            return kind
+    return None
+
+
+def to_number(value: Any) -> Any:
+    """A number for values like "3.35 TB/s" or "80 GiB" (SI base units), the kind read off the unit;
+    a numeric string without a unit becomes a float; anything else is returned unchanged."""
+    if isinstance(value, str):
+        parts = split_unit(value)
+        if parts:
+            number, unit = parts
+            if not unit:
+                return number
+            kind = unit_kind(unit)
+            if kind:
+                return number * UNITS[kind][unit]
+    return value
+
+
+def value_kind(value: Any) -> str | None:
+    """The quantity kind of a value written with a unit ("3.35 TB/s" -> "bandwidth"), else None."""
+    if isinstance(value, str):
+        parts = split_unit(value)
+        if parts and parts[1]:
+            return unit_kind(parts[1])
+    return None
 
 
 def example(kind: str) -> str:
@@ -117,3 +161,15 @@ def kind_from_name(name: str) -> str | None:
         if name.endswith(suffix):
             return kind
     return None
+
+
+def column_kind(df: Any, col: str) -> str | None:
+    """The display unit kind of a result or sweep column: the units recorded in `df.attrs["units"]` (a
+    pandas DataFrame's, e.g. a sweep's axes) first, else the name's suffix; None for rates and fractions,
+    which are shown as plain numbers."""
+    if df is not None:
+        k = getattr(df, "attrs", {}).get("units", {}).get(col)
+        if k:
+            return k
+    k = kind_from_name(col)
+    return k if k in DISPLAY_SCALES else None

@@ -1,12 +1,28 @@
 """Bad input: one line naming file, line and key path; never a traceback."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from simcore.config import apply_overrides, parse_yaml
+from simcore.config import (
+    ABSENT,
+    REQUIRED,
+    MapOf,
+    Param,
+    apply_overrides,
+    dataclass_schema,
+    describe,
+    expand_hardware_shorthand,
+    param_field,
+    parse_yaml,
+    positive,
+    schema_defaults,
+    validate,
+    walk_schema,
+)
 from simcore.errors import ConfigError
 from simcore.experiment import load_experiment
 from simcore.system import load_system
@@ -176,3 +192,108 @@ def test_impossible_placements_fail_before_anything_runs(tmp_path, lines, needle
     with pytest.raises(ConfigError) as e:
         load_experiment(_write(tmp_path, "exp.yaml", text))
     assert needle in str(e.value)
+
+
+# ------------------------------------------------------------------------------------ schema walking
+SCHEMA = {
+    "a": positive("a number", default=1.0),
+    "block": {"b": Param("a string", type=str), "inner": {"c": positive("a size", "bytes", default=None)}},
+    "peaks": MapOf(positive("", "flops"), "per dtype"),
+}
+
+
+def test_walk_schema_visits_blocks_before_their_entries_with_the_values_at_each_path():
+    data = {"block": {"b": "x", "inner": None}, "peaks": {"bf16": "1 TFLOP/s"}}
+    walked = [(p, v) for p, _, v in walk_schema(SCHEMA, data)]
+    assert [p for p, _ in walked] == [("a",), ("block",), ("block", "b"), ("block", "inner"),
+                                      ("block", "inner", "c"), ("peaks",)]  # fmt: skip
+    values = dict(walked)
+    assert values[("a",)] is ABSENT and values[("block", "b")] == "x" and values[("block", "inner")] is None
+    assert values[("block", "inner", "c")] is ABSENT  # a block holding no mapping: its entries are absent
+    assert values[("peaks",)] == {"bf16": "1 TFLOP/s"}
+
+
+def test_validate_describe_and_defaults_share_the_walk():
+    doc = parse_yaml("block: {b: x, inner: {c: 2 KiB}}\npeaks: {bf16: 1 TFLOP/s}\n", "s.yaml")
+    assert validate(doc, SCHEMA) == {
+        "a": 1.0,
+        "block": {"b": "x", "inner": {"c": 2048.0}},
+        "peaks": {"bf16": 1e12},
+    }
+    assert [r[0] for r in describe(SCHEMA)] == ["a", "block.b", "block.inner.c", "peaks.<key>"]
+    assert schema_defaults(SCHEMA) == {"a": 1.0, "block.b": None, "block.inner.c": None}
+    with pytest.raises(ConfigError, match=r"s.yaml:1: block: missing required key 'b'"):
+        validate(parse_yaml("block: {inner: {}}\n", "s.yaml"), SCHEMA)
+    with pytest.raises(ConfigError, match=r"s.yaml:1: block.inner: expected a mapping, got int 3"):
+        validate(parse_yaml("block: {b: x, inner: 3}\n", "s.yaml"), SCHEMA)
+    with pytest.raises(ConfigError, match=r"s.yaml:3: block.inner.d: unknown key 'd' \(known: c\)"):
+        validate(parse_yaml("block:\n  b: x\n  inner: {d: 1}\n", "s.yaml"), SCHEMA)
+
+
+# ------------------------------------------------------------------------- schemas from dataclasses
+BATCH = positive("sequences in the batch", type=int, default=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prefill:
+    batch: int = param_field(BATCH)
+    prompt_len: int = dataclasses.field(default=512, metadata={"param": positive("prompt tokens", type=int)})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decode:
+    batch: int = param_field(BATCH)
+    context_len: int = param_field(positive("tokens in the KV cache", type=int, default=512))
+
+
+def test_dataclass_schema_declares_each_field_once():
+    schema = dataclass_schema(_Prefill, _Decode)
+    assert list(schema) == ["batch", "prompt_len", "context_len"]
+    assert schema["batch"] is BATCH
+    assert schema["prompt_len"] == positive("prompt tokens", type=int, default=512)  # the field's default
+    assert _Prefill() == _Prefill(1, 512)  # param_field gives the dataclass the Param's default
+    p = validate(parse_yaml("batch: 4\ncontext_len: 64\n"), {"kind": Param("", type=str, default="decode"),
+                                                           **schema})  # fmt: skip
+    assert _Decode(**{k: v for k, v in p.items() if k in _Decode.__dataclass_fields__}) == _Decode(4, 64)
+
+
+def test_dataclass_schema_keeps_the_first_of_shared_fields_and_rejects_conflicts():
+    @dataclasses.dataclass
+    class Frames:
+        batch: int = param_field(positive("frames in the batch", type=int, default=1))  # same check, own doc
+        internal: int = 0  # no Param: not in the schema
+
+    @dataclasses.dataclass
+    class OtherBatch:
+        batch: int = param_field(positive("sequences", type=int, default=2))
+
+    @dataclasses.dataclass
+    class TwoDefaults:
+        batch: int = dataclasses.field(default=2, metadata={"param": BATCH})
+
+    @dataclasses.dataclass
+    class Required:
+        batch: int = dataclasses.field(metadata={"param": positive("sequences", type=int)})
+
+    assert dataclass_schema(_Prefill, Frames) == {
+        "batch": BATCH,
+        "prompt_len": dataclass_schema(_Prefill)["prompt_len"],
+    }
+    assert dataclass_schema(Frames)["batch"].doc == "frames in the batch"
+    with pytest.raises(TypeError, match="OtherBatch.batch is validated unlike the 'batch' declared before"):
+        dataclass_schema(_Prefill, OtherBatch)
+    with pytest.raises(TypeError, match="defaults to 2, its Param to 1"):
+        dataclass_schema(TwoDefaults)
+    assert dataclass_schema(Required)["batch"].default is REQUIRED
+
+
+# ------------------------------------------------------------------------------ hardware shorthand
+def test_hardware_shorthand_is_written_out_where_it_was_written():
+    doc = parse_yaml("name: t\nhardware: a100-sxm4-80gb\n", "e.yaml")
+    out = expand_hardware_shorthand(doc)
+    assert out.data["hardware"] == {"base": "a100-sxm4-80gb"} and doc.data["hardware"] == "a100-sxm4-80gb"
+    assert out.where(("hardware", "base")) == ("e.yaml", 2)
+    full = parse_yaml("hardware: {base: a100-sxm4-80gb, sms: 100}\n")
+    assert expand_hardware_shorthand(full) is full
+    with pytest.raises(ConfigError, match="an experiment must be a mapping"):
+        expand_hardware_shorthand(parse_yaml("- a\n- b\n", "e.yaml"))

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from simcore.config import positive
+from simcore.config import param_field, positive
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, register
 
 
 @register("decode")
 @dataclass(frozen=True)
 class Decode(LLMScenario):
-    batch: int = field(default=1, metadata={"param": positive("sequences in the batch", type=int, default=1)})
-    context_len: int = field(
-        default=512, metadata={"param": positive("tokens in the KV cache", type=int, default=512)}
-    )
+    batch: int = param_field(positive("sequences in the batch", type=int, default=1))
+    context_len: int = param_field(positive("tokens in the KV cache", type=int, default=512))
 
     def drive(self, run: LLMRun) -> Process:
         env = run.engine.env

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from simcore.config import positive
+from simcore.config import param_field, positive
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, register
 from simcore.scenarios.prefill import prefill_then_decode
 
@@ -12,11 +12,9 @@ from simcore.scenarios.prefill import prefill_then_decode
 @register("generate")
 @dataclass(frozen=True)
 class Generate(LLMScenario):
-    batch: int = field(default=1, metadata={"param": positive("sequences in the batch", type=int, default=1)})
-    prompt_len: int = field(default=512, metadata={"param": positive("prompt tokens", type=int, default=512)})
-    new_tokens: int = field(
-        default=128, metadata={"param": positive("tokens to generate", type=int, default=128)}
-    )
+    batch: int = param_field(positive("sequences in the batch", type=int, default=1))
+    prompt_len: int = param_field(positive("prompt tokens", type=int, default=512))
+    new_tokens: int = param_field(positive("tokens to generate", type=int, default=128))
 
     def drive(self, run: LLMRun) -> Process:
         return prefill_then_decode(run, self.batch, self.prompt_len, self.new_tokens)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from simcore.config import positive
+from simcore.config import param_field, positive
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, decode_step, register
 
 
 @register("prefill")
 @dataclass(frozen=True)
 class Prefill(LLMScenario):
-    batch: int = field(default=1, metadata={"param": positive("sequences in the batch", type=int, default=1)})
-    prompt_len: int = field(default=512, metadata={"param": positive("prompt tokens", type=int, default=512)})
+    batch: int = param_field(positive("sequences in the batch", type=int, default=1))
+    prompt_len: int = param_field(positive("prompt tokens", type=int, default=512))
 
     def drive(self, run: LLMRun) -> Process:
         return prefill_then_decode(run, self.batch, self.prompt_len, 1)

@@ -3,11 +3,11 @@ every op of the network (a GPU or a systolic array), weights resident in its mem
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from models.cnn import build, param_count
-from simcore.config import positive
+from simcore.config import param_field, positive
 from simcore.engine import Engine
 from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan
@@ -22,7 +22,7 @@ from simcore.system import System
 @dataclass(frozen=True)
 class Inference(Scenario):
     workload = "vision"
-    batch: int = field(default=1, metadata={"param": positive("frames in the batch", type=int, default=1)})
+    batch: int = param_field(positive("frames in the batch", type=int, default=1))
 
     def run(self, system: System, model: str, plan: ExecutionPlan, keep_records: bool) -> Result:
         network, dtype = model, plan.dtype

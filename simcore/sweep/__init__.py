@@ -15,8 +15,8 @@ import types
 from typing import Any
 
 from simcore.sweep import command as _command  # noqa: F401  (registers `simcore sweep`)
-from simcore.sweep.analysis import pareto_front, pareto_mask, sensitivity, sensitivity_summary, top_table
-from simcore.sweep.core import run_sweep, sweep
+from simcore.sweep.analysis import pareto_front, pareto_mask, sensitivity_summary, top_table
+from simcore.sweep.core import run_sweep, sensitivity, sweep
 from simcore.sweep.spec import Axis, SweepSpec, load_sweep
 from simcore.sweep.store import Store, point_key
 

@@ -1,17 +1,17 @@
 """Reading a sweep: the Pareto front over chosen objectives, one-factor-at-a-time sensitivity, and the
-compact table the CLI prints."""
+compact table the CLI prints. Everything here takes a sweep's DataFrame (or its spec) and runs nothing:
+`simcore.sweep.core.sensitivity` runs the points `sensitivity_points` plans."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from simcore.plots import column_kind
-from simcore.sweep.spec import Axis, SweepSpec, load_sweep, to_number
+from simcore.sweep.spec import Axis, SweepSpec
 from simcore.tables import text_table
+from simcore.units import column_kind, fmt, to_number
 
 
 def pareto_mask(costs: Any) -> Any:
@@ -67,37 +67,36 @@ def _center(a: Axis) -> Any:
     return a.at(0.5)
 
 
-def sensitivity(spec: str | Path | Mapping[str, Any] | SweepSpec, center: Mapping[str, Any] | None = None,
-                steps: int = 5, metrics: Sequence[str] | None = None, **run_kwargs: Any) -> Any:  # fmt: skip
-    """One-factor-at-a-time sensitivity around a center point: each axis walks its values (a range in
-    `steps` steps) while the others stay at the center (default: each axis's middle value).
-
-    Returns a DataFrame with `axis` (the one varied, "center" for the center row), `value`, every sweep
-    column, and `<metric>_rel` = metric / metric at the center - 1 for each of `metrics` (default: the
-    objectives, else latency_s, tokens_per_s and energy_per_token_j). `run_kwargs` go to the sweep runner
-    (workers, backend, out, cache, progress).
-    """
-    from simcore.sweep.core import run_sweep
-
-    s = spec if isinstance(spec, SweepSpec) else load_sweep(spec)
-    mid = {a.name: _center(a) for a in s.axes}
+def sensitivity_points(spec: SweepSpec, center: Mapping[str, Any] | None = None, steps: int = 5
+                       ) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:  # fmt: skip
+    """The points of a one-factor-at-a-time study around a center point, and each point's label: the center
+    (default: each axis's middle value) labelled ("center", None), then each axis walking its values (a
+    range in `steps` steps) while the others stay at the center, labelled (axis, value as a number)."""
+    mid = {a.name: _center(a) for a in spec.axes}
     if center:
         unknown = [k for k in center if k not in mid]
         if unknown:
-            raise KeyError(f"{unknown[0]!r} is not an axis of sweep {s.name!r} (axes: {', '.join(mid)})")
+            raise KeyError(f"{unknown[0]!r} is not an axis of sweep {spec.name!r} (axes: {', '.join(mid)})")
         mid.update(center)
     points: list[dict[str, Any]] = [dict(mid)]
     labels: list[tuple[str, Any]] = [("center", None)]
-    for a in s.axes:
+    for a in spec.axes:
         axis = dataclasses.replace(a, steps=a.steps or steps) if a.continuous else a
         for v in axis.levels():
             points.append({**mid, a.name: v})
             labels.append((a.name, to_number(v)))
-    df = run_sweep(s, points, **run_kwargs)
+    return points, labels
+
+
+def sensitivity_table(df: Any, labels: Sequence[tuple[str, Any]], metrics: Sequence[str] | None = None,
+                      objectives: Sequence[str] = ()) -> Any:  # fmt: skip
+    """The sweep DataFrame of `sensitivity_points`' points (in their order) with `axis` and `value` columns
+    first, and `<metric>_rel` = metric / metric at the center - 1 for each of `metrics` (default: the
+    `objectives`, else latency_s, tokens_per_s and energy_per_token_j). Changes `df` in place."""
     df.insert(0, "axis", [lab for lab, _ in labels])
     df.insert(1, "value", [v if lab != "center" else math.nan for lab, v in labels])
     if metrics is None:
-        metrics = list(s.objectives) or [
+        metrics = list(objectives) or [
             m for m in ("latency_s", "tokens_per_s", "energy_per_token_j") if m in df
         ]
     base = df.iloc[0]
@@ -119,8 +118,6 @@ def sensitivity_summary(df: Any, metric: str) -> Any:
 
 # ----------------------------------------------------------------------------------------- tables
 def format_value(df: Any, col: str, v: Any) -> str:
-    from simcore.units import fmt
-
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, int | float):

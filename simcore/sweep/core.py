@@ -1,9 +1,12 @@
 """A sweep from start to finish: sample points, apply constraints, skip cached points, run the rest on a
-backend, evaluate objectives, mark the Pareto front, and return one pandas DataFrame row per point."""
+backend, evaluate objectives, mark the Pareto front, and return one pandas DataFrame row per point; and
+the one-factor-at-a-time sensitivity run."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -14,9 +17,11 @@ from typing import Any
 import simcore
 from simcore.errors import ConfigError
 from simcore.sweep import runner
+from simcore.sweep.analysis import pareto_front, sensitivity_points, sensitivity_table
 from simcore.sweep.expr import MissingName
-from simcore.sweep.spec import SweepSpec, flatten, load_sweep, to_number, value_kind
+from simcore.sweep.spec import SweepSpec, flatten, load_sweep
 from simcore.sweep.store import Store, code_fingerprint, point_key
+from simcore.units import to_number, unit_kind, value_kind
 
 MIN_POINTS_PER_WORKER = 16  # below this a process pool costs more than it saves
 
@@ -127,6 +132,8 @@ def run_sweep(spec: SweepSpec, points: Sequence[Mapping[str, Any]] | None = None
             if task.store is None:
                 store.put(rec)
             records[rec["key"]] = rec
+        if task.store is None:
+            store.flush()
         bad = sum(r["status"] != "ok" for r in recs)
         bar.update(len(recs), infeasible=bad)
 
@@ -153,9 +160,23 @@ def run_sweep(spec: SweepSpec, points: Sequence[Mapping[str, Any]] | None = None
     return df
 
 
-def _progress_mode(progress: bool | str | None) -> str:
-    import sys
+def sensitivity(spec: str | Path | Mapping[str, Any] | SweepSpec, center: Mapping[str, Any] | None = None,
+                steps: int = 5, metrics: Sequence[str] | None = None, **run_kwargs: Any) -> Any:  # fmt: skip
+    """One-factor-at-a-time sensitivity around a center point: each axis walks its values (a range in
+    `steps` steps) while the others stay at the center (default: each axis's middle value).
 
+    Returns a DataFrame with `axis` (the one varied, "center" for the center row), `value`, every sweep
+    column, and `<metric>_rel` = metric / metric at the center - 1 for each of `metrics` (default: the
+    objectives, else latency_s, tokens_per_s and energy_per_token_j). `run_kwargs` go to the sweep runner
+    (workers, backend, out, cache, progress).
+    """
+    s = spec if isinstance(spec, SweepSpec) else load_sweep(spec)
+    points, labels = sensitivity_points(s, center, steps)
+    df = run_sweep(s, points, **run_kwargs)
+    return sensitivity_table(df, labels, metrics, list(s.objectives))
+
+
+def _progress_mode(progress: bool | str | None) -> str:
     if isinstance(progress, str):
         return progress
     if progress is None:
@@ -180,8 +201,6 @@ def _frame(
     spec: SweepSpec, rows: list[dict[str, Any]], records: Mapping[str, dict[str, Any]], stats: Stats
 ) -> Any:
     import pandas as pd
-
-    from simcore.sweep.analysis import pareto_front
 
     axis_names = [a.name for a in spec.axes]
     post = spec.post_constraints()
@@ -237,8 +256,6 @@ def _frame(
 
 
 def _axis_kind(axis: Any) -> str | None:
-    from simcore.sweep.spec import unit_kind
-
     if axis.unit:
         return unit_kind(axis.unit)
     for v in axis.values:
@@ -249,8 +266,6 @@ def _axis_kind(axis: Any) -> str | None:
 
 
 def _write_summary(store: Store, spec: SweepSpec, df: Any) -> None:
-    import json
-
     try:
         store.write_text("results.csv", df.to_csv(index=False))
         meta = {"name": spec.name, "file": spec.file, "axes": df.attrs.get("axes"),

@@ -21,9 +21,17 @@ from typing import Any
 import yaml
 
 from simcore import units
-from simcore.config import Doc, load_yaml, parse_yaml
+from simcore.config import (
+    HARDWARE_BASE,
+    Doc,
+    expand_hardware_shorthand,
+    load_yaml,
+    parse_yaml,
+    schema_defaults,
+)
 from simcore.errors import ConfigError
 from simcore.sweep.expr import Expr, ExprError, MissingName
+from simcore.units import to_number, unit_kind
 
 SAMPLING_METHODS = ("grid", "zip", "random", "lhs", "sobol")
 SWEEP_KEYS = ("name", "description", "base", "axes", "set", "sampling", "samples", "seed", "constraints",
@@ -38,45 +46,10 @@ METRICS = ("latency_s", "time_per_output_token_s", "tokens_per_s", "prefill_time
            "peak_memory_max_B", "experiment", "model", "dtype")  # fmt: skip
 #: Summary entries that are per-device mappings, flattened to `prefix.device...`.
 METRIC_PREFIXES = ("peak_memory_B.", "utilization.", "energy_by_component_j.")
-#: Preferred unit kinds when a unit symbol could belong to several (e.g. "pJ/bit").
-_KIND_ORDER = ("bandwidth", "bytes", "flops", "frequency", "time", "power", "energy", "energy_per_bit",
-               "energy_per_byte", "energy_per_op", "length")  # fmt: skip
-_NUM_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\s\d].*?)?\s*$")
-
 Where = tuple[str, int | None]
 
 
 # ------------------------------------------------------------------------------------------ values
-def unit_kind(unit: str) -> str | None:
-    """The quantity kind a unit symbol belongs to ("TB/s" -> "bandwidth"), or None."""
-    for kind in _KIND_ORDER:
-        if unit in units.UNITS[kind]:
-            return kind
-    return None
-
-
-def to_number(value: Any) -> Any:
-    """A number for values like "3.35 TB/s" or "80 GiB" (SI base units); anything else unchanged."""
-    if isinstance(value, str):
-        m = _NUM_UNIT.match(value)
-        if m:
-            unit = (m.group(2) or "").strip()
-            if not unit:
-                return float(m.group(1))
-            kind = unit_kind(unit)
-            if kind:
-                return units.parse(value, kind)
-    return value
-
-
-def value_kind(value: Any) -> str | None:
-    if isinstance(value, str):
-        m = _NUM_UNIT.match(value)
-        if m and m.group(2):
-            return unit_kind(m.group(2).strip())
-    return None
-
-
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, Any] = {}
@@ -173,8 +146,8 @@ def _axis(doc: Doc, name: str) -> Axis:
         for i, v in enumerate(raw):
             if v is None:
                 raise doc.error(path + (str(i),), "empty value in an axis")
-        if name == "hardware" and all(isinstance(v, str) for v in raw):
-            key = "hardware.base"  # swapping presets keeps the base experiment's hardware overrides
+        if name == HARDWARE_BASE[0] and all(isinstance(v, str) for v in raw):
+            key = ".".join(HARDWARE_BASE)  # swapping presets keeps the base experiment's hardware overrides
         return Axis(name, key, tuple(raw), where=where)
     if not isinstance(raw, Mapping):
         raise doc.error(path, f"expected a list of values or a range {{low, high}}, got {raw!r}")
@@ -211,14 +184,13 @@ def _axis(doc: Doc, name: str) -> Axis:
 def _split_number(doc: Doc, path: tuple[str, ...], value: Any) -> tuple[float, str]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value), ""
-    if isinstance(value, str):
-        m = _NUM_UNIT.match(value)
-        if m:
-            unit = (m.group(2) or "").strip()
-            if unit and unit_kind(unit) is None:
-                raise doc.error(path, f"unknown unit {unit!r} in {value!r}")
-            return float(m.group(1)), unit
-    raise doc.error(path, f"expected a number or a number with a unit (like '3.35 TB/s'), got {value!r}")
+    parts = units.split_unit(value) if isinstance(value, str) else None
+    if parts is None:
+        raise doc.error(path, f"expected a number or a number with a unit (like '3.35 TB/s'), got {value!r}")
+    number, unit = parts
+    if unit and unit_kind(unit) is None:
+        raise doc.error(path, f"unknown unit {unit!r} in {value!r}")
+    return number, unit
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -282,7 +254,7 @@ class SweepSpec:
 
     name: str
     file: str
-    base: Doc  #: the base experiment, `hardware:` normalized to a mapping with `base:`
+    base: Doc  #: the base experiment, `hardware: NAME` written out (config.expand_hardware_shorthand)
     base_file: str | None  #: the experiment YAML `base:` names, None when inline
     axes: list[Axis]
     sampling: Sampling
@@ -339,7 +311,7 @@ class SweepSpec:
         """Names a constraint may read before the point runs: config keys (SI numbers), axis names."""
         env = dict(self.defaults)
         env.update({k: to_number(v) for k, v in flatten(config).items()})
-        env["hardware"] = env.get("hardware.base")
+        env[HARDWARE_BASE[0]] = env.get(".".join(HARDWARE_BASE))
         env.update({k: to_number(v) for k, v in point.items()})
         for name, expr in self.derived.items():
             if expr.names <= self.config_names | set(self.derived):
@@ -368,34 +340,10 @@ def _load_doc(ref: str | Path | Mapping[str, Any] | Doc) -> Doc:
     return load_yaml(ref)
 
 
-def _normalize_experiment(doc: Doc) -> Doc:
-    """`hardware: NAME` -> `hardware: {base: NAME}`, as load_experiment does, so axes can set keys in it."""
-    if not isinstance(doc.data, Mapping):
-        raise doc.error((), "an experiment must be a mapping")
-    if isinstance(doc.data.get("hardware"), str):
-        data = copy.deepcopy(doc.data)
-        data["hardware"] = {"base": data["hardware"]}
-        origin = dict(doc.origin)
-        origin[("hardware", "base")] = doc.where(("hardware",))
-        return Doc(data, origin, doc.file)
-    return doc
-
-
 def _schema_defaults() -> dict[str, Any]:
-    from simcore.config import REQUIRED, Param
-    from simcore.experiment import EXPERIMENT_SCHEMA
+    from simcore.experiment import EXPERIMENT_SCHEMA  # the simulator, loaded when a sweep is, not by the CLI
 
-    out: dict[str, Any] = {}
-
-    def walk(schema: Mapping[str, Any], prefix: str) -> None:
-        for k, v in schema.items():
-            if isinstance(v, Param):
-                out[prefix + k] = None if v.default is REQUIRED else v.default
-            elif isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-
-    walk(EXPERIMENT_SCHEMA, "")
-    return out
+    return schema_defaults(EXPERIMENT_SCHEMA)
 
 
 def load_sweep(ref: str | Path | Mapping[str, Any] | Doc, check: bool = True) -> SweepSpec:
@@ -428,7 +376,7 @@ def load_sweep(ref: str | Path | Mapping[str, Any] | Doc, check: bool = True) ->
         base = doc.sub(("base",))
     else:
         raise doc.error(("base",), f"expected an experiment mapping or a YAML path, got {base_ref!r}")
-    base = _normalize_experiment(base)
+    base = expand_hardware_shorthand(base)
 
     # axes
     raw_axes = doc.data.get("axes") or {}
