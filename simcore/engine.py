@@ -36,22 +36,27 @@ class Engine:
         self.net = FlowNetwork(self.env)
         self.keep_records = keep_records
         self.res: dict[str, Resource] = {}
+        self.capacity_B: dict[str, float] = {}  # memory -> bytes it holds
         self._labels: dict[str, tuple[str, object]] = {}  # resource name -> (utilization label, link)
         self.mem: dict[str, str] = {}  # device -> memory resource it reads (and ops use)
         self.mem_in: dict[str, str] = {}  # device -> where DMA writes land (a separate port for storage)
-        self.used_B: dict[str, float] = {}
-        self.peak_B: dict[str, float] = {}
+        self.store: dict[str, str] = {}  # device -> the memory whose capacity its tensors take
+        ports: dict[str, tuple[str, str]] = {}  # memory -> (read resource, write resource)
+        for port in system.memories.values():
+            read = write = self._resource(port.name, port.read_Bps, f"{port.owner}.memory_bw")
+            if port.write_Bps != port.read_Bps:
+                write = self._resource(f"{port.name}_write", port.write_Bps, f"{port.owner}.write_bw")
+            ports[port.name] = (read, write)
+            self.capacity_B[port.name] = port.capacity_B
+        for name in system.devices:
+            port = system.memory_of(name)
+            if port is not None:
+                self.mem[name], self.mem_in[name] = ports[port.name]
+            self.store[name] = port.name if port is not None else name
+            self.capacity_B.setdefault(self.store[name], 0.0)
+        self.used_B = dict.fromkeys(self.capacity_B, 0.0)
+        self.peak_B = dict.fromkeys(self.capacity_B, 0.0)
         self.workspace_B: Counter[str] = Counter()  # activations reserved by programs in flight
-        for name, comp in system.devices.items():
-            if comp.memory_bandwidth_Bps > 0:
-                self.mem[name] = self.mem_in[name] = self._resource(
-                    f"{name}.mem", comp.memory_bandwidth_Bps, f"{name}.memory_bw"
-                )
-                if comp.write_bandwidth_Bps != comp.memory_bandwidth_Bps:
-                    self.mem_in[name] = self._resource(
-                        f"{name}.mem_write", comp.write_bandwidth_Bps, f"{name}.write_bw"
-                    )
-            self.used_B[name] = self.peak_B[name] = 0.0
         self.link_res: dict[tuple[str, str], str] = {}
         for link in system.links:
             for a, b in ((link.a, link.b), (link.b, link.a)):
@@ -81,30 +86,34 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ memory
     def allocate(self, device: str, tensor: str, nbytes: float) -> None:
-        """Make `tensor` resident on `device` until freed."""
-        cap = self.system.devices[device].memory_capacity_B
-        free = cap - self.used_B[device] - self.workspace_B[device]
+        """Make `tensor` resident in `device`'s memory (shared with any device that uses the same) until
+        freed."""
+        m = self.store[device]
+        cap = self.capacity_B[m]
+        free = cap - self.used_B[m] - self.workspace_B[m]
         if nbytes > free:
             raise OutOfMemory(tensor, device, nbytes, free, cap)
-        self.used_B[device] += nbytes
-        self.peak_B[device] = max(self.peak_B[device], self.used_B[device] + self.workspace_B[device])
+        self.used_B[m] += nbytes
+        self.peak_B[m] = max(self.peak_B[m], self.used_B[m] + self.workspace_B[m])
 
     def free(self, device: str, nbytes: float) -> None:
         """Release `nbytes` of resident tensors on `device` (a finished request's KV cache, an evicted expert)."""
-        self.used_B[device] = max(0.0, self.used_B[device] - nbytes)
+        m = self.store[device]
+        self.used_B[m] = max(0.0, self.used_B[m] - nbytes)
 
     def _reserve_workspace(self, program: Program, sign: int) -> None:
         """While a program runs, set aside its largest op's activations per device, so peak memory counts
         them and a program whose activations do not fit ends as out-of-memory before it starts."""
         for d, (nbytes, name) in program.workspace.items():
+            m = self.store[d]
             if sign > 0:
-                cap = self.system.devices[d].memory_capacity_B
-                if self.used_B[d] + self.workspace_B[d] + nbytes > cap:
-                    free = cap - self.used_B[d] - self.workspace_B[d]
+                cap = self.capacity_B[m]
+                free = cap - self.used_B[m] - self.workspace_B[m]
+                if nbytes > free:
                     raise OutOfMemory(f"activations of {name}", d, nbytes, free, cap)
-            self.workspace_B[d] += sign * nbytes
+            self.workspace_B[m] += sign * nbytes
             if sign > 0:
-                self.peak_B[d] = max(self.peak_B[d], self.used_B[d] + self.workspace_B[d])
+                self.peak_B[m] = max(self.peak_B[m], self.used_B[m] + self.workspace_B[m])
 
     # ---------------------------------------------------------------------------------- pricing
     def cost(self, step: Step) -> OpCost:
@@ -316,5 +325,6 @@ class Engine:
                 busy[d] += t
         resources = [ResourceTally(label, r.capacity_Bps, r.bytes_carried, link)
                      for r, (label, link) in ((self.res[n], self._labels[n]) for n in self.res)]  # fmt: skip
+        peak = {d: self.peak_B[m] for d, m in self.store.items()}  # per device: the memory it uses
         return Ledger(self.system, self.env.now, list(self.runs), Counter(self.costs), Counter(self.dma_bytes),
-                      busy, resources, dict(self.peak_B), self.events, self.steps_run)  # fmt: skip
+                      busy, resources, peak, self.events, self.steps_run)  # fmt: skip

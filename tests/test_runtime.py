@@ -9,7 +9,7 @@ import networkx as nx
 import pytest
 
 from simcore.engine import Engine
-from simcore.errors import ConfigError
+from simcore.errors import ConfigError, OutOfMemory
 from simcore.experiment import load_experiment
 from simcore.experiment import run as run_experiment
 from simcore.ops import Elementwise, OpGraph, Transfer
@@ -198,3 +198,37 @@ def test_an_unknown_weight_format_names_its_key(tmp_path):
                     "scenario: {kind: decode}\n")  # fmt: skip
     with pytest.raises(ConfigError, match=r"p.yaml:3: precision.weights: .*int3"):
         load_experiment(path)
+
+
+def test_two_devices_on_one_memory_share_its_bandwidth_and_capacity(tmp_path):
+    # A near-memory unit that computes out of the GPU's HBM (`memory_of:`): a memory-bound kernel on each,
+    # submitted together, both stream from the same port — each gets min(own rate, B/2) — and a tensor
+    # placed by one leaves less room for the other.
+    path = tmp_path / "pim.yaml"
+    path.write_text("type: system\ndevices:\n  gpu: {base: a100-sxm4-80gb}\n"
+                    "  pim: {base: systolic-array, memory_of: gpu}\nlinks:\n"
+                    "  - {type: generic, bandwidth: 1 TB/s, between: [pim, gpu]}\n")  # fmt: skip
+    system = load_system(path)
+    gpu = system.devices["gpu"]
+    kernel = _stream_program("g", "gpu")
+    cost = gpu.op_cost(kernel.steps[0].op)
+    eng = Engine(system)
+    a = eng.submit(kernel)
+    g = OpGraph("p")
+    op = Elementwise("p.stream", elements=1 << 30, inputs=1)
+    g.add(op, (), ("pim",))
+    b = eng.submit(Program.from_graph(g))
+    eng.env.run()
+    bw = system.memory_of("gpu").read_Bps
+    rate_gpu = cost.dram_bytes / cost.duration_s
+    pim_cost = system.devices["pim"].op_cost(op)
+    rate_pim = pim_cost.dram_bytes / pim_cost.duration_s
+    # max-min fair over one port: the unit streams at its own (lower) rate the whole time the GPU's kernel
+    # runs, and the kernel takes what is left of the port, below its solo rate
+    assert rate_pim < bw / 2 and rate_gpu > bw - rate_pim
+    assert a.value.end_s == pytest.approx(cost.dram_bytes / (bw - rate_pim), rel=1e-9)
+    assert b.value.end_s == pytest.approx(pim_cost.dram_bytes / rate_pim, rel=1e-9)
+    assert eng.res["gpu.mem"].bytes_carried == pytest.approx(cost.dram_bytes + pim_cost.dram_bytes, rel=1e-9)
+    eng.allocate("pim", "weights", 70 * 2**30)
+    with pytest.raises(OutOfMemory):
+        eng.allocate("gpu", "kv", 20 * 2**30)
