@@ -13,11 +13,13 @@ generations must agree), so `{type: pcie, between: [gpu0, pcie-sw0]}` is a Gen4 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from simcore.config import Doc, Param, nonneg, positive, validate
+from simcore.energy import energy_table
 
 # PCIe: GT/s per lane and line-encoding efficiency (PCI-SIG base specifications 3.0-6.0).
 PCIE_GTPS = {3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
@@ -30,41 +32,6 @@ NVLINK_GBPS_PER_DIR = {2: 25.0, 3: 25.0, 4: 25.0, 5: 50.0}
 def pcie_raw_Bps(generation: int, lanes: int) -> float:
     """Per-direction data rate after line encoding, before packet (TLP/DLLP) overhead."""
     return PCIE_GTPS[generation] * 1e9 / 8 * PCIE_ENCODING[generation] * lanes
-
-
-LINK_SCHEMA: dict[str, Any] = {
-    "type": Param("link kind", type=str, choices=("pcie", "nvlink", "ethernet", "infiniband", "generic")),
-    "between": Param("the two endpoints (device or switch names; `gpu*` expands to all)", type=list),
-    "generation": Param(
-        "PCIe or NVLink generation; default: from the device ends' ports", default=None, type=int
-    ),
-    "lanes": Param("PCIe lanes; default: the narrower device port", default=None, type=int),
-    "links": Param(
-        "NVLink links bundled between the two endpoints; default: the device's", default=None, type=int
-    ),
-    "bandwidth": positive(
-        "per-direction bandwidth; derived from generation and width if omitted", "bandwidth", default=None
-    ),  # fmt: skip
-    "efficiency": Param(
-        "achievable fraction of the per-direction rate (protocol overhead)", default=None, minimum=0
-    ),  # fmt: skip
-    "latency": nonneg("one-way latency of a transfer (DMA setup + hop)", "time", default=None),
-    "energy_per_bit": nonneg(
-        "energy per bit moved; default from the energy table", "energy_per_bit", default=None
-    ),  # fmt: skip
-}
-
-# Documented defaults per link kind. PCIe efficiency: 256-byte max payload per TLP with ~24-30 bytes
-# of TLP/DLLP overhead gives ~0.9 of the encoded rate; host-pinned cudaMemcpy on A100 PCIe4 x16
-# measures ~24-26 GB/s of 31.5 (shared/calibration/links_a100.csv) -> 0.8 used as the end-to-end figure.
-# NVLink: NCCL/p2p copies reach ~0.9 of the per-direction rate (links_a100.csv, p2pBandwidthLatencyTest).
-LINK_DEFAULTS = {
-    "pcie": {"efficiency": 0.8, "latency": 2e-6},
-    "nvlink": {"efficiency": 0.9, "latency": 1e-6},
-    "ethernet": {"efficiency": 0.9, "latency": 5e-6},
-    "infiniband": {"efficiency": 0.9, "latency": 2e-6},
-    "generic": {"efficiency": 1.0, "latency": 1e-6},
-}
 
 
 @dataclass(frozen=True)
@@ -105,11 +72,11 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str],
             raise doc.error(path + ("between", str(i)),
                             f"no device or switch named {pat!r} (have: {', '.join(endpoints)})")  # fmt: skip
         sides.append(names)
-    dflt = LINK_DEFAULTS[kind]
-    eff = p["efficiency"] if p["efficiency"] is not None else dflt["efficiency"]
+    lt = LINK_TYPES[kind]
+    eff = p["efficiency"] if p["efficiency"] is not None else lt.efficiency
     if not 0 < eff <= 1:
         raise doc.error(path + ("efficiency",), f"must be in (0, 1], got {eff}")
-    lat = p["latency"] if p["latency"] is not None else dflt["latency"]
+    lat = p["latency"] if p["latency"] is not None else lt.latency_s
     file, line = doc.where(path)
     source = f"{file}:{line}" if line else file
     links = []
@@ -118,7 +85,7 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str],
             if a == b:
                 continue
             ends = [(i, n, devices[n]) for i, n in enumerate((a, b)) if devices and n in devices]
-            peak, gen, lanes, nvlinks = _rate(doc, path, p, ends)
+            peak, gen, lanes, nvlinks = lt.rate(doc, path, p, ends)
             links.append(Link(f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, gen,
                               source, lanes, nvlinks))  # fmt: skip
     if not links:
@@ -141,14 +108,42 @@ def _where(comp: Any, key: tuple[str, ...]) -> str:
     return f"{file}:{line}: {'.'.join(key)}" if line else f"{file}: {'.'.join(key)}"
 
 
-def _rate(doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: list[tuple[int, str, Any]]
-          ) -> tuple[float, int | None, int | None, int | None]:  # fmt: skip
-    """Peak per-direction rate, generation, lanes and NVLink links of one point-to-point link, checked
-    against (and completed from) the ports of its device ends."""
-    kind, peak, gen = p["type"], p["bandwidth"], p["generation"]
-    lanes = nvlinks = None
-    if kind == "pcie":
-        lanes = p["lanes"]
+Ends = list[tuple[int, str, Any]]  # (position in `between`, name, Component) of a link's device ends
+Rate = tuple[float, int | None, int | None, int | None]  # peak B/s per direction, generation, lanes, NVLinks
+
+
+class LinkType:
+    """A kind of link: its documented defaults and how its per-direction rate follows from its entry and
+    the ports of its device ends. A new kind is a subclass registered under its `type:` name."""
+
+    name: ClassVar[str] = ""
+    efficiency: ClassVar[float] = 1.0  # achievable fraction of the per-direction rate
+    latency_s: ClassVar[float] = 1e-6  # one-way latency of a transfer over it
+
+    def rate(self, doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: Ends) -> Rate:
+        if p["bandwidth"] is None:
+            raise doc.error(path, f"a {self.name} link needs a bandwidth")
+        return p["bandwidth"], p["generation"], None, None
+
+
+LINK_TYPES: dict[str, LinkType] = {}
+
+
+def link_type(cls: type[LinkType]) -> type[LinkType]:
+    LINK_TYPES[cls.name] = cls()
+    return cls
+
+
+@link_type
+class Pcie(LinkType):
+    """PCIe: lanes × transfer rate × line encoding. Efficiency: 256-byte max payload per TLP with ~24-30
+    bytes of TLP/DLLP overhead gives ~0.9 of the encoded rate; host-pinned cudaMemcpy on A100 PCIe4 x16
+    measures ~24-26 GB/s of 31.5 (shared/calibration/links_a100.csv) -> 0.8 end to end."""
+
+    name, efficiency, latency_s = "pcie", 0.8, 2e-6
+
+    def rate(self, doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: Ends) -> Rate:
+        peak, gen, lanes = p["bandwidth"], p["generation"], p["lanes"]
         ports = []
         for _, name, comp in ends:
             pp = port(comp, "pcie")
@@ -170,8 +165,18 @@ def _rate(doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: list[tuple[i
                 raise doc.error(path, "a pcie link needs generation (3-6) and lanes, or a bandwidth "
                                 "(or a device end whose pcie port states them)")  # fmt: skip
             peak = pcie_raw_Bps(gen, lanes)
-    elif kind == "nvlink":
-        nvlinks = p["links"]
+        return peak, gen, lanes, None
+
+
+@link_type
+class NVLink(LinkType):
+    """NVLink: links × the generation's per-link rate. NCCL/p2p copies reach ~0.9 of the per-direction
+    rate (links_a100.csv, p2pBandwidthLatencyTest)."""
+
+    name, efficiency, latency_s = "nvlink", 0.9, 1e-6
+
+    def rate(self, doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: Ends) -> Rate:
+        peak, gen, nvlinks = p["bandwidth"], p["generation"], p["links"]
         ports, per_link = [], []
         for i, name, comp in ends:
             pp = port(comp, "nvlink")
@@ -202,14 +207,48 @@ def _rate(doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: list[tuple[i
                 raise doc.error(path, "an nvlink link needs generation (2-5) and links, or a bandwidth "
                                 "(or a device end whose nvlink port states them)")  # fmt: skip
             peak = min([NVLINK_GBPS_PER_DIR[gen] * 1e9] + per_link) * nvlinks
-    elif peak is None:
-        raise doc.error(path, f"a {kind} link needs a bandwidth")
-    return peak, gen, lanes, nvlinks
+        return peak, gen, None, nvlinks
+
+
+@link_type
+class Ethernet(LinkType):
+    name, efficiency, latency_s = "ethernet", 0.9, 5e-6
+
+
+@link_type
+class InfiniBand(LinkType):
+    name, efficiency, latency_s = "infiniband", 0.9, 2e-6
+
+
+@link_type
+class Generic(LinkType):
+    name, efficiency, latency_s = "generic", 1.0, 1e-6
+
+
+LINK_SCHEMA: dict[str, Any] = {
+    "type": Param("link kind", type=str, choices=tuple(LINK_TYPES)),
+    "between": Param("the two endpoints (device or switch names; `gpu*` expands to all)", type=list),
+    "generation": Param(
+        "PCIe or NVLink generation; default: from the device ends' ports", default=None, type=int
+    ),
+    "lanes": Param("PCIe lanes; default: the narrower device port", default=None, type=int),
+    "links": Param(
+        "NVLink links bundled between the two endpoints; default: the device's", default=None, type=int
+    ),
+    "bandwidth": positive(
+        "per-direction bandwidth; derived from generation and width if omitted", "bandwidth", default=None
+    ),  # fmt: skip
+    "efficiency": Param(
+        "achievable fraction of the per-direction rate (protocol overhead)", default=None, minimum=0
+    ),  # fmt: skip
+    "latency": nonneg("one-way latency of a transfer (DMA setup + hop)", "time", default=None),
+    "energy_per_bit": nonneg(
+        "energy per bit moved; default from the energy table", "energy_per_bit", default=None
+    ),  # fmt: skip
+}
 
 
 def _expand(pattern: str, names: list[str]) -> list[str]:
-    import fnmatch
-
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
@@ -217,8 +256,6 @@ def link_energy_per_bit_J(link: Link) -> float:
     """The link's own figure, else the energy table's for its kind and generation."""
     if link.energy_per_bit_J is not None:
         return link.energy_per_bit_J
-    from simcore.energy import energy_table
-
     table = energy_table()
     key = f"{link.type}{link.generation}" if link.generation else link.type
     if key not in table.link_J_per_bit_by_type:

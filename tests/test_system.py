@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hardware.links import LINK_DEFAULTS, pcie_raw_Bps
+from hardware.links import LINK_TYPES, pcie_raw_Bps
 from simcore.config import load_preset, preset_names
 from simcore.engine import Engine
 from simcore.errors import ConfigError
@@ -23,9 +23,7 @@ from simcore.ops import OpGraph, Transfer
 from simcore.program import Program
 from simcore.system import MAX_DEPTH, MAX_DEVICES, MemoryPort, actions_of, load_system
 
-IB = LINK_DEFAULTS["infiniband"]
-PCIE = LINK_DEFAULTS["pcie"]
-NVL = LINK_DEFAULTS["nvlink"]
+IB, PCIE, NVL = LINK_TYPES["infiniband"], LINK_TYPES["pcie"], LINK_TYPES["nvlink"]
 
 
 _WRITES = itertools.count(1)
@@ -62,7 +60,7 @@ def test_two_dgx_a100_nodes_are_one_flat_system_with_hierarchical_names():
     assert len(s.links) == 2 * len(node.links) + 16
     nvl = s.graph.edges["node1.gpu3", "node1.nvswitch"]["link"]
     assert nvl.name == "nvlink:node1.gpu3-node1.nvswitch"
-    assert nvl.bw_Bps == pytest.approx(12 * 25e9 * NVL["efficiency"], rel=1e-12)
+    assert nvl.bw_Bps == pytest.approx(12 * 25e9 * NVL.efficiency, rel=1e-12)
     assert not s.graph.has_edge("node0.gpu3", "node1.nvswitch")
     # the outer `links:` pattern node*.nic* reached into both nodes: 16 HDR ports on the leaf
     assert sorted(s.graph.neighbors("ib-leaf")) == sorted(
@@ -129,11 +127,11 @@ def test_cross_node_gpu_traffic_leaves_through_pcie_switch_nic_and_the_infiniban
         "node0.gpu0", "node0.pcie-sw0", "node0.nic0", "ib-leaf", "node1.nic0", "node1.pcie-sw0", "node1.gpu0"
     ]  # fmt: skip
     assert [link.type for *_, link in hops] == ["pcie", "pcie", "infiniband", "infiniband", "pcie", "pcie"]
-    hdr = 200e9 / 8 * IB["efficiency"]  # 25 GB/s x 0.9 = 22.5 GB/s per direction
-    gen4_x16 = 16e9 * 16 * 128 / 130 / 8 * PCIE["efficiency"]  # 25.2 GB/s: the HCA's PCIe side is faster
+    hdr = 200e9 / 8 * IB.efficiency  # 25 GB/s x 0.9 = 22.5 GB/s per direction
+    gen4_x16 = 16e9 * 16 * 128 / 130 / 8 * PCIE.efficiency  # 25.2 GB/s: the HCA's PCIe side is faster
     assert [link.bw_Bps for *_, link in hops] == pytest.approx([gen4_x16] * 2 + [hdr] * 2 + [gen4_x16] * 2)
     assert min(link.bw_Bps for *_, link in hops) == pytest.approx(22.5e9, rel=1e-12)
-    assert sum(link.latency_s for *_, link in hops) == pytest.approx(4 * PCIE["latency"] + 2 * IB["latency"])
+    assert sum(link.latency_s for *_, link in hops) == pytest.approx(4 * PCIE.latency_s + 2 * IB.latency_s)
     # inside a node nothing changes: NVSwitch between GPUs, the PCIe tree to the host
     assert _via(s, "node1.gpu0", "node1.gpu5") == ["node1.gpu0", "node1.nvswitch", "node1.gpu5"]
     assert _via(s, "node1.gpu4", "node1.cpu0") == ["node1.gpu4", "node1.pcie-sw2", "node1.cpu1", "node1.cpu0"]
@@ -145,7 +143,7 @@ def test_a_cross_node_transfer_takes_the_hops_latency_plus_the_bytes_at_the_infi
     g = OpGraph()
     g.add(Transfer("x", nbytes=nbytes, src="node0.gpu0", dst="node1.gpu0"), (), ("node0.gpu0",))
     t = Engine(s).run(Program.from_graph(g))
-    assert t == pytest.approx(4 * PCIE["latency"] + 2 * IB["latency"] + nbytes / (200e9 / 8 * 0.9), rel=1e-9)
+    assert t == pytest.approx(4 * PCIE.latency_s + 2 * IB.latency_s + nbytes / (200e9 / 8 * 0.9), rel=1e-9)
 
 
 def test_dgx_h100_x4_has_32_ndr_ports_on_one_leaf():
@@ -153,7 +151,7 @@ def test_dgx_h100_x4_has_32_ndr_ports_on_one_leaf():
     assert len(s.of_type("gpu")) == 32 and s.of_type("gpu")[-1] == "node3.gpu7"
     assert s.graph.degree("ib-leaf") == 4 * 8
     hops = s.route("node0.gpu3", "node3.gpu3")
-    ndr = 400e9 / 8 * IB["efficiency"]  # 45 GB/s; the HCA's PCIe Gen5 x16 side carries 50.4 GB/s
+    ndr = 400e9 / 8 * IB.efficiency  # 45 GB/s; the HCA's PCIe Gen5 x16 side carries 50.4 GB/s
     assert min(link.bw_Bps for *_, link in hops) == pytest.approx(ndr, rel=1e-12)
     assert [link.type for *_, link in hops].count("infiniband") == 2
     assert hops[1][1].startswith("node0.nic") and hops[-3][1].startswith("node3.nic")
