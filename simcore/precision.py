@@ -402,8 +402,9 @@ PRECISION_SCHEMA: dict[str, dict[str, Any]] = {
 
 
 def plan_from(dtype: str, precision: Mapping[str, Any] | None = None) -> PrecisionPlan:
-    """The plan of an experiment: `dtype` for every class, overridden by the `precision:` mapping's
-    non-None entries (unknown keys and formats are ConfigErrors naming `precision.<key>`)."""
+    """The plan of an experiment: the `precision:` mapping's non-None entries; a class it does not name
+    takes its `activations`, else `dtype` (unknown keys and formats are ConfigErrors naming
+    `precision.<key>`)."""
     get_format(dtype, key="dtype")
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(
@@ -413,4 +414,5 @@ def plan_from(dtype: str, precision: Mapping[str, Any] | None = None) -> Precisi
     for k in given:
         if k not in _FIELDS:
             raise ConfigError(f"unknown key {k!r} (known: {', '.join(_FIELDS)})", key=f"precision.{k}")
-    return PrecisionPlan(**{name: given.get(name) or dtype for name in _FIELDS})
+    base = given.get("activations") or dtype  # a class not named follows the activations
+    return PrecisionPlan(**{name: given.get(name) or base for name in _FIELDS})

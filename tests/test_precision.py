@@ -113,7 +113,8 @@ def test_plan_from_dtype_and_overrides():
     p = plan_from(
         "fp16", {"weights": "int4", "activations": "int8", "kv_cache": "int4", "communication": None}
     )
-    assert (p.weights, p.activations, p.kv_cache, p.communication) == ("int4", "int8", "int4", "fp16")
+    # a class left out follows the activations (collectives move activations)
+    assert (p.weights, p.activations, p.kv_cache, p.communication) == ("int4", "int8", "int4", "int8")
     assert p.gemm_weight_dtype == "int4" and p.attention_kv_dtype == "int4"
     assert p.weight_bytes(1e9) == 1e9 * 4.25 / 8 and p.kv_bytes(1e6) == 1e6 * 4.25 / 8
     w8 = plan_from("bf16", {"weights": "int8"})
