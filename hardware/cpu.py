@@ -100,15 +100,8 @@ class CPU(Component):
         if work is not None:
             elements = op.batch * op.n * op.k * ceil_div(op.m, DEQUANT_ROWS)
             t_compute += self.dequant_s(work, elements)
-        bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "dram.byte": op.bytes}
-        detail = {}
-        if work is not None:
-            actions["vector.op"] = elements * work.ops
-            detail = {"weight_dtype": op.weight_dtype, "dequant_elements": elements}
-        return OpCost(
-            max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, detail
-        )
+        return self._cost(op, t_compute, t_mem, actions, work, elements, "weight_dtype")
 
     def softmax_flops(self, op: Attention) -> float:
         """Exp and softmax FLOPs of an attention op: per computed (query, key) pair, causal half skipped."""
@@ -136,13 +129,19 @@ class CPU(Component):
             elements = 2.0 * op.head_dim * op.batch * op.heads * op.score_pairs / rows
             t_compute += self.dequant_s(work, elements)
         t_mem = op.bytes / self.memory_bandwidth_Bps
-        bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "dram.byte": op.bytes}
         actions[f"flop.{sm_dtype}"] = actions.get(f"flop.{sm_dtype}", 0.0) + sm_flops
+        return self._cost(op, t_compute, t_mem, actions, work, elements, "kv_dtype")
+
+    def _cost(self, op: Op, t_compute: float, t_mem: float, actions: dict[str, float], work: Dequant | None,
+              elements: float, fmt_field: str) -> OpCost:  # fmt: skip
+        """Compute and memory overlap (the slower bounds the op); dequantization, if any, adds its lane
+        instructions to the actions and names the stored format in the detail."""
         detail = {}
         if work is not None:
             actions["vector.op"] = elements * work.ops
-            detail = {"kv_dtype": op.kv_dtype, "dequant_elements": elements}
+            detail = {fmt_field: getattr(op, fmt_field), "dequant_elements": elements}
+        bound = "compute" if t_compute >= t_mem else "memory"
         return OpCost(
             max(t_compute, t_mem) + self.params["launch_overhead"], bound, op.bytes, actions, detail
         )

@@ -304,15 +304,8 @@ class GPU(Component):
                 t_compute = busiest * 2.0 * tm * tn * k_cta / sm_flops
                 t_compute += ceil_div(busiest, per_sm) * self.mem_latency_s
                 # DRAM: inside one wave the concurrent tiles share panels through L2 (square raster).
-                conc = min(ctas, slots)
-                rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
-                cols = min(grid_n, max(1, ceil_div(conc, rows)))
-                wave_B = (rows * tm * e + cols * tn * eb) * k_cta
-                if a_B + b_B <= self.l2_size_B / 2:
-                    dram = a_B + b_B + c_B
-                else:
-                    # a partial last wave reads only its own share of panels
-                    dram = max(a_B + b_B, min(ctas / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
+                dram = self._panel_dram(a_B, b_B, c_B, ctas, min(ctas, slots), grid_m, grid_n, tm, tn,
+                                        e * k_cta, eb * k_cta)  # fmt: skip
                 if split > 1:  # fp32 partials written and read back by the reduction
                     dram += 2 * batch * m * n * 4 * split
                 # wave by wave: too few CTAs in flight (a small grid, a partial last wave) cannot
@@ -342,6 +335,19 @@ class GPU(Component):
         assert best is not None
         return best
 
+    def _panel_dram(self, a_B: float, b_B: float, c_B: float, ctas: int, conc: int, grid_m: int, grid_n: int,
+                    tm: int, tn: int, a_row_B: float, b_col_B: float) -> float:  # fmt: skip
+        """DRAM bytes of a GEMM whose `conc` concurrent tiles share A and B panels through L2 (square raster;
+        `a_row_B`/`b_col_B`: bytes of one row of A / column of B over the K a tile covers). Operands that
+        fit in half the L2 are read once; otherwise each wave reads its panels, a partial last wave only
+        its own share."""
+        if a_B + b_B <= self.l2_size_B / 2:
+            return a_B + b_B + c_B
+        rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
+        cols = min(grid_n, max(1, ceil_div(conc, rows)))
+        wave_B = rows * tm * a_row_B + cols * tn * b_col_B
+        return max(a_B + b_B, min(ctas / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
+
     def _striped_plan(self, op: Gemm, tm: int, tn: int, tiles: int, grid_m: int, grid_n: int, warps_m: int,
                       warps_n: int, sm_flops: float, t_elem: float) -> GemmPlan:  # fmt: skip
         """Marlin's striped partitioning (arXiv 2408.11743) for 16-bit-activation mixed-input GEMMs: one
@@ -355,14 +361,9 @@ class GPU(Component):
         active = min(self.sms, units)
         t_compute = busiest * 2.0 * tm * tn * k / sm_flops + math.ceil(busiest) * self.mem_latency_s
         a_B, b_B, c_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * eb, batch * m * n * e
-        conc = min(tiles, active)
-        rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
-        cols = min(grid_n, max(1, ceil_div(conc, rows)))
-        wave_B = (rows * tm * e + cols * tn * eb) * k
-        if a_B + b_B <= self.l2_size_B / 2:
-            dram = a_B + b_B + c_B
-        else:
-            dram = max(a_B + b_B, min(tiles / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
+        dram = self._panel_dram(
+            a_B, b_B, c_B, tiles, min(tiles, active), grid_m, grid_n, tm, tn, e * k, eb * k
+        )
         t_dram = dram / (
             self.memory_bandwidth_Bps * min(1.0, active / (self.sms * self.eff["mem_saturation"]))
         )
