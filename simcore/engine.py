@@ -3,8 +3,9 @@
 Work arrives while the engine runs: `submit(program)` returns an event that fires when the program
 ends, so programs from different sources run concurrently and share memories and links (flows.py).
 Within a program, ops on one device group run in order on that group's lane; transfers run on copy
-lanes; a step waits only for its dependencies on other lanes. Memory is allocated and freed on a ledger
-per device; a tensor that does not fit raises OutOfMemory naming tensor, device, needed and free bytes.
+lanes; a step waits only for its dependencies on other lanes. Memory is allocated and freed per memory
+port (devices sharing one share its capacity); a tensor that does not fit raises OutOfMemory naming
+tensor, device, needed and free bytes.
 
 A program that nothing else can contend with (one lane, nothing in flight, nothing scheduled) runs as a
 single event whose duration is the closed-form sum of its steps; its bytes are booked directly.
@@ -64,7 +65,7 @@ class Engine:
                     edge = system.graph.edges[a, b]["link"]  # bundled
                     name = f"{edge.type}:{a}->{b}"
                     self.link_res[(a, b)] = self._resource(name, edge.bw_Bps, name, edge)
-        self.capacity = {n: r.capacity_Bps for n, r in self.res.items()}
+        self.bw_Bps = {n: r.capacity_Bps for n, r in self.res.items()}  # resource -> bandwidth
         self._compiled: weakref.WeakKeyDictionary[Program, Compiled] = weakref.WeakKeyDictionary()
         self._distinct: dict[tuple[str, ...], list[Component]] = {}
         self._paths: dict[tuple, tuple] = {}
@@ -143,7 +144,7 @@ class Engine:
             lat = sum(link.latency_s for _, _, link in hops) + lat_r + lat_w
             self._paths[key] = (lat, tuple(res), min(cap_r, cap_w))
         lat, path, cap = self._paths[key]
-        return Plan.make(lat, path, op.nbytes, cap, self.capacity)
+        return Plan.make(lat, path, op.nbytes, cap, self.bw_Bps)
 
     def ring_path(self, group: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
         """Every link direction a ring over `group` uses, and one hop's worst latency."""
@@ -166,16 +167,16 @@ class Engine:
             path, lat = self.ring_path(step.devices)
             eff = cost.detail.get("wire_efficiency", 1.0)
             ring = Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device / eff,
-                             math.inf, self.capacity)  # fmt: skip
+                             math.inf, self.bw_Bps)  # fmt: skip
             if isinstance(op, AllReduce):  # like NCCL, take the faster of ring and tree
                 tree = Plan.make(cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device / eff,
-                                 math.inf, self.capacity)  # fmt: skip
+                                 math.inf, self.bw_Bps)  # fmt: skip
                 return min(ring, tree, key=lambda p: p.solo_s)
             return ring
         if cost.dram_bytes > 0 and step.devices[0] in self.mem:
             path = tuple(self.mem[d] for d in step.devices)
-            return Plan.make(0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s, self.capacity)
-        return Plan.make(cost.duration_s, (), 0.0, math.inf, self.capacity)
+            return Plan.make(0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s, self.bw_Bps)
+        return Plan.make(cost.duration_s, (), 0.0, math.inf, self.bw_Bps)
 
     def _price(self, step: Step) -> tuple[OpCost | None, Plan]:
         if isinstance(step.op, Transfer):

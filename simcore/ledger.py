@@ -75,7 +75,7 @@ class Tally:
 
 @dataclass(frozen=True, eq=False)
 class Compiled:
-    """A program's costs and plans on one system; `offsets_s` are each step's solo start (single lane)."""
+    """A program's costs, plans and tally on one system; `solo_s` is its duration when it runs alone."""
 
     program: Program
     costs: list[OpCost | None]

@@ -2,7 +2,8 @@
 
 A scenario is a dataclass of its YAML fields and a SimPy process (`drive`) that submits programs to the
 engine and returns the summary figures it measured. Programs come from the mapping stage through
-`LLMRun.program`, cached as values: identical layers and repeated shapes are built and mapped once.
+`LLMRun.programs`, cached as values: repeated shapes (a sweep's points, a generation's steps) are built
+and mapped once.
 """
 
 from __future__ import annotations
@@ -102,16 +103,12 @@ class LLMRun:
     def tp(self) -> int:
         return self.placement.tp
 
-    @property
-    def microbatch(self) -> int:
-        """Sequences per micro-batch per data-parallel replica (the batch must split evenly)."""
-        return self.plan.microbatches * self.plan.dp
-
     def programs(
         self, batch: int, q_len: int, kv_len: int, phase: str, kv_alloc_tokens: int = 0
     ) -> list[Program]:
-        """One program per data-parallel replica for a pass over `batch` sequences."""
-        per = batch // self.microbatch
+        """One program per data-parallel replica for a pass over `batch` sequences (each replica's share
+        split into the plan's micro-batches; the batch splits evenly, checked at load)."""
+        per = batch // (self.plan.microbatches * self.plan.dp)
         out = []
         for stages in self.placement.replicas:
             pl = self.placement if stages == self.placement.stages else replace(self.placement, stages=stages)
