@@ -161,6 +161,7 @@ class LogicalOp:
     block: int
     allocs: tuple[Tensor, ...] = ()
     twin: int = -1  # index of the identical op of the first layer (layers repeat: costed once)
+    name: str = ""  # the op's name in this layer (identical layers share the first layer's op record)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class LogicalPass:
 
     @property
     def op_records(self) -> list[Op]:
+        """The ops in order (identical layers repeat the same records)."""
         return [lop.op for lop in self.ops]
 
 
@@ -216,53 +218,62 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
     h, d, T = spec.hidden, spec.head_dim, batch * q_len
     heads, kvh = spec.heads // tp, max(1, spec.kv_heads // tp)
     ffn = spec.ffn // tp
-    ops: list[LogicalOp] = []
-    block = -1
-    first_layer: list[int] = []  # indices of layer 0's ops, in order
+    kv_B = plan.kv_bytes(2 * batch * kvh * kv_alloc_tokens * d)
 
-    def add(op: Op, allocs: tuple[Tensor, ...] = ()) -> None:
-        if block == 0:
-            first_layer.append(len(ops))
-        pos = len(ops) - layer_start
-        twin = first_layer[pos] if 0 < block < spec.layers and not allocs else -1
-        if twin >= 0 and ops[twin].op.signature() != op.signature():
-            twin = -1  # this layer differs (e.g. a mixed-format layer): costed on its own
-        ops.append(LogicalOp(op, block, allocs, twin))
-
-    layer_start = 0
-    add(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab))
-    for i in range(spec.layers):
-        block, p, layer_start = i, f"L{i}.", len(ops)
-        add(Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm))
-        add(Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h, weight_dtype=weights("attn_qkv", i)))
+    def layer(i: int) -> list[Op]:
+        """Layer i's ops, in order (the attention is the one that allocates the KV cache)."""
+        p = f"L{i}."
+        out: list[Op] = [
+            Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm),
+            Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h, weight_dtype=weights("attn_qkv", i)),
+        ]
         if spec.family != "opt" and spec.family != "gpt3":
-            add(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1, flops_per_element=3,
-                            function="rope"))  # fmt: skip
-        kv_B = plan.kv_bytes(2 * batch * kvh * kv_alloc_tokens * d)
-        kv = (Tensor(f"{p}kv_cache", kv_B),) if kv_alloc_tokens else ()
-        add(Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv_len,
-                      head_dim=d, causal=True, kv_dtype=kv_dtype), kv)  # fmt: skip
-        add(Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d, weight_dtype=weights("attn_output", i)))
+            out.append(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1,
+                                   flops_per_element=3, function="rope"))  # fmt: skip
+        out += [
+            Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv_len,
+                      head_dim=d, causal=True, kv_dtype=kv_dtype),
+            Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d, weight_dtype=weights("attn_output", i)),
+        ]  # fmt: skip
         if tp > 1:
-            add(AllReduce(p + "allreduce_attn", comm, bytes_per_device=T * h * ce, group=tp))
-        add(Elementwise(p + "residual1", dtype, elements=T * h, inputs=2))
-        add(Norm(p + "norm2", dtype, rows=T, cols=h, function=spec.norm))
+            out.append(AllReduce(p + "allreduce_attn", comm, bytes_per_device=T * h * ce, group=tp))
+        out += [Elementwise(p + "residual1", dtype, elements=T * h, inputs=2),
+                Norm(p + "norm2", dtype, rows=T, cols=h, function=spec.norm)]  # fmt: skip
         if spec.gated_ffn:
-            add(Gemm(p + "gate_up", dtype, m=T, n=2 * ffn, k=h, weight_dtype=weights("ffn_up", i)))
-            add(Elementwise(p + "act_mul", dtype, elements=T * ffn, inputs=2, flops_per_element=5,
-                            function=spec.activation))  # fmt: skip
+            out += [Gemm(p + "gate_up", dtype, m=T, n=2 * ffn, k=h, weight_dtype=weights("ffn_up", i)),
+                    Elementwise(p + "act_mul", dtype, elements=T * ffn, inputs=2, flops_per_element=5,
+                                function=spec.activation)]  # fmt: skip
         else:
-            add(Gemm(p + "fc1", dtype, m=T, n=ffn, k=h, weight_dtype=weights("ffn_up", i)))
-            add(Elementwise(p + "act", dtype, elements=T * ffn, inputs=1, flops_per_element=8,
-                            function=spec.activation))  # fmt: skip
-        add(Gemm(p + "down", dtype, m=T, n=h, k=ffn, weight_dtype=weights("ffn_down", i)))
+            out += [Gemm(p + "fc1", dtype, m=T, n=ffn, k=h, weight_dtype=weights("ffn_up", i)),
+                    Elementwise(p + "act", dtype, elements=T * ffn, inputs=1, flops_per_element=8,
+                                function=spec.activation)]  # fmt: skip
+        out.append(Gemm(p + "down", dtype, m=T, n=h, k=ffn, weight_dtype=weights("ffn_down", i)))
         if tp > 1:
-            add(AllReduce(p + "allreduce_mlp", comm, bytes_per_device=T * h * ce, group=tp))
-        add(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
-    block, layer_start = spec.layers, len(ops)
-    add(Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm))
-    add(Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h, weight_dtype=weights("output")))
+            out.append(AllReduce(p + "allreduce_mlp", comm, bytes_per_device=T * h * ce, group=tp))
+        out.append(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
+        return out
+
+    def formats(i: int) -> tuple[str | None, ...]:
+        """What can differ between layers: the storage format of each weight (GGUF mixtures)."""
+        return tuple(weights(t, i) for t in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
+
+    ops: list[LogicalOp] = [LogicalOp(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab), -1)]
+    first = layer(0)
+    start, suffixes = len(ops), [op.name[len("L0.") :] for op in first]
+    first_formats = formats(0)
+    for i in range(spec.layers):
+        p = f"L{i}."
+        same = i > 0 and formats(i) == first_formats
+        for j, op in enumerate(first if same or i == 0 else layer(i)):
+            allocs = (Tensor(p + "kv_cache", kv_B),) if kv_alloc_tokens and op.kind == "attention" else ()
+            twin = start + j if i > 0 and (same or op.signature() == first[j].signature()) else -1
+            ops.append(LogicalOp(op, i, allocs, twin, p + suffixes[j]))
+    head: list[Op] = [Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm),
+                      Gemm("lm_head", dtype, m=batch, n=spec.vocab // tp, k=h, weight_dtype=weights("output"))]  # fmt: skip
     if tp > 1:
-        add(AllGather("logits_allgather", comm, bytes_per_device=batch * (spec.vocab // tp) * ce, group=tp))
+        head.append(
+            AllGather("logits_allgather", comm, bytes_per_device=batch * (spec.vocab // tp) * ce, group=tp)
+        )
+    ops += [LogicalOp(op, spec.layers) for op in head]
     return LogicalPass(f"{spec.name}-{phase}", phase, tuple(ops), spec.layers, tp,
                        plan.weight_bytes(spec.layer_params) / tp, T * h * e / tp)  # fmt: skip

@@ -195,7 +195,7 @@ class Ledger:
         else:
             e = sum(op.nbytes * self._epa(d).get("dram.byte", 0.0) for d in (op.src, op.dst))
         return {
-            "name": op.name, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
+            "name": step.label, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
             "devices": ",".join(step.lane if isinstance(op, Transfer) else step.devices),
             "start_s": t0, "end_s": t1, "duration_s": t1 - t0, "flops": op.flops, "bytes": op.bytes,
             "bound": cost.bound if cost else "transfer", "dtype": op.dtype, "energy_j": e,

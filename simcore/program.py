@@ -30,6 +30,11 @@ class Step:
     phase: str
     allocs: tuple[Tensor, ...] = ()
     twin: int = -1  # an earlier step running an identical op on the same devices (identical layers)
+    name: str = ""  # what records call it; identical layers share one op record under their own names
+
+    @property
+    def label(self) -> str:
+        return self.name or self.op.name
 
     @property
     def lane(self) -> Lane:
@@ -82,16 +87,22 @@ class Program:
                     only: Iterable[int] | None = None, uniform: bool = False) -> Program:  # fmt: skip
         """Same structure with the ops for which `fn` returns a new op swapped (e.g. the attention of the
         next decode step). `only` limits the steps offered to `fn`; `uniform` promises that `fn` maps
-        identical ops to identical ops, so twin steps stay twins."""
+        equal ops to equal ops, so twin steps stay twins and a shared op record is swapped once."""
         steps = list(self.steps)
         workspace = dict(self.group_workspace)
         changed = []
+        made: dict[int, Op | None] = {}  # id(old op) -> its replacement, with `uniform`
         for i in range(len(steps)) if only is None else only:
             s = steps[i]
-            new = fn(s.op)
+            if uniform:
+                new = made.get(id(s.op), s)
+                if new is s:
+                    new = made[id(s.op)] = fn(s.op)
+            else:
+                new = fn(s.op)
             if new is not None:
                 twin = s.twin if uniform and steps[s.twin].op is not self.steps[s.twin].op else -1
-                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs, twin)
+                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs, twin, s.name)
                 if twin < 0:
                     _grow_workspace(workspace, steps[i])
                 changed.append(i)
@@ -131,4 +142,4 @@ def _grow_workspace(workspace: dict[tuple[str, ...], tuple[float, str]], s: Step
     if nbytes is None:
         nbytes = _ACTIVATION_B[sig] = s.op.activation_bytes
     if nbytes > workspace.get(s.devices, (-1.0, ""))[0]:
-        workspace[s.devices] = (nbytes, s.op.name)
+        workspace[s.devices] = (nbytes, s.label)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from models.llm import LogicalOp, LogicalPass
-from simcore.ops import Op, Transfer
+from simcore.ops import Transfer
 from simcore.program import Step
 
 
@@ -42,10 +41,18 @@ class StepWriter:
                 after = ()
                 if self.hosts is not None and 0 <= block < self.logical.layers:
                     deps += self._fetch(block, group, prefix)
-            op = lop.op if not prefix else _renamed(lop.op, prefix + lop.op.name)
             k = self.index[id(lop)]
             twin = self.placed.get((group, lop.twin if lop.twin >= 0 else k), -1)
-            self.last[group] = self.add(Step(op, group, tuple(sorted(deps)), phase, lop.allocs, twin))
+            step = Step(
+                lop.op,
+                group,
+                tuple(sorted(deps)),
+                phase,
+                lop.allocs,
+                twin,
+                prefix + (lop.name or lop.op.name),
+            )
+            self.last[group] = self.add(step)
             self.placed.setdefault((group, k), self.last[group])
         if block is not None and 0 <= block < self.logical.layers:
             self.layer_end[(group, block)] = self.last[group]
@@ -75,7 +82,3 @@ class StepWriter:
             )  # fmt: skip
             for r, (a, b) in enumerate(zip(src, dst, strict=True))
         ]
-
-
-def _renamed(op: Op, name: str) -> Op:
-    return replace(op, name=name)
