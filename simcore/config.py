@@ -202,14 +202,46 @@ def merge(base: Doc, over: Doc) -> Doc:
     return Doc(data, origin, over.file)
 
 
+#: (kind, path, chain so far) -> (stat keys of every file in the base chain, resolved preset)
+_RESOLVED: dict[tuple[str, str, tuple[str, ...]], tuple[tuple[tuple[str, int, int], ...], Doc]] = {}
+
+
+def _stat_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return (path, st.st_mtime_ns, st.st_size)
+
+
 def load_preset(kind: str, ref: str | Path, context: Doc | None = None, path: Path_ = (),
                 _seen: tuple[str, ...] = ()) -> Doc:  # fmt: skip
-    """Load a preset (by name or file) with its `base:` chain resolved; `base` is removed."""
+    """Load a preset (by name or file) with its `base:` chain resolved; `base` is removed.
+
+    Resolved presets are remembered per process while none of the files of their chain changes (a sweep
+    resolves the same few presets at every point), and handed out as copies like `load_yaml`'s."""
     p = ref if isinstance(ref, Path) else resolve_ref(kind, ref, context, path)
-    doc = load_yaml(p)
-    if not isinstance(doc.data, Mapping):
-        raise doc.error((), "expected a mapping at the top level")
-    return resolve_bases(kind, doc, _seen + (str(p),))
+    key = (kind, os.path.abspath(p), _seen)
+    hit = _RESOLVED.get(key)
+    try:
+        fresh = hit is not None and all(_stat_key(k[0]) == k for k in hit[0])
+    except OSError:
+        fresh = False
+    if hit is None or not fresh:
+        doc = load_yaml(p)
+        if not isinstance(doc.data, Mapping):
+            raise doc.error((), "expected a mapping at the top level")
+        seen = _seen + (str(p),)
+        resolved = resolve_bases(kind, doc, seen)
+        files = [key[1]]
+        base = _base_path(kind, doc)
+        if base is not None:  # resolve_bases has just remembered the base's own chain
+            files += [k[0] for k in _RESOLVED[(kind, base, seen)][0]]
+        hit = _RESOLVED[key] = (tuple(_stat_key(f) for f in files), resolved)
+    return Doc(copy.deepcopy(hit[1].data), dict(hit[1].origin), hit[1].file)
+
+
+def _base_path(kind: str, doc: Doc) -> str | None:
+    """Absolute path of a preset document's `base:`, or None."""
+    base = doc.data.get("base") if isinstance(doc.data, Mapping) else None
+    return os.path.abspath(resolve_ref(kind, base, doc, ("base",))) if isinstance(base, str) else None
 
 
 def resolve_bases(kind: str, doc: Doc, seen: tuple[str, ...] = ()) -> Doc:

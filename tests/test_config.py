@@ -297,3 +297,20 @@ def test_hardware_shorthand_is_written_out_where_it_was_written():
     assert expand_hardware_shorthand(full) is full
     with pytest.raises(ConfigError, match="an experiment must be a mapping"):
         expand_hardware_shorthand(parse_yaml("- a\n- b\n", "e.yaml"))
+
+
+def test_resolved_presets_are_remembered_until_a_file_of_their_chain_changes(tmp_path):
+    import os
+
+    from simcore.config import load_preset
+
+    base, child = tmp_path / "base.yaml", tmp_path / "child.yaml"
+    base.write_text("type: gpu\nsms: 100\nclock: 1 GHz\n")
+    child.write_text(f"base: {base}\nsms: 50\n")
+    first = load_preset("hardware", child)
+    assert (first.data["sms"], first.data["clock"]) == (50, "1 GHz")
+    first.data["sms"] = 7  # a copy: the remembered preset is not touched
+    assert load_preset("hardware", child).data["sms"] == 50
+    base.write_text("type: gpu\nsms: 100\nclock: 2 GHz\n")  # the base changes: the chain is resolved again
+    os.utime(base, ns=(1, 1))
+    assert load_preset("hardware", child).data["clock"] == "2 GHz"

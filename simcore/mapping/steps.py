@@ -29,34 +29,39 @@ class StepWriter:
               prefix: str = "") -> int:  # fmt: skip
         """`ops` in order on `group`; the first also waits for `after`. With weights streamed from hosts,
         each layer's shard is copied to every rank once the buffer it reuses (layer i-2's) is free."""
-        phase = self.logical.phase
+        phase, layers, steps, placed, index = (
+            self.logical.phase,
+            self.logical.layers,
+            self.steps,
+            self.placed,
+            self.index,
+        )
+        last = self.last.get(group)
         block = None
         for lop in ops:
-            deps = [self.last[group]] if group in self.last else []
-            if lop.block != block:
-                if block is not None and 0 <= block < self.logical.layers:
-                    self.layer_end[(group, block)] = self.last[group]
+            if lop.block == block:  # the common case: right after the previous op of the same block
+                deps: tuple[int, ...] = (last,)  # type: ignore[assignment]
+            else:
+                if block is not None and 0 <= block < layers:
+                    self.layer_end[(group, block)] = last  # type: ignore[assignment]
                 block = lop.block
-                deps += list(after)
+                waits = ([last] if last is not None else []) + list(after)
                 after = ()
-                if self.hosts is not None and 0 <= block < self.logical.layers:
-                    deps += self._fetch(block, group, prefix)
-            k = self.index[id(lop)]
-            twin = self.placed.get((group, lop.twin if lop.twin >= 0 else k), -1)
-            step = Step(
-                lop.op,
-                group,
-                tuple(sorted(deps)),
-                phase,
-                lop.allocs,
-                twin,
-                prefix + (lop.name or lop.op.name),
+                if self.hosts is not None and 0 <= block < layers:
+                    waits += self._fetch(block, group, prefix)
+                deps = tuple(sorted(waits))
+            k = index[id(lop)]
+            twin = placed.get((group, lop.twin if lop.twin >= 0 else k), -1)
+            steps.append(
+                Step(lop.op, group, deps, phase, lop.allocs, twin, prefix + (lop.name or lop.op.name))
             )
-            self.last[group] = self.add(step)
-            self.placed.setdefault((group, k), self.last[group])
-        if block is not None and 0 <= block < self.logical.layers:
-            self.layer_end[(group, block)] = self.last[group]
-        return self.last[group]
+            last = len(steps) - 1
+            placed.setdefault((group, k), last)
+        if last is not None:
+            self.last[group] = last
+        if block is not None and 0 <= block < layers:
+            self.layer_end[(group, block)] = last  # type: ignore[assignment]
+        return last  # type: ignore[return-value]
 
     def _fetch(self, layer: int, group: tuple[str, ...], prefix: str) -> list[int]:
         free = self.layer_end.get((group, layer - 2))
