@@ -13,7 +13,8 @@ reduction when the row does not stay on chip). Everything else streams bytes thr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
@@ -133,6 +134,10 @@ GPU_SCHEMA: dict[str, Any] = {
         ),
     },
 }
+
+
+#: (GPU parameters but memory bandwidth, op signature) -> the GEMM plans to choose from (see gemm_plan)
+_GEMM_CANDIDATES: dict[tuple[str, tuple], list[GemmPlan]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +269,35 @@ class GPU(Component):
 
     # ---------------------------------------------------------------------------------------- GEMM
     def gemm_plan(self, op: Gemm) -> GemmPlan:
-        """The fastest tile shape and split-K for `op`, with the time each resource needs under it."""
+        """The fastest tile shape and split-K for `op`, with the time each resource needs under it.
+
+        The candidates' DRAM times scale with 1 / bandwidth and nothing else does, so they are enumerated
+        once per op shape and GPU apart from its memory bandwidth (a sweep over bandwidth, or over
+        parts that differ only there, reuses them) and priced at this GPU's bandwidth."""
+        key = (self._bandwidth_free_key, op.signature())
+        cands = _GEMM_CANDIDATES.get(key)
+        if cands is None:
+            if len(_GEMM_CANDIDATES) >= 4096:
+                _GEMM_CANDIDATES.clear()
+            cands = _GEMM_CANDIDATES[key] = self._gemm_candidates(op)
+        bw = self.memory_bandwidth_Bps
+        best, best_t, best_dram = cands[0][0], math.inf, 0.0
+        for plan, dram_terms in cands:  # the first fastest, in the library's order
+            t_dram = sum(num / (bw * share) for num, share in dram_terms)
+            t = max(plan.t_compute_s + plan.t_dequant_s, t_dram, plan.t_l2_s, plan.t_smem_s) + plan.t_fixed_s
+            if t < best_t:
+                best, best_t, best_dram = plan, t, t_dram
+        return replace(best, t_dram_s=best_dram)
+
+    @cached_property
+    def _bandwidth_free_key(self) -> str:
+        params = dict(self.params)
+        params["memory"] = {k: v for k, v in params["memory"].items() if k != "bandwidth"}
+        return repr(sorted(params.items()))
+
+    def _gemm_candidates(self, op: Gemm) -> list[tuple[GemmPlan, tuple[tuple[float, float], ...]]]:
+        """Every tile shape and split-K the library could pick, each with its DRAM time as terms
+        (bytes, share of the bandwidth its CTAs in flight can draw) to divide by the bandwidth."""
         m, n, k, batch, e = op.m, op.n, op.k, op.batch, op.elem_bytes
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
@@ -278,9 +311,8 @@ class GPU(Component):
         striped = work is not None and op.dtype in ("fp16", "bf16")
         a_B, b_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * eb
         c_B = batch * m * n * e
-        mem_Bps = self.memory_bandwidth_Bps
         saturating_sms = self.sms * self.eff["mem_saturation"]
-        best: GemmPlan | None = None
+        cands: list[tuple[GemmPlan, tuple[tuple[float, float], ...]]] = []
         for tm, tn in TILES if work is None else TILES + SMALL_M_TILES:
             # CTAs per SM: limited by shared memory (multistage pipeline) and by the fp32 accumulators.
             smem_cta = PIPELINE_STAGES * (tm + tn) * K_STEP_BYTES
@@ -311,8 +343,8 @@ class GPU(Component):
                 # wave by wave: too few CTAs in flight (a small grid, a partial last wave) cannot
                 # keep enough loads outstanding to saturate DRAM
                 full, last = divmod(ctas, slots)
-                t_dram = sum(count * nw * dram / ctas / (mem_Bps * min(1.0, count / saturating_sms))
-                             for count, nw in ((slots, full), (last, 1)) if count and nw)  # fmt: skip
+                dram_terms = tuple((count * nw * dram / ctas, min(1.0, count / saturating_sms))
+                                   for count, nw in ((slots, full), (last, 1)) if count and nw)  # fmt: skip
                 l2_B = ctas * (tm * e + tn * eb) * k_cta / self.params["l2_multicast"]
                 t_l2 = l2_B / self.l2_bw_Bps
                 smem_B = (tm * warps_n * e + tn * warps_m * eb) * k_cta
@@ -322,18 +354,14 @@ class GPU(Component):
                 # dequantization is serial with the MMAs of the same k-step (QServe §4: on A100 the CUDA-core
                 # dequantization of W4A8 / W4A4 main loops is the bottleneck, not hidden by the tensor cores)
                 t_dequant = busiest * tn * k_cta * t_elem
-                plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, t_dram, t_l2, t_smem, dram, l2_B,
+                plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, 0.0, t_l2, t_smem, dram, l2_B,
                                 ctas * smem_B, t_fixed, t_dequant)  # fmt: skip
-                if best is None or plan.t_s < best.t_s:
-                    best = plan
+                cands.append((plan, dram_terms))
             if striped:
-                plan = self._striped_plan(
-                    op, tm, tn, tiles, grid_m, grid_n, warps_m, warps_n, sm_flops, t_elem
+                cands.append(
+                    self._striped_plan(op, tm, tn, tiles, grid_m, grid_n, warps_m, warps_n, sm_flops, t_elem)
                 )
-                if plan.t_s < best.t_s:
-                    best = plan
-        assert best is not None
-        return best
+        return cands
 
     def _panel_dram(self, a_B: float, b_B: float, c_B: float, ctas: int, conc: int, grid_m: int, grid_n: int,
                     tm: int, tn: int, a_row_B: float, b_col_B: float) -> float:  # fmt: skip
@@ -349,7 +377,8 @@ class GPU(Component):
         return max(a_B + b_B, min(ctas / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
 
     def _striped_plan(self, op: Gemm, tm: int, tn: int, tiles: int, grid_m: int, grid_n: int, warps_m: int,
-                      warps_n: int, sm_flops: float, t_elem: float) -> GemmPlan:  # fmt: skip
+                      warps_n: int, sm_flops: float, t_elem: float
+                      ) -> tuple[GemmPlan, tuple[tuple[float, float], ...]]:  # fmt: skip
         """Marlin's striped partitioning (arXiv 2408.11743) for 16-bit-activation mixed-input GEMMs: one
         persistent CTA per SM walks an equal share of all (tile, 64-deep k-step) units, so no SM runs more
         than ceil(units / SMs) of them (no wave quantization); tiles split between two SMs are summed
@@ -364,9 +393,7 @@ class GPU(Component):
         dram = self._panel_dram(
             a_B, b_B, c_B, tiles, min(tiles, active), grid_m, grid_n, tm, tn, e * k, eb * k
         )
-        t_dram = dram / (
-            self.memory_bandwidth_Bps * min(1.0, active / (self.sms * self.eff["mem_saturation"]))
-        )
+        dram_terms = ((dram, min(1.0, active / (self.sms * self.eff["mem_saturation"]))),)
         # a stripe boundary inside a tile (the busiest share is not whole tiles) splits it between two SMs
         per_sm_units = ceil_div(units, self.sms)
         reduce_B = 2.0 * active * tm * tn * 4 if active > 1 and per_sm_units % k_iters else 0.0
@@ -374,8 +401,9 @@ class GPU(Component):
         smem_B = (tm * warps_n * e + tn * warps_m * eb) * k
         t_smem = busiest * smem_B / (self.params["smem_bytes_per_clk"] * self.clock_Hz)
         t_dequant = busiest * tn * k * t_elem
-        return GemmPlan(tm, tn, 1, active, self.sms, 1, t_compute, t_dram, l2_B / self.l2_bw_Bps, t_smem, dram, l2_B,
+        plan = GemmPlan(tm, tn, 1, active, self.sms, 1, t_compute, 0.0, l2_B / self.l2_bw_Bps, t_smem, dram, l2_B,
                         tiles * smem_B, 0.0, t_dequant, striped=True)  # fmt: skip
+        return plan, dram_terms
 
     def gemm_cost(self, op: Gemm) -> OpCost:
         plan = self.gemm_plan(op)
