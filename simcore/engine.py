@@ -219,11 +219,17 @@ class Engine:
                 solo += n * (after[2].solo_s - before[2].solo_s)
         else:
             costs, plans, tally = [], [], Tally()
+            same: dict[tuple, list] = {}  # (devices, cost, plan) -> [count, step]: twins tallied once
             for step in program.steps:
                 cost, plan = (costs[step.twin], plans[step.twin]) if step.twin >= 0 else self._price(step)
                 costs.append(cost)
                 plans.append(plan)
-                tally.add(step, cost, plan)
+                if cost is None:
+                    tally.add(step, cost, plan)  # a transfer: its own bytes
+                else:
+                    same.setdefault((step.devices, id(cost), id(plan)), [0, step, cost, plan])[0] += 1
+            for n, step, cost, plan in same.values():
+                tally.add(step, cost, plan, n)
             solo = sum(p.solo_s for p in plans)
         allocs = (
             b.allocs

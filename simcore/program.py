@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import networkx as nx
 
@@ -20,9 +21,9 @@ from simcore.ops import Op, OpGraph, Tensor, Transfer
 Lane = tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One placed op: what runs, on which device group (in lock-step), after which steps."""
+class Step(NamedTuple):
+    """One placed op: what runs, on which device group (in lock-step), after which steps. (A named tuple:
+    a program of a large model has a million of them, and they are built per design point.)"""
 
     op: Op
     devices: tuple[str, ...]
@@ -73,10 +74,11 @@ class Program:
     @classmethod
     def compile(cls, name: str, steps: Sequence[Step]) -> Program:
         """Group steps (already in a valid order) into lanes and find the cross-lane signals."""
+        lane_of = [s.lane for s in steps]
         lanes: dict[Lane, list[int]] = {}
-        for i, s in enumerate(steps):
-            lanes.setdefault(s.lane, []).append(i)
-        signals = frozenset(d for s in steps for d in s.deps if steps[d].lane != s.lane)
+        for i, lane in enumerate(lane_of):
+            lanes.setdefault(lane, []).append(i)
+        signals = frozenset(d for i, s in enumerate(steps) for d in s.deps if lane_of[d] != lane_of[i])
         workspace: dict[tuple[str, ...], tuple[float, str]] = {}
         for s in steps:
             if s.twin < 0:
