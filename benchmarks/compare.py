@@ -34,7 +34,7 @@ wall = time.perf_counter() - t
 print(json.dumps({"wall_s": wall, "ops_per_s": s["ops"] / wall,
                   "rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """,
-    "llama2_7b_decode_sweep_300": """
+    "llama2_7b_decode_sweep_1200": """
 import json, resource, tempfile, time
 from simcore.sweep import load_sweep, run_sweep
 spec = {"name": "cmp", "base": {"name": "cmp", "hardware": "a100-sxm4-80gb", "model": "llama-2-7b",
@@ -42,10 +42,10 @@ spec = {"name": "cmp", "base": {"name": "cmp", "hardware": "a100-sxm4-80gb", "mo
         "axes": {"scenario.batch": {"low": 1, "high": 64, "integer": True, "log": True},
                  "scenario.context_len": {"low": 128, "high": 4096, "integer": True, "log": True},
                  "hardware.memory.bandwidth": {"low": "1.5 TB/s", "high": "3.5 TB/s"}},
-        "sampling": {"method": "random", "samples": 300, "seed": 1}}
+        "sampling": {"method": "random", "samples": 1200, "seed": 1}}
 with tempfile.TemporaryDirectory() as out:
     t = time.perf_counter()
-    df = run_sweep(load_sweep(spec), workers=1, out=out, progress=False)
+    df = run_sweep(load_sweep(spec), workers=2, out=out, progress=False)
     wall = time.perf_counter() - t
 print(json.dumps({"wall_s": wall, "points_per_min": 60 * df.attrs["stats"]["computed"] / wall,
                   "rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
