@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from simcore.errors import ConfigError
 from simcore.ops import (
@@ -152,8 +152,7 @@ def load_llm(ref: str | Path) -> LLMSpec:
 # ------------------------------------------------------------------------------------------ graphs
 
 
-@dataclass(frozen=True, slots=True)
-class LogicalOp:
+class LogicalOp(NamedTuple):
     """One op of a rank's pass: the block it belongs to (-1 embedding, 0..L-1 a layer, L the head) and
     the tensors it makes resident when it first runs (the layer's KV cache)."""
 

@@ -19,8 +19,9 @@ def map_pipeline(logical: LogicalPass, placement: Placement, plan: ExecutionPlan
     """`logical` is one micro-batch's pass; it runs `plan.microbatches` times through the stages."""
     w = StepWriter(logical, placement.hosts)
     stages = placement.stages
+    numbered = enumerate(logical.ops)
     by_stage = {
-        s: tuple(ops) for s, ops in groupby(logical.ops, key=lambda o: placement.stage_of_layer(o.block))
+        s: tuple(ops) for s, ops in groupby(numbered, key=lambda ko: placement.stage_of_layer(ko[1].block))
     }
     for j in range(plan.microbatches):
         prefix = f"mb{j}." if plan.microbatches > 1 else ""

@@ -19,26 +19,20 @@ class StepWriter:
         self.last: dict[tuple[str, ...], int] = {}  # group -> its latest step
         self.layer_end: dict[tuple[tuple[str, ...], int], int] = {}  # (group, layer) -> last step
         self.placed: dict[tuple[tuple[str, ...], int], int] = {}  # (group, logical op index) -> step
-        self.index = {id(lop): k for k, lop in enumerate(logical.ops)}
 
     def add(self, step: Step) -> int:
         self.steps.append(step)
         return len(self.steps) - 1
 
-    def chain(self, ops: Sequence[LogicalOp], group: tuple[str, ...], after: Sequence[int] = (),
+    def chain(self, ops: Sequence[tuple[int, LogicalOp]], group: tuple[str, ...], after: Sequence[int] = (),
               prefix: str = "") -> int:  # fmt: skip
-        """`ops` in order on `group`; the first also waits for `after`. With weights streamed from hosts,
-        each layer's shard is copied to every rank once the buffer it reuses (layer i-2's) is free."""
-        phase, layers, steps, placed, index = (
-            self.logical.phase,
-            self.logical.layers,
-            self.steps,
-            self.placed,
-            self.index,
-        )
+        """`ops` (index in the pass, op) in order on `group`; the first also waits for `after`. With
+        weights streamed from hosts, each layer's shard is copied to every rank once the buffer it reuses
+        (layer i-2's) is free."""
+        phase, layers, steps, placed = self.logical.phase, self.logical.layers, self.steps, self.placed
         last = self.last.get(group)
         block = None
-        for lop in ops:
+        for k, lop in ops:
             if lop.block == block:  # the common case: right after the previous op of the same block
                 deps: tuple[int, ...] = (last,)  # type: ignore[assignment]
             else:
@@ -50,7 +44,6 @@ class StepWriter:
                 if self.hosts is not None and 0 <= block < layers:
                     waits += self._fetch(block, group, prefix)
                 deps = tuple(sorted(waits))
-            k = index[id(lop)]
             twin = placed.get((group, lop.twin if lop.twin >= 0 else k), -1)
             steps.append(
                 Step(lop.op, group, deps, phase, lop.allocs, twin, prefix + (lop.name or lop.op.name))

@@ -10,5 +10,5 @@ from simcore.program import Program
 
 def map_tensor_parallel(logical: LogicalPass, placement: Placement, plan: ExecutionPlan) -> Program:
     w = StepWriter(logical, placement.hosts)
-    w.chain(logical.ops, placement.stages[0])
+    w.chain(list(enumerate(logical.ops)), placement.stages[0])
     return Program.compile(logical.name, w.steps)
