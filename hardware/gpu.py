@@ -277,7 +277,7 @@ class GPU(Component):
         key = (self._bandwidth_free_key, op.signature())
         cands = _GEMM_CANDIDATES.get(key)
         if cands is None:
-            if len(_GEMM_CANDIDATES) >= 4096:
+            if len(_GEMM_CANDIDATES) >= 1024:
                 _GEMM_CANDIDATES.clear()
             cands = _GEMM_CANDIDATES[key] = self._gemm_candidates(op)
         bw = self.memory_bandwidth_Bps
