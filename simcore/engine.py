@@ -1,7 +1,8 @@
 """The engine: an executor that runs programs on a System, one event per op or transfer.
 
 Work arrives while the engine runs: `submit(program)` returns an event that fires when the program
-ends, so programs from different sources run concurrently and share memories and links (flows.py).
+ends, so programs from different sources run concurrently and share memories, links and the devices'
+compute (flows.py; kernels on one device time-slice it).
 Within a program, ops on one device group run in order on that group's lane; transfers run on copy
 lanes; a step waits only for its dependencies on other lanes. Memory is allocated and freed per memory
 port (devices sharing one share its capacity); a tensor that does not fit raises OutOfMemory naming
@@ -58,6 +59,10 @@ class Engine:
         self.used_B = dict.fromkeys(self.capacity_B, 0.0)
         self.peak_B = dict.fromkeys(self.capacity_B, 0.0)
         self.workspace_B: Counter[str] = Counter()  # activations reserved by programs in flight
+        self.compute: dict[str, str] = {}  # device -> its compute, shared by the kernels running on it
+        for name in system.devices:
+            self.compute[name] = f"{name}.compute"
+            self.res[self.compute[name]] = Resource(self.compute[name], 1.0, kind="compute")
         self.link_res: dict[tuple[str, str], str] = {}
         for link in system.links:
             for a, b in ((link.a, link.b), (link.b, link.a)):
@@ -173,10 +178,17 @@ class Engine:
                                  math.inf, self.bw_Bps)  # fmt: skip
                 return min(ring, tree, key=lambda p: p.solo_s)
             return ring
+        # A kernel occupies its devices' compute for its whole duration (two kernels on one device at once
+        # progress at half speed each, as time-sliced streams do) and moves its DRAM bytes through their
+        # memories: one unit of its flow is a byte, taking duration/bytes seconds of compute.
+        compute = tuple(self.compute[d] for d in step.devices)
         if cost.dram_bytes > 0 and step.devices[0] in self.mem:
-            path = tuple(self.mem[d] for d in step.devices)
-            return Plan.make(0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s, self.bw_Bps)
-        return Plan.make(cost.duration_s, (), 0.0, math.inf, self.bw_Bps)
+            path = tuple(self.mem[d] for d in step.devices) + compute
+            weights = (1.0,) * len(step.devices) + (cost.duration_s / cost.dram_bytes,) * len(compute)
+            return Plan.make(
+                0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s, self.bw_Bps, weights
+            )
+        return Plan.make(0.0, compute, cost.duration_s, math.inf, self.bw_Bps)
 
     def _price(self, step: Step) -> tuple[OpCost | None, Plan]:
         if isinstance(step.op, Transfer):
@@ -270,9 +282,9 @@ class Engine:
         if solo:
             yield env.timeout(c.solo_s)
             self.solo_events += 1
-            for path, nbytes in c.tally.path_bytes.items():
-                for name in path:
-                    self.res[name].bytes_carried += nbytes
+            for (path, weights), nbytes in c.tally.path_bytes.items():
+                for name, w in zip(path, weights or (1.0,) * len(path), strict=True):
+                    self.res[name].bytes_carried += nbytes * w
             self.busy_group.update(c.tally.busy)
         else:
             done = {i: env.event() for i in program.signals}
@@ -306,7 +318,7 @@ class Engine:
                 path = self._res_tuple.get(plan.path)
                 if path is None:
                     path = self._res_tuple[plan.path] = tuple(self.res[n] for n in plan.path)
-                yield self.net.start(path, plan.nbytes, plan.cap_Bps)
+                yield self.net.start(path, plan.nbytes, plan.cap_Bps, plan.weights)
             self.step_events += 1
             if c.costs[i] is not None:
                 busy_s += env.now - start
@@ -331,7 +343,7 @@ class Engine:
             for d in group:
                 busy[d] += t
         resources = [ResourceTally(label, r.capacity_Bps, r.bytes_carried, link)
-                     for r, (label, link) in ((self.res[n], self._labels[n]) for n in self.res)]  # fmt: skip
+                     for r, (label, link) in ((self.res[n], self._labels[n]) for n in self._labels)]  # fmt: skip
         peak = {d: self.peak_B[m] for d, m in self.store.items()}  # per device: the memory it uses
         return Ledger(self.system, self.env.now, list(self.runs), Counter(self.costs), Counter(self.dma_bytes),
                       busy, resources, peak, self.events, self.steps_run)  # fmt: skip

@@ -1,8 +1,10 @@
 """Flow-level sharing of links and memories: max-min fair rates, recomputed when a flow starts or ends.
 
-A flow moves `nbytes` over a path of resources (link directions, memory ports) at one rate, optionally
-capped (an op that needs only part of its memory's bandwidth). One SimPy timeout per flow; the rates of
-the flows that share a resource with a starting or ending flow are recomputed by progressive filling.
+A flow moves `nbytes` over a path of resources (link directions, memory ports, a device's compute) at one
+rate, optionally capped (an op that needs only part of its memory's bandwidth). Each unit of a flow may
+use a different amount of each resource on its path (`weights`: a kernel's unit is a byte of DRAM
+traffic and takes duration/bytes seconds of its device's compute). One SimPy timeout per flow; the rates
+of the flows that share a resource with a starting or ending flow are recomputed by progressive filling.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Flow:
     remaining_B: float
     cap_Bps: float
     done: simpy.Event
+    weights: tuple[float, ...]  # use of each resource of `path` per unit moved
     rate_Bps: float = 0.0
     updated_at: float = 0.0
     generation: int = 0
@@ -47,21 +50,25 @@ class FlowNetwork:
         self.active: set[Flow] = set()
         self.timeouts = 0
 
-    def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf) -> simpy.Event:
-        """Begin moving `nbytes` over `path`; the returned event fires when the last byte arrives."""
+    def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf,
+              weights: tuple[float, ...] = ()) -> simpy.Event:  # fmt: skip
+        """Begin moving `nbytes` over `path` (each unit using `weights[i]` of resource i, default 1); the
+        returned event fires when the last byte arrives."""
         done = self.env.event()
         if nbytes <= 0:
             done.succeed()
             return done
         now = self.env.now
-        flow = Flow(path, nbytes, cap_Bps, done, updated_at=now)
+        flow = Flow(path, nbytes, cap_Bps, done, weights or (1.0,) * len(path), updated_at=now)
         for r in path:
             if not r.flows:
                 r._busy_since = now
             r.flows.add(flow)
         self.active.add(flow)
         if all(len(r.flows) == 1 for r in path):  # alone: no one else's rate changes
-            flow.rate_Bps = min(cap_Bps, min(r.capacity_Bps for r in path))
+            flow.rate_Bps = min(
+                cap_Bps, min(r.capacity_Bps / w for r, w in zip(path, flow.weights, strict=True))
+            )
             self._schedule(flow)
         else:
             self._reallocate(self._component(flow))
@@ -86,8 +93,8 @@ class FlowNetwork:
             moved = f.rate_Bps * (now - f.updated_at)
             if moved:
                 f.remaining_B -= moved
-                for r in f.path:
-                    r.bytes_carried += moved
+                for r, w in zip(f.path, f.weights, strict=True):
+                    r.bytes_carried += moved * w
             f.updated_at = now
 
     def _reallocate(self, flows: set[Flow]) -> None:
@@ -96,28 +103,30 @@ class FlowNetwork:
         `flows` is a closed component (every flow on its resources is in it), so a resource's users are
         simply its flows."""
         self._advance(flows)
-        users: dict[Resource, int] = {}
+        users: dict[Resource, float] = {}  # weight of the unfrozen flows on each resource
         for f in flows:
-            for r in f.path:
-                users[r] = users.get(r, 0) + 1
+            for r, w in zip(f.path, f.weights, strict=True):
+                users[r] = users.get(r, 0.0) + w
         left = {r: r.capacity_Bps for r in users}
         rate = dict.fromkeys(flows, 0.0)
         unfrozen = set(flows)
         while unfrozen:
-            inc = min(left[r] / n for r, n in users.items() if n)
+            inc = min(left[r] / n for r, n in users.items() if n > 0)
             for f in unfrozen:
                 inc = min(inc, f.cap_Bps - rate[f])
             for f in unfrozen:
                 rate[f] += inc
             for r, n in users.items():
-                if n:
+                if n > 0:
                     left[r] -= inc * n
             frozen = [f for f in unfrozen if rate[f] >= f.cap_Bps * (1 - 1e-12)
                       or any(left[r] <= r.capacity_Bps * 1e-12 for r in f.path)]  # fmt: skip
             for f in frozen:
                 unfrozen.discard(f)
-                for r in f.path:
-                    users[r] -= 1
+                for r, w in zip(f.path, f.weights, strict=True):
+                    users[r] -= w
+                    if users[r] < 1e-12 * w:
+                        users[r] = 0.0
         for f in flows:
             if f.rate_Bps != rate[f] or f.generation == 0:
                 f.rate_Bps = rate[f]

@@ -28,22 +28,23 @@ from simcore.system import System
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A step's use of shared resources: wait `delay_s`, then move `nbytes` over `path` at <= `cap_Bps`;
-    `path` holds resource names (a plan is a value, valid on any engine of the same system)."""
+    """A step's use of shared resources: wait `delay_s`, then move `nbytes` over `path` at <= `cap_Bps`,
+    each unit using `weights[i]` of resource i (empty: 1 each). `path` holds resource names (a plan is a
+    value, valid on any engine of the same system)."""
 
     delay_s: float
     path: tuple[str, ...]
     nbytes: float
     cap_Bps: float
-    solo_s: (
-        float  # duration when nothing else shares the path: delay + bytes at the lesser of cap and capacity
-    )
+    solo_s: float  # duration when nothing else shares the path: delay + units at the rate the path allows
+    weights: tuple[float, ...] = ()
 
     @classmethod
     def make(cls, delay_s: float, path: tuple[str, ...], nbytes: float, cap_Bps: float,
-             capacity_Bps: Mapping[str, float]) -> Plan:  # fmt: skip
-        rate = min([cap_Bps] + [capacity_Bps[r] for r in path])
-        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0))
+             capacity_Bps: Mapping[str, float], weights: tuple[float, ...] = ()) -> Plan:  # fmt: skip
+        w = weights or (1.0,) * len(path)
+        rate = min([cap_Bps] + [capacity_Bps[r] / x for r, x in zip(path, w, strict=True)])
+        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0), weights)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Tally:
     read or written per device memory, for one run of a program."""
 
     costs: Counter[tuple[tuple[str, ...], OpCost]] = field(default_factory=Counter)
-    path_bytes: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    path_bytes: Counter[tuple[tuple[str, ...], tuple[float, ...]]] = field(default_factory=Counter)
     dma_bytes: Counter[str] = field(default_factory=Counter)
     busy: Counter[tuple[str, ...]] = field(default_factory=Counter)  # solo seconds per compute lane
 
@@ -65,7 +66,7 @@ class Tally:
             self.dma_bytes[op.src] += sign * op.nbytes
             self.dma_bytes[op.dst] += sign * op.nbytes
         if plan.path:
-            self.path_bytes[plan.path] += sign * plan.nbytes
+            self.path_bytes[(plan.path, plan.weights)] += sign * plan.nbytes
 
     def copy(self) -> Tally:
         return Tally(

@@ -44,8 +44,9 @@ def test_a_program_run_on_two_engines_books_equal_bytes_on_each():
 
 def test_two_programs_submitted_together_share_one_gpus_hbm_at_the_closed_form_time():
     # Two memory-bound kernels on one A100, submitted as separate programs: each alone streams at the
-    # kernel's own DRAM rate r = bytes / t_solo <= HBM bandwidth B. Together, max-min fairness gives each
-    # min(r, B/2); both move the same bytes, so both end at bytes / min(r, B/2).
+    # kernel's own DRAM rate r = bytes / t_solo <= HBM bandwidth B. Together they time-slice the GPU's
+    # compute (half each) and split the HBM max-min fairly, so each moves at min(r/2, B/2) and both end at
+    # bytes / min(r/2, B/2).
     system = load_system("a100-sxm4-80gb")
     gpu = system.devices["gpu"]
     a, b = _stream_program("a"), _stream_program("b")
@@ -55,12 +56,35 @@ def test_two_programs_submitted_together_share_one_gpus_hbm_at_the_closed_form_t
     eng = Engine(system)
     done_a, done_b = eng.submit(a), eng.submit(b)
     eng.env.run()
-    share = min(cost.dram_bytes / cost.duration_s, gpu.memory_bandwidth_Bps / 2)
-    expected = cost.dram_bytes / share
+    r, bw = cost.dram_bytes / cost.duration_s, gpu.memory_bandwidth_Bps
+    expected = cost.dram_bytes / min(r / 2, bw / 2)
     for done in (done_a, done_b):
         rec = done.value
         assert rec.end_s - rec.start_s == pytest.approx(expected, rel=1e-9)
     assert expected > t_solo * 1.2  # they really slowed each other down
+
+
+def test_two_compute_bound_kernels_on_one_gpu_time_slice_it_and_a_second_gpu_runs_free():
+    # A large GEMM is compute-bound: two of them on one GPU at once take twice as long each (the SMs are
+    # shared), while the same pair on two GPUs runs at full speed.
+    from simcore.ops import Gemm
+
+    system = load_system("dgx-a100-8")
+    op = Gemm("g", "bf16", m=8192, n=8192, k=8192)
+    t = system.devices["gpu0"].op_cost(op).duration_s
+
+    def both(dev_a: str, dev_b: str) -> list[float]:
+        eng = Engine(system)
+        runs = []
+        for name, dev in (("a", dev_a), ("b", dev_b)):
+            g = OpGraph(name)
+            g.add(op, (), (dev,))
+            runs.append(eng.submit(Program.from_graph(g)))
+        eng.env.run()
+        return [r.value.end_s for r in runs]
+
+    assert both("gpu0", "gpu0") == pytest.approx([2 * t, 2 * t], rel=1e-9)
+    assert both("gpu0", "gpu1") == pytest.approx([t, t], rel=1e-9)
 
 
 def test_work_submitted_mid_run_joins_the_flows_in_flight():
