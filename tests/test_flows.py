@@ -85,3 +85,25 @@ def test_capped_flow_leaves_bandwidth_to_others():
     assert math.isclose(f["op"], 1.0, rel_tol=1e-9)
     assert math.isclose(f["copy"], 1.0, rel_tol=1e-9)
     assert math.isclose(mem.busy_s, 1.0, rel_tol=1e-9)
+
+
+def test_weighted_flows_share_a_resource_by_what_each_unit_uses():
+    # Max-min fairness over units: flow a uses 1 of the resource per unit, flow b uses 2. Rates rise
+    # together until r + 2r = C, so each moves C/3 units per second; when a (3 units) ends at t = 3 / (C/3),
+    # b alone moves at C/2 for its remaining units. The resource carries 1*3 + 2*6 = 15 in all.
+    res = Resource("compute", 3.0)
+    env = simpy.Environment()
+    net = FlowNetwork(env)
+    finish: dict[str, float] = {}
+
+    def proc(name, units, weights):
+        yield net.start((res,), units, math.inf, weights)
+        finish[name] = env.now
+
+    env.process(proc("a", 3.0, (1.0,)))
+    env.process(proc("b", 6.0, (2.0,)))
+    env.run()
+    assert math.isclose(finish["a"], 3.0, rel_tol=1e-12)
+    # b moved 3 units by t = 3, then 3 more at 1.5 units/s
+    assert math.isclose(finish["b"], 3.0 + 3.0 / 1.5, rel_tol=1e-12)
+    assert math.isclose(res.bytes_carried, 15.0, rel_tol=1e-12)
