@@ -236,7 +236,10 @@ def timeline(result: Any, *, ax: Any = None, path: str | Path | None = None, tit
 
 
 def _short_lane(lane: str) -> str:
+    """A device group as `first..last (n)`; a copy lane (`copy,src,dst`) as `src -> dst`."""
     parts = lane.split(",")
+    if parts[0] == "copy" and len(parts) == 3:
+        return f"{parts[1]} -> {parts[2]}"
     return lane if len(parts) <= 2 else f"{parts[0]}..{parts[-1]} ({len(parts)})"
 
 
