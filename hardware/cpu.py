@@ -57,6 +57,7 @@ CPU_SCHEMA: dict[str, Any] = {
 
 @register("cpu")
 class CPU(Component):
+    PORTS = ("pcie", "network")
     SCHEMA = CPU_SCHEMA
     FORWARDS = True  # the root complex routes peer-to-peer PCIe between root ports and over the socket link
     ACTIONS = ("flop.{dtype}", "flop.fp32", "dram.byte")

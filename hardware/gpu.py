@@ -177,6 +177,7 @@ class GemmPlan:
 
 @register("gpu")
 class GPU(Component):
+    PORTS = ("pcie", "nvlink")
     SCHEMA = GPU_SCHEMA
     ACTIONS = ("flop.{dtype}", "flop.fp32", "dram.byte", "l2.byte", "smem.byte")
     ACTION_DTYPES = ("tensor_peak", "vector_peak")

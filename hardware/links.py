@@ -85,6 +85,10 @@ def build_links(doc: Doc, path: tuple[str, ...], endpoints: list[str],
             if a == b:
                 continue
             ends = [(i, n, devices[n]) for i, n in enumerate((a, b)) if devices and n in devices]
+            for i, n, comp in ends:
+                if lt.port is not None and lt.port not in comp.PORTS:
+                    raise doc.error(path + ("between", str(i)), f"{comp.type_name} {n!r} has no {lt.port} port for "
+                                    f"a {kind} link (its ports: {', '.join(comp.PORTS) or 'none'})")  # fmt: skip
             peak, gen, lanes, nvlinks = lt.rate(doc, path, p, ends)
             links.append(Link(f"{kind}:{a}-{b}", kind, a, b, peak * eff, lat, p["energy_per_bit"], peak, gen,
                               source, lanes, nvlinks))  # fmt: skip
@@ -117,6 +121,7 @@ class LinkType:
     the ports of its device ends. A new kind is a subclass registered under its `type:` name."""
 
     name: ClassVar[str] = ""
+    port: ClassVar[str | None] = None  # the port a device needs to attach it (None: any device)
     efficiency: ClassVar[float] = 1.0  # achievable fraction of the per-direction rate
     latency_s: ClassVar[float] = 1e-6  # one-way latency of a transfer over it
 
@@ -140,7 +145,7 @@ class Pcie(LinkType):
     bytes of TLP/DLLP overhead gives ~0.9 of the encoded rate; host-pinned cudaMemcpy on A100 PCIe4 x16
     measures ~24-26 GB/s of 31.5 (shared/calibration/links_a100.csv) -> 0.8 end to end."""
 
-    name, efficiency, latency_s = "pcie", 0.8, 2e-6
+    name, port, efficiency, latency_s = "pcie", "pcie", 0.8, 2e-6
 
     def rate(self, doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: Ends) -> Rate:
         peak, gen, lanes = p["bandwidth"], p["generation"], p["lanes"]
@@ -173,7 +178,7 @@ class NVLink(LinkType):
     """NVLink: links × the generation's per-link rate. NCCL/p2p copies reach ~0.9 of the per-direction
     rate (links_a100.csv, p2pBandwidthLatencyTest)."""
 
-    name, efficiency, latency_s = "nvlink", 0.9, 1e-6
+    name, port, efficiency, latency_s = "nvlink", "nvlink", 0.9, 1e-6
 
     def rate(self, doc: Doc, path: tuple[str, ...], p: dict[str, Any], ends: Ends) -> Rate:
         peak, gen, nvlinks = p["bandwidth"], p["generation"], p["links"]
@@ -212,12 +217,12 @@ class NVLink(LinkType):
 
 @link_type
 class Ethernet(LinkType):
-    name, efficiency, latency_s = "ethernet", 0.9, 5e-6
+    name, port, efficiency, latency_s = "ethernet", "network", 0.9, 5e-6
 
 
 @link_type
 class InfiniBand(LinkType):
-    name, efficiency, latency_s = "infiniband", 0.9, 2e-6
+    name, port, efficiency, latency_s = "infiniband", "network", 0.9, 2e-6
 
 
 @link_type

@@ -26,6 +26,7 @@ NVME_SCHEMA: dict[str, Any] = {
 
 @register("nvme")
 class NVMe(Component):
+    PORTS = ("pcie",)
     SCHEMA = NVME_SCHEMA
 
     @property

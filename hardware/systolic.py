@@ -341,6 +341,8 @@ def tiled_gemm(spec: ArraySpec, m: int, n: int, k: int, a_dram_scale: float = 1.
 class SystolicArray(Component):
     """One or more R x C systolic arrays with ifmap/filter/ofmap SRAMs, a DRAM and a vector unit."""
 
+    PORTS = ("pcie",)
+
     ACTIONS = ("mac.{dtype}", "flop.{dtype}", "pe.idle.cycle", "sram.read.byte", "sram.write.byte",
                "dram.byte")  # fmt: skip
     ACTION_DTYPES = ("dtype",)

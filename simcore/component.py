@@ -52,6 +52,8 @@ class Component:
     COSTS: ClassVar[dict[str, str]] = {}
     #: whether traffic between two other endpoints may pass through this device (a CPU's root complex);
     #: a system's `forwarding:` key overrides it per device (simcore/system.py)
+    #: the kinds of link it has ports for (pcie, nvlink, network); a `generic` link attaches to anything
+    PORTS: ClassVar[tuple[str, ...]] = ()
     FORWARDS: ClassVar[bool] = False
     #: energy actions the costs may emit, `{dtype}` standing for each dtype named by the parameters in
     #: ACTION_DTYPES (the keys of a per-dtype map, or a dtype value); building a system refuses a
