@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from simcore.config import ABSENT, MapOf, Param, Path_, walk_schema
+from simcore.errors import ConfigError
 from simcore.system import System
 from simcore.units import fmt
 
@@ -31,20 +32,44 @@ def _leaves(schema: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[tu
                 yield path + (k,), spec.item, item
 
 
-def show_rows(system: System) -> list[tuple[str, str, str, str]]:
-    rows = []
+def _group_label(names: list[str]) -> str:
+    """`gpu0..gpu7 (8 identical)` for a run of identical devices or links, the name alone for one."""
+    return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]} ({len(names)} identical)"
+
+
+def show_rows(system: System, device: str | None = None) -> list[tuple[str, str, str, str]]:
+    """Every resolved parameter of every device (identical devices collapsed into one group, or only
+    `device`), then every link (identical links collapsed)."""
+    if device is not None and device not in system.devices:
+        raise ConfigError(f"no device {device!r} in {system.name!r} (have: {', '.join(system.devices)})",
+                          key="--device")  # fmt: skip
+    groups: dict[object, list[str]] = {}
     for name, comp in system.devices.items():
-        rows.append((name, "type", comp.type_name, ""))
+        if device is None or name == device:
+            origin = tuple(sorted(comp.doc.origin.items())) if comp.doc is not None else ()
+            groups.setdefault((comp.config_key, origin), []).append(name)
+    rows = []
+    for names in groups.values():
+        comp, label = system.devices[names[0]], _group_label(names)
+        rows.append((label, "type", comp.type_name, ""))
         for path, spec, v in _leaves(comp.SCHEMA, comp.params):
             src = "default"
             if comp.doc is not None and path in comp.doc.origin:
                 file, line = comp.doc.origin[path]
                 src = f"{file}:{line}" if line else file
-            rows.append((name, ".".join(path), _value(spec, v), src))
+            rows.append((label, ".".join(path), _value(spec, v), src))
         for key, (v, kind, how) in comp.derived().items():
-            rows.append((name, key, fmt(v, kind) if kind else f"{v:.4g}", f"derived: {how}"))
+            rows.append((label, key, fmt(v, kind) if kind else f"{v:.4g}", f"derived: {how}"))
+    if device is not None:
+        return rows
+    links: dict[tuple, list[str]] = {}
     for link in system.links:
-        rows.append((link.name, "bandwidth_per_direction", fmt(link.bw_Bps, "bandwidth"),
-                     f"derived: {fmt(link.peak_Bps, 'bandwidth')} x efficiency ({link.source})"))  # fmt: skip
-        rows.append((link.name, "latency", fmt(link.latency_s, "time"), link.source))
+        links.setdefault((link.type, link.bw_Bps, link.peak_Bps, link.latency_s, link.source), []).append(
+            link.name
+        )
+    for (_, bw, peak, lat, source), names in links.items():
+        label = _group_label(names)
+        rows.append((label, "bandwidth_per_direction", fmt(bw, "bandwidth"),
+                     f"derived: {fmt(peak, 'bandwidth')} x efficiency ({source})"))  # fmt: skip
+        rows.append((label, "latency", fmt(lat, "time"), source))
     return rows
