@@ -29,7 +29,8 @@ PROBES = {
 import json, resource, time
 from simcore.experiment import run
 t = time.perf_counter()
-s = run("configs/experiments/gpt3-dgx-a100.yaml", keep_records=False).summary
+s = run("configs/experiments/gpt3-dgx-a100.yaml", ["scenario.prompt_len=1024", "scenario.new_tokens=1024"],
+        keep_records=False).summary
 wall = time.perf_counter() - t
 print(json.dumps({"wall_s": wall, "ops_per_s": s["ops"] / wall,
                   "rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
