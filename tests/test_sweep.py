@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -391,7 +392,8 @@ def test_the_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatc
         run_sweep(load_sweep(spec_dict()), backend="ray", out=tmp_path)
     assert (
         str(info.value)
-        == "--backend ray: the ray backend needs Ray, which is not installed: pip install simcore[ray]"
+        == "--backend ray: the ray backend needs Ray, which is not installed: pip install ray (from a clone: pip "
+        "install -e '.[ray]')"
     )
 
 
@@ -463,3 +465,244 @@ def test_progress_draws_a_bar_on_a_terminal_and_only_a_final_line_otherwise():
 def test_shipped_sweep_files_load(path):
     spec = load_sweep(path)
     assert spec.points() and spec.objectives
+
+
+# ------------------------------------------------------------------------------- failures and exit codes
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from simcore.cli import main
+
+    rc = main(["sweep", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _failing_batch(monkeypatch, bad: set[int]) -> None:
+    """Points with scenario.batch in `bad` hit a bug (a plain exception) while they run."""
+    import simcore.experiment
+    from simcore.sweep import runner
+
+    real = runner.run_point
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug on this point")
+
+    def run_point(task, key, config, inputs):
+        with pytest.MonkeyPatch.context() as m:
+            if config["scenario"]["batch"] in bad:
+                m.setattr(simcore.experiment, "load_experiment", boom)
+            return real(task, key, config, inputs)
+
+    monkeypatch.setattr(runner, "run_point", run_point)
+
+
+def test_points_that_fail_make_the_sweep_exit_1_with_one_line_and_python_gets_the_frame(
+    tmp_path, monkeypatch, capsys
+):
+    p = write(tmp_path, yaml.safe_dump(spec_dict(axes={"scenario.batch": [1, 2, 3, 4]})))
+    _failing_batch(monkeypatch, {2, 3})
+    rc, out, err = _cli(capsys, p, "--workers", "1", "--out", tmp_path / "st")
+    assert rc == 1 and "first error: " in out
+    lines = err.splitlines()
+    assert lines[-1] == (f"simcore: sweep t: 2 of 4 points failed with an error; reasons in the 'reason' column "
+                         f"of {tmp_path / 'st'}/results.csv")  # fmt: skip
+    assert "Traceback" not in err
+    df = simcore.sweep(spec_dict(axes={"scenario.batch": [1, 2, 3, 4]}), out=tmp_path / "st", workers=1)
+    assert list(df.status) == ["ok", "error", "error", "ok"] and df.reason[1]  # no exception from Python
+    assert df.attrs["stats"]["computed"] == 2 and df.attrs["stats"]["cached"] == 2  # errors are retried
+
+    _failing_batch(monkeypatch, {1, 2, 3, 4})
+    rc, _, err = _cli(capsys, p, "--workers", "1", "--out", tmp_path / "st2", "--json")
+    assert rc == 1 and err.count("\n") == 1
+    assert "4 of 4 points failed with an error, and no point is feasible" in err
+
+
+def test_a_sweep_without_a_feasible_point_exits_1_but_infeasible_points_alone_do_not(tmp_path, capsys):
+    axes = {"scenario.batch": [1, 4], "hardware.memory.capacity": ["80 GiB", "8 GiB"]}
+    p = write(tmp_path, yaml.safe_dump(spec_dict(axes=axes, constraints=["scenario.batch < 4"])))
+    rc, out, err = _cli(capsys, p, "--workers", "1", "--out", tmp_path / "a")
+    assert rc == 0 and err.count("\n") == 1  # one OOM point and two skipped ones are results, not failures
+    axes["hardware.memory.capacity"] = ["8 GiB"]
+    p = write(tmp_path, yaml.safe_dump(spec_dict(axes=axes)))
+    rc, out, err = _cli(capsys, p, "--workers", "1", "--out", tmp_path / "b")
+    assert rc == 1 and err.splitlines()[-1].startswith(
+        "simcore: sweep t: no feasible point: all 2 points are infeasible; reasons in the 'reason' column"
+    )
+
+
+# ------------------------------------------------------------------------------------ damaged store
+def _stored(out: Path) -> dict[int, Path]:
+    """The record file of each batch in a store."""
+    return {json.loads(f.read_text())["config"]["scenario"]["batch"]: f for f in out.glob("points/*/*.json")}
+
+
+def test_damaged_store_entries_are_recomputed_with_a_warning_never_served(tmp_path):
+    p = write(tmp_path, yaml.safe_dump(spec_dict(axes={"scenario.batch": [1, 2, 3, 4, 5, 6]})))
+    out = tmp_path / "st"
+    cmd = [sys.executable, "-m", "simcore", "sweep", str(p), "--workers", "1", "--out", str(out), "--json"]
+    first = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    files = _stored(out)
+    good = {b: json.loads(f.read_text()) for b, f in files.items()}
+    assert all(r["checksum"] == store_mod.checksum(r) for r in good.values())
+    files[1].write_text(files[1].read_text()[:100])  # truncated
+    files[2].write_text(files[3].read_text())  # another point's record
+    files[3].unlink()
+    files[3].mkdir()  # a directory where the record should be
+    (files[3] / "x").write_text("")
+    tampered = json.loads(files[4].read_text())
+    tampered["summary"]["tokens_per_s"] *= 10  # a tampered value with the old checksum
+    files[4].write_text(json.dumps(tampered))
+    del tampered["checksum"]  # and one without a checksum at all
+    files[5].write_text(json.dumps({**tampered, "key": good[5]["key"]}))
+    sub = files[6].parent
+    shutil.rmtree(sub)
+    sub.write_text("")  # a file where a record directory should be
+
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    warnings = r.stderr.splitlines()
+    assert len(warnings) == 6 and all(w.startswith("simcore: warning: store entry ") for w in warnings)
+    assert "is not valid JSON" in r.stderr and "holds key" in r.stderr and "was a directory" in r.stderr
+    assert "fails its checksum" in r.stderr and "has no checksum" in r.stderr and "was a file" in r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["computed"] == 6 and stats["cached"] == 0
+    assert stats["pareto"] == first["pareto"]
+    again = _stored(out)
+    for b, rec in good.items():
+        now = json.loads(again[b].read_text())
+        assert now["summary"] == rec["summary"]  # the tampered value was recomputed, not served
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["cached"] == 6
+
+
+def test_an_unreadable_record_is_recomputed_and_an_unwritable_one_only_warned_about(tmp_path, monkeypatch):
+    spec = spec_dict(axes={"scenario.batch": [1, 2]})
+    out = tmp_path / "st"
+    run_sweep(load_sweep(spec), workers=1, out=out)
+    files = _stored(out)
+    files[1].chmod(0)
+    real = store_mod._read
+
+    def read(path):  # as root, chmod does not stop reading: refuse as the kernel would for anyone else
+        if Path(path) == files[1]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(store_mod, "_read", read)
+    with pytest.warns(store_mod.StoreWarning, match="cannot be read"):
+        df = run_sweep(load_sweep(spec), workers=1, out=out)
+    assert df.attrs["stats"]["computed"] == 1 and (df.status == "ok").all()
+    monkeypatch.setattr(store_mod, "_read", real)
+
+    def put(self, record):
+        raise PermissionError(13, "Permission denied", str(self.path(record["key"])))
+
+    monkeypatch.setattr(store_mod.Store, "put", put)
+    with pytest.warns(store_mod.StoreWarning, match=r"could not store point .* \(Permission denied\)"):
+        df = run_sweep(load_sweep(spec), workers=1, out=out, cache=False)
+    assert (df.status == "ok").all()
+
+
+@pytest.mark.parametrize("where", ["points", "root"])
+def test_a_store_that_is_a_file_is_a_one_line_error(tmp_path, where):
+    p = write(tmp_path, yaml.safe_dump(spec_dict()))
+    out = tmp_path / "st"
+    if where == "points":
+        out.mkdir()
+        (out / "points").write_text("not a directory")
+    else:
+        out.write_text("not a directory")
+    r = subprocess.run([sys.executable, "-m", "simcore", "sweep", str(p), "--out", str(out)],
+                       capture_output=True, text=True)  # fmt: skip
+    bad = out / "points" if where == "points" else out
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(
+        f"simcore: {bad}: the results store needs a directory here, and this is a file"
+    )
+
+
+# ------------------------------------------------------------------------------- concurrent sweeps
+def test_a_point_claimed_by_another_sweep_is_waited_for_not_computed(tmp_path):
+    import threading
+
+    spec = load_sweep(spec_dict(axes={"scenario.batch": [1, 2, 3]}))
+    store = Store(tmp_path)
+    key = point_key(spec.config({"scenario.batch": 2}), spec.base.file, spec.base_file)[0]
+    stale = store.claim_path(point_key(spec.config({"scenario.batch": 3}), spec.base.file, spec.base_file)[0])
+    stale.parent.mkdir(parents=True)
+    stale.write_text("pid 999999999 started 1\n")  # left by a runner that died: taken over
+    claim = store.claim(key)
+    assert claim is not None and store.claim(key) is None  # held: nobody else gets it
+
+    def other_sweep_finishes() -> None:
+        time.sleep(0.5)
+        store.put(
+            {"key": key, "status": "ok", "reason": None, "run_id": "other", "summary": {"latency_s": 42.0}}
+        )
+        claim.release()
+
+    t = threading.Thread(target=other_sweep_finishes)
+    t.start()
+    df = run_sweep(spec, workers=1, out=tmp_path)
+    t.join()
+    assert list(df.latency_s)[1] == 42.0 and list(df.cached) == [False, True, False]
+    assert df.attrs["stats"]["computed"] == 2 and df.attrs["stats"]["cached"] == 1
+    assert not list(tmp_path.glob("points/*/.*.claim"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock claims")
+def test_two_sweeps_on_one_store_share_the_work_and_compute_every_point_once(tmp_path):
+    import collections
+
+    sweep_file = write(tmp_path, yaml.safe_dump({
+        "name": "twice", "base": BASE,
+        "axes": {"scenario.batch": list(range(1, 41)), "scenario.context_len": [128, 256, 384]},
+    }))  # fmt: skip
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "simcore", "sweep", str(sweep_file), "--out", str(out), "--json"]
+    procs = [subprocess.Popen([*cmd, "--workers", w], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for w in ("2", "1")]  # fmt: skip
+    results = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in results]
+    stats = [json.loads(o) for o, _ in results]
+    assert all(s["points"] == 120 and s["computed"] + s["cached"] == 120 for s in stats)
+    assert stats[0]["computed"] + stats[1]["computed"] == 120  # every point computed exactly once
+    runs = collections.Counter(json.loads(f.read_text())["run_id"] for f in out.glob("points/*/*.json"))
+    assert sum(runs.values()) == 120 and sorted(runs.values()) == sorted(
+        s["computed"] for s in stats if s["computed"]
+    )
+    assert stats[0]["pareto"] == stats[1]["pareto"]
+    assert not list(out.glob("points/*/.*.claim")) and not list(out.glob("points/*/.*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_ctrl_c_stops_cleanly_keeps_finished_points_and_resumes(tmp_path, workers):
+    sweep_file = write(tmp_path, yaml.safe_dump({
+        "name": "ctrlc", "base": BASE,
+        "axes": {"scenario.batch": list(range(1, 41)), "scenario.context_len": [128, 256, 384, 512, 640, 768]},
+    }))  # fmt: skip
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "simcore", "sweep", str(sweep_file), "--workers", workers, "--out", str(out),
+           "--json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    store = Store(out)
+    kids: list[int] = []
+    while len(store.keys()) < 10:
+        assert proc.poll() is None, proc.stderr.read()
+        kids = _children(proc.pid) or kids
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stdout == "" and "Traceback" not in stderr
+    import re
+
+    m = re.fullmatch(r"simcore: interrupted: (\d+) of 240 points stored; re-run to resume\n", stderr)
+    assert m, stderr
+    stored = len(store.keys())
+    assert int(m.group(1)) == stored and 10 <= stored < 240
+    assert not any(_running(k) for k in kids)  # the pool went with it
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["cached"] == stored and stats["computed"] == 240 - stored

@@ -16,12 +16,13 @@ from typing import Any
 
 from simcore.sweep import command as _command  # noqa: F401  (registers `simcore sweep`)
 from simcore.sweep.analysis import pareto_front, pareto_mask, sensitivity_summary, top_table
-from simcore.sweep.core import run_sweep, sensitivity, sweep
+from simcore.sweep.core import SweepInterrupted, run_sweep, sensitivity, sweep
 from simcore.sweep.spec import Axis, SweepSpec, load_sweep
-from simcore.sweep.store import Store, point_key
+from simcore.sweep.store import Store, StoreError, StoreWarning, point_key
 
-__all__ = ["Axis", "Store", "SweepSpec", "load_sweep", "pareto_front", "pareto_mask", "point_key", "run_sweep",
-           "sensitivity", "sensitivity_summary", "sweep", "top_table"]  # fmt: skip
+__all__ = ["Axis", "Store", "StoreError", "StoreWarning", "SweepInterrupted", "SweepSpec", "load_sweep",
+           "pareto_front", "pareto_mask", "point_key", "run_sweep", "sensitivity", "sensitivity_summary", "sweep",
+           "top_table"]  # fmt: skip
 
 
 class _CallableModule(types.ModuleType):

@@ -4,11 +4,13 @@ the one-factor-at-a-time sensitivity run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,10 +22,22 @@ from simcore.sweep import runner
 from simcore.sweep.analysis import pareto_front, sensitivity_points, sensitivity_table
 from simcore.sweep.expr import MissingName
 from simcore.sweep.spec import SweepSpec, flatten, load_sweep
-from simcore.sweep.store import Store, code_fingerprint, point_key
+from simcore.sweep.store import Store, StoreWarning, code_fingerprint, point_key
 from simcore.units import to_number, unit_kind, value_kind
 
 MIN_POINTS_PER_WORKER = 16  # below this a process pool costs more than it saves
+MAX_WARNINGS = 10  # store problems warned about one by one; the rest in one line
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: what is stored stays stored, and a re-run resumes from there."""
+
+    def __init__(self, stored: int, total: int, store: str) -> None:
+        super().__init__(stored, total, store)
+        self.stored, self.total, self.store = stored, total, store
+
+    def __str__(self) -> str:
+        return f"interrupted: {self.stored} of {self.total} points stored; re-run to resume"
 
 
 @dataclass
@@ -65,7 +79,10 @@ def sweep(spec: str | Path | Mapping[str, Any] | SweepSpec, *, workers: int | No
     Columns: the axes (numbers in SI units where the values carry units), the objectives, `pareto`,
     `status` (ok / infeasible / error), `reason`, `cached`, every figure of the result summary, `key`.
     `df.attrs` holds the objectives, axes, units and run statistics. Results are stored under `out`
-    (default `runs/<name>/`) and reused by later runs.
+    (default `runs/<name>/`) and reused by later runs; sweeps running at once on one store share the work.
+    A point that fails is a row with status `error` and its reason, never an exception; a damaged store
+    entry is recomputed with a `StoreWarning`; Ctrl-C raises `SweepInterrupted` (a KeyboardInterrupt)
+    once finished points are safely stored.
     """
     s = spec if isinstance(spec, SweepSpec) else load_sweep(spec)
     return run_sweep(s, workers=workers, backend=backend, scheduler=scheduler, out=out, cache=cache,
@@ -81,76 +98,120 @@ def run_sweep(spec: SweepSpec, points: Sequence[Mapping[str, Any]] | None = None
             f"unknown backend {backend!r} (known: {', '.join(runner.BACKENDS)})", key="--backend"
         )
     t0 = time.perf_counter()
+    started_ns = time.time_ns()
     pts = [dict(p) for p in (spec.points() if points is None else points)]
     store = Store(out if out is not None else default_store(spec.name), durable)
+    store.open()
     store.clean()
     stats = Stats(points=len(pts), backend=backend, store=str(store.root))
-    existing = store.keys() if cache else set()
-    pre = spec.pre_constraints()
-    inputs_memo: dict = {}
-
+    warn = _Warnings()
     rows: list[dict[str, Any]] = []
     records: dict[str, dict[str, Any]] = {}
-    pending: list[runner.Point] = []
-    for point in pts:
-        row: dict[str, Any] = {"point": point, "key": None, "status": "ok", "reason": None, "cached": False}
-        rows.append(row)
-        try:
-            config = spec.config(point)
-        except ConfigError as e:
-            row.update(status="infeasible", reason=e.message)
-            stats.skipped += 1
-            continue
-        env = spec.point_env(point, config)
-        row["env"] = env
-        reason = _violated(pre, env)
-        if reason:
-            row.update(status="infeasible", reason=reason)
-            stats.skipped += 1
-            continue
-        key, inputs = point_key(config, spec.base.file, spec.base_file, inputs_memo)
-        row["key"] = key
-        if key in records:
-            continue  # the same design reached twice (e.g. integer rounding): computed once
-        if key in existing:
-            rec = store.get(key)
-            if rec is not None and rec.get("status") in ("ok", "infeasible"):
-                records[key] = rec
-                rec["_cached"] = True
+    scanned = False
+    bar = runner.Progress(0, f"sweep {spec.name}", "off")
+    try:
+        existing = store.keys() if cache else set()
+        pre = spec.pre_constraints()
+        inputs_memo: dict = {}
+        pending: list[runner.Point] = []
+        for point in pts:
+            row: dict[str, Any] = {
+                "point": point,
+                "key": None,
+                "status": "ok",
+                "reason": None,
+                "cached": False,
+            }
+            rows.append(row)
+            try:
+                config = spec.config(point)
+            except ConfigError as e:
+                row.update(status="infeasible", reason=e.message)
+                stats.skipped += 1
                 continue
-        records[key] = {}
-        pending.append((key, config, inputs))
-    stats.unique = len(records)
-    stats.cached = len(records) - len(pending)
+            env = spec.point_env(point, config)
+            row["env"] = env
+            reason = _violated(pre, env)
+            if reason:
+                row.update(status="infeasible", reason=reason)
+                stats.skipped += 1
+                continue
+            key, inputs = point_key(config, spec.base.file, spec.base_file, inputs_memo)
+            row["key"] = key
+            if key in records:
+                continue  # the same design reached twice (e.g. integer rounding): computed once
+            damage = None
+            if key in existing:
+                rec, damage = store.load(key)
+                if rec is not None and rec.get("status") in ("ok", "infeasible"):
+                    records[key] = rec
+                    rec["_cached"] = True
+                    continue
+            moved = store.prepare(key)  # a directory where the record goes, a file where its directory goes
+            if moved or damage:
+                warn(f"store entry {moved or f'{store.path(key)} {damage}'}; recomputing the point")
+            records[key] = {}
+            pending.append((key, config, inputs))
+        stats.unique = len(records)
+        stats.cached = len(records) - len(pending)
+        scanned = True
 
-    task = runner.Task(spec.template(), str(store.root), durable, uuid.uuid4().hex[:12], simcore.__version__,
-                       code_fingerprint())  # fmt: skip
-    bar = runner.Progress(len(pending), f"sweep {spec.name}", _progress_mode(progress))
+        task = runner.Task(spec.template(), str(store.root), durable, uuid.uuid4().hex[:12], simcore.__version__,
+                           code_fingerprint(), cache, started_ns)  # fmt: skip
+        bar = runner.Progress(len(pending), f"sweep {spec.name}", _progress_mode(progress))
+        by_key = {p[0]: p for p in pending}
+        waiting: list[runner.Point] = []
 
-    def on_done(recs: list[dict[str, Any]]) -> None:
-        for rec in recs:
+        def on_done(recs: list[dict[str, Any]]) -> None:
+            done = []
+            for rec in recs:
+                key = rec["key"]
+                if rec.get(runner.CLAIMED):
+                    waiting.append(by_key[key])  # another sweep on this store is computing it
+                    continue
+                if task.store is None:
+                    try:
+                        store.put(rec)
+                    except OSError as e:
+                        rec[runner.UNSTORED] = f"{e.strerror or type(e).__name__}"
+                unstored = rec.pop(runner.UNSTORED, None)
+                if unstored:
+                    warn(f"could not store point {key[:12]}... in {store.path(key)} ({unstored}); "
+                         "it will be computed again next time")  # fmt: skip
+                if rec.pop(runner.FOUND, False):
+                    rec["_cached"] = True  # stored by another sweep on this store meanwhile
+                    stats.cached += 1
+                else:
+                    stats.computed += 1
+                records[key] = rec
+                done.append(rec)
             if task.store is None:
-                store.put(rec)
-            records[rec["key"]] = rec
-        if task.store is None:
-            store.flush()
-        bad = sum(r["status"] != "ok" for r in recs)
-        bar.update(len(recs), infeasible=bad)
+                store.flush()
+            bad = sum(r["status"] != "ok" for r in done)
+            bar.update(len(done), infeasible=bad)
 
-    n = len(pending)
-    workers = max(1, workers or runner.cpu_count())
-    if backend == "local":
-        workers = max(1, min(workers, math.ceil(n / MIN_POINTS_PER_WORKER)))
-        if n and workers == 1:
-            runner.run_inline(task, pending, on_done)
+        n = len(pending)
+        workers = max(1, workers or runner.cpu_count())
+        if backend == "local":
+            workers = max(1, min(workers, math.ceil(n / MIN_POINTS_PER_WORKER)))
+            if n and workers == 1:
+                runner.run_inline(task, pending, on_done)
+            elif n:
+                runner.run_local(task, pending, workers, on_done)
         elif n:
-            runner.run_local(task, pending, workers, on_done)
-    elif n:
-        task.store = None  # remote workers return records; this process writes them
-        fn = runner.run_dask if backend == "dask" else runner.run_ray
-        fn(task, pending, workers, scheduler, on_done)
-    stats.workers = workers if n else 0
-    stats.computed = n
+            task.store = None  # remote workers return records; this process writes them
+            fn = runner.run_dask if backend == "dask" else runner.run_ray
+            fn(task, pending, workers, scheduler, on_done)
+        stats.workers = workers if n else 0
+        _collect(task, waiting, on_done)
+    except KeyboardInterrupt:
+        bar.abort()
+        with contextlib.suppress(OSError):
+            store.flush()
+        total = len(records) if scanned else len(pts) - stats.skipped
+        stored = len(store.keys() & records.keys()) if scanned else len(store.keys())
+        raise SweepInterrupted(stored, total, str(store.root)) from None
+    warn.close()
 
     df = _frame(spec, rows, records, stats)
     stats.elapsed_s = time.perf_counter() - t0
@@ -174,6 +235,37 @@ def sensitivity(spec: str | Path | Mapping[str, Any] | SweepSpec, center: Mappin
     points, labels = sensitivity_points(s, center, steps)
     df = run_sweep(s, points, **run_kwargs)
     return sensitivity_table(df, labels, metrics, list(s.objectives))
+
+
+class _Warnings:
+    """Store problems as `StoreWarning`s: the first MAX_WARNINGS one by one, then how many more."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, message: str) -> None:
+        self.n += 1
+        if self.n <= MAX_WARNINGS:
+            warnings.warn(message, StoreWarning, stacklevel=2)
+
+    def close(self) -> None:
+        if self.n > MAX_WARNINGS:
+            warnings.warn(
+                f"{self.n - MAX_WARNINGS} more store problems like these", StoreWarning, stacklevel=2
+            )
+
+
+def _collect(task: runner.Task, waiting: list[runner.Point], on_done: runner.OnDone) -> None:
+    """Points another sweep on the store was computing: wait for its records; take over a point whose
+    claim its holder gave up (it died) and compute it here."""
+    delay = 0.02
+    while waiting:
+        points = list(waiting)
+        waiting.clear()
+        on_done(runner.run_chunk(task, points))  # claims again: a found record, a computed one, or still held
+        if waiting:
+            time.sleep(delay)
+            delay = min(0.5, delay * 1.5)
 
 
 def _progress_mode(progress: bool | str | None) -> str:

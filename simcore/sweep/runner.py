@@ -3,8 +3,11 @@
 Points travel in chunks so per-point overhead (pickling, scheduling) stays small next to a ~10 ms
 simulation. Local pool workers write each finished point to the store themselves, the moment it is
 done, and die with the sweep (PR_SET_PDEATHSIG plus a parent check between points), so a killed sweep
-neither loses finished points nor leaves orphans that would compute a point twice on resume. Remote
-backends return records and the sweep process writes them, so no shared filesystem is assumed.
+neither loses finished points nor leaves orphans that would compute a point twice on resume. Before
+computing a point a local worker claims it in the store (`Store.claim`): a point another sweep on the
+same store is computing comes back as a `CLAIMED` marker, and one that sweep has finished meanwhile as
+its stored record (`FOUND`), so concurrent sweeps share the work. Remote backends return records and the
+sweep process writes them, so no shared filesystem is assumed (and no claims are made).
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from simcore import errors
 from simcore.errors import ConfigError, SimError
 
 BACKENDS = ("local", "dask", "ray")
+#: Markers on what `run_chunk` returns: the point is held by another runner (the record is just the key);
+#: the record was found in the store, computed by another runner; the record could not be stored (why).
+CLAIMED, FOUND, UNSTORED = "_claimed", "_found", "_unstored"
+#: A broken invariant is a bug (an `error` point), not an infeasible design, although it is a SimError.
+_INTERNAL: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(errors, "InternalError", None),) if isinstance(c, type)
+)
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -35,6 +46,8 @@ class Task:
     run_id: str
     version: str
     code: str = ""  #: fingerprint of the simulator's source (see store.code_fingerprint)
+    cache: bool = True  #: reuse a point another runner stored before this sweep started
+    started_ns: int = 0  #: time.time_ns() at the start: records written since are this sweep's to reuse
 
 
 def _one_line(e: BaseException) -> str:
@@ -54,6 +67,8 @@ def run_point(task: Task, key: str, config: dict[str, Any], inputs: Mapping[str,
         rec["summary"] = (
             load_experiment(task.template.doc(copy.deepcopy(config))).run(keep_records=False).summary
         )
+    except _INTERNAL as e:  # a broken invariant: a bug
+        rec["status"], rec["reason"] = "error", _one_line(e)
     except SimError as e:  # out of memory, a configuration this point cannot have
         rec["status"], rec["reason"] = "infeasible", _one_line(e)
     except Exception as e:  # noqa: BLE001 - a bug must not take the sweep down; it is reported per point
@@ -65,7 +80,8 @@ def run_point(task: Task, key: str, config: dict[str, Any], inputs: Mapping[str,
 def run_chunk(
     task: Task, points: Sequence[tuple[str, dict[str, Any], Mapping[str, str]]]
 ) -> list[dict[str, Any]]:
-    """Run a chunk of (key, config, inputs); with `task.store`, persist each record as soon as it exists."""
+    """Run a chunk of (key, config, inputs); with `task.store`, claim each point first and persist its
+    record as soon as it exists (see the module docstring for the markers on what comes back)."""
     import multiprocessing as mp
 
     from simcore.sweep.store import Store
@@ -73,16 +89,48 @@ def run_chunk(
     store = Store(task.store, task.durable) if task.store else None
     parent = mp.parent_process()
     out = []
-    for key, config, inputs in points:
-        if parent is not None and not parent.is_alive():
-            os._exit(0)  # the sweep was killed: stop before starting a point nobody will collect
-        rec = run_point(task, key, config, inputs)
+    try:
+        for key, config, inputs in points:
+            if parent is not None and not parent.is_alive():
+                os._exit(0)  # the sweep was killed: stop before starting a point nobody will collect
+            if store is None:
+                out.append(run_point(task, key, config, inputs))
+                continue
+            claim = store.claim(key, f"run {task.run_id}")
+            if claim is None:
+                out.append({"key": key, CLAIMED: True})
+                continue
+            try:
+                found = _stored(store, key, task)
+                if found is not None:
+                    found[FOUND] = True
+                    out.append(found)
+                    continue
+                rec = run_point(task, key, config, inputs)
+                try:
+                    store.put(rec)
+                except OSError as e:
+                    rec[UNSTORED] = e.strerror or type(e).__name__
+                out.append(rec)
+            finally:
+                claim.release()
+    finally:
         if store is not None:
-            store.put(rec)
-        out.append(rec)
-    if store is not None:
-        store.flush()
+            store.flush()
     return out
+
+
+def _stored(store: Any, key: str, task: Task) -> dict[str, Any] | None:
+    """The record of a point just claimed, if another runner stored it: any record written since this
+    sweep started, and with caching on, an `ok` or `infeasible` one written before."""
+    rec = store.get(key)
+    if rec is None:
+        return None
+    try:
+        fresh = os.stat(store.path(key)).st_mtime_ns >= task.started_ns
+    except OSError:
+        return None
+    return rec if fresh or (task.cache and rec.get("status") in ("ok", "infeasible")) else None
 
 
 def _worker_init() -> None:
@@ -154,6 +202,8 @@ def run_local(task: Task, points: Sequence[Point], workers: int, on_done: OnDone
         ex.shutdown(wait=False, cancel_futures=True)
         for proc in procs:
             proc.terminate()
+        for proc in procs:  # gone before the caller counts what is stored
+            proc.join(5)
         raise
     ex.shutdown(wait=True)
 
@@ -162,7 +212,7 @@ def run_dask(task: Task, points: Sequence[Point], workers: int, scheduler: Any, 
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise ConfigError("the dask backend needs dask.distributed: pip install simcore[dask]",
+        raise ConfigError("the dask backend needs dask.distributed: pip install 'dask[distributed]' (from a clone: pip install -e '.[dask]')",
                           key="--backend dask") from None  # fmt: skip
     cluster = None
     if isinstance(scheduler, Client):
@@ -191,7 +241,7 @@ def run_ray(task: Task, points: Sequence[Point], workers: int, scheduler: Any, o
     try:
         import ray
     except ImportError:
-        raise ConfigError("the ray backend needs Ray, which is not installed: pip install simcore[ray]",
+        raise ConfigError("the ray backend needs Ray, which is not installed: pip install ray (from a clone: pip install -e '.[ray]')",
                           key="--backend ray") from None  # fmt: skip
     started = not ray.is_initialized()
     if started:
@@ -245,6 +295,12 @@ class Progress:
                 f"{100 * frac:3.0f}% {rate:,.0f} pt/s ETA {int(eta) // 60}:{int(eta) % 60:02d}{extra}")  # fmt: skip
         self.stream.write(line + "\x1b[K")
         self.stream.flush()
+
+    def abort(self) -> None:
+        """Clear the bar (an interrupted sweep prints its own line)."""
+        if self.mode == "bar":
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
     def close(self, summary: str) -> None:
         if self.mode == "bar":

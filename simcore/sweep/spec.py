@@ -183,11 +183,15 @@ def _axis(doc: Doc, name: str) -> Axis:
 
 def _split_number(doc: Doc, path: tuple[str, ...], value: Any) -> tuple[float, str]:
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise doc.error(path, f"expected a finite number, got {value!r}")
         return float(value), ""
     parts = units.split_unit(value) if isinstance(value, str) else None
     if parts is None:
         raise doc.error(path, f"expected a number or a number with a unit (like '3.35 TB/s'), got {value!r}")
     number, unit = parts
+    if not math.isfinite(number):
+        raise doc.error(path, f"expected a finite number, got {value!r}")
     if unit and unit_kind(unit) is None:
         raise doc.error(path, f"unknown unit {unit!r} in {value!r}")
     return number, unit
@@ -298,6 +302,10 @@ class SweepSpec:
                     raise ConfigError(
                         f"cannot compute `{expr.text}`: {e}", where[0], where[1], f"set.{key}"
                     ) from None
+                if isinstance(value, float):
+                    value = units.SI(
+                        value
+                    )  # computed in SI base units: taken as such where a unit is expected
                 set_dotted(data, key, value)
                 env[key] = to_number(value)
         return data

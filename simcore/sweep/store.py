@@ -2,9 +2,9 @@
 
 A result is a pure function of the resolved experiment, the simulator (its version and its source code)
 and the files it reads for it (hardware presets and their bases, the model config, the energy tables),
-so the key is a hash of exactly those. Each record is written to a temporary file, fsync'ed and renamed into
-place: a sweep killed at any moment leaves every finished point complete and nothing half-written,
-and a re-run skips what is there.
+so the key is a hash of exactly those. Each record is written to a temporary file and renamed into place,
+with a checksum of its content: a sweep killed at any moment leaves every finished point complete and
+nothing half-written, a re-run skips what is there, and a damaged or edited record is recomputed.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import simcore
-from simcore.config import ROOT, Doc, load_preset
-from simcore.errors import ConfigError
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process claims
+    fcntl = None  # type: ignore[assignment]
 
-ENERGY_DIR = ROOT / "configs" / "energy"
+import simcore
+from simcore.config import CONFIG_ROOT, ROOT, Doc, load_preset
+from simcore.errors import ConfigError, SimError
+
+ENERGY_DIR = CONFIG_ROOT / "energy"
 _file_hashes: dict[tuple[str, int, int], str] = {}
 _preset_files: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -146,13 +151,70 @@ def point_key(
 
 
 # -------------------------------------------------------------------------------------------- store
+class StoreError(SimError):
+    """The store directory itself is unusable (a file where a directory should be, no permission)."""
+
+    exit_code = 2
+
+
+class StoreWarning(UserWarning):
+    """A damaged store entry was set aside and its point recomputed, or a record could not be stored."""
+
+
+def checksum(record: Mapping[str, Any]) -> str:
+    """sha256 of a record's JSON (sorted keys, the default separators) without its `checksum` field: the
+    value `put` stores in that field."""
+    return hashlib.sha256(_body(record)).hexdigest()
+
+
+def _body(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        {k: v for k, v in record.items() if k != "checksum"}, sort_keys=True, default=float
+    ).encode()
+
+
+_HEAD = b'{"checksum": "'
+_SEP = b'", '
+
+
+def _intact(raw: bytes, rec: Mapping[str, Any]) -> bool:
+    """Whether a parsed record matches its checksum. As `put` writes it, the checksum field comes first and
+    the rest of the file is the body it covers, so only bytes are hashed; a file rewritten in another
+    layout is checked by serializing the record again."""
+    n = len(_HEAD)
+    if raw.startswith(_HEAD) and raw[n + 64 : n + 67] == _SEP:
+        if hashlib.sha256(b"{" + raw[n + 67 :]).hexdigest().encode() == raw[n : n + 64]:
+            return True
+    return rec.get("checksum") == checksum(rec)
+
+
+class Claim:
+    """A held claim on one point (an exclusive `flock` on `points/<k[:2]>/.<key>.claim`); see `Store.claim`."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # unlinked while still locked: a runner that opened it re-checks the inode
+        os.close(self.fd)
+        self.fd = -1
+
+
 class Store:
     """A directory of point records: `points/<k[:2]>/<key>.json`, each written atomically.
 
     A record is visible the moment it is renamed into place, so a killed sweep (SIGKILL, Ctrl-C) loses
     nothing and repeats nothing. Against power loss, a durable store flushes to disk once per batch of
     records (`flush`, called at the end of every chunk) rather than twice per record: a crash of the
-    machine can cost at most the last batch, which is then recomputed, never stored twice."""
+    machine can cost at most the last batch, which is then recomputed, never stored twice.
+
+    Each record carries `checksum` (see `checksum`); one that does not parse, names another key or fails
+    its checksum is damaged (`load` says why) and recomputed, never served. Runners on one store share
+    work through per-point claims (`claim`): a point is computed only by the runner that holds its claim,
+    and a claim dies with its holder (a kernel lock), so a killed runner's points are simply taken over."""
 
     def __init__(self, root: str | Path, durable: bool = True) -> None:
         self.root = Path(root)
@@ -163,32 +225,100 @@ class Store:
     def path(self, key: str) -> Path:
         return self.points / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The record for `key`, or None (missing, or unreadable: then it is simply recomputed)."""
+    def open(self) -> None:
+        """Make sure the store can be used: its directories exist and are directories; else StoreError."""
+        for p in (self.root, self.points):
+            if p.exists() and not p.is_dir():
+                raise StoreError(f"{p}: the results store needs a directory here, and this is a file; "
+                                 f"move it away or choose another --out")  # fmt: skip
         try:
-            with open(self.path(key), "rb") as f:
-                rec = json.loads(f.read())
-        except (FileNotFoundError, NotADirectoryError, ValueError):
-            return None
-        return rec if isinstance(rec, dict) and rec.get("key") == key else None
+            self.points.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.root}: cannot create the results store: {e.strerror or e}") from None
+
+    def load(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(record, None) when `key` is stored intact; (None, None) when it is absent; (None, why) when the
+        entry is damaged (unreadable, truncated, another key, a checksum that does not match)."""
+        path = self.path(key)
+        try:
+            data = _read(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
+        except IsADirectoryError:
+            return None, "is a directory"
+        except OSError as e:
+            return None, f"cannot be read ({e.strerror or e})"
+        try:
+            rec = json.loads(data)
+        except ValueError:
+            return None, "is not valid JSON (truncated?)"
+        if not isinstance(rec, dict):
+            return None, "is not a record"
+        if rec.get("key") != key:
+            return None, f"holds key {str(rec.get('key'))[:16]!r}, not its own"
+        if "checksum" not in rec:
+            return None, "has no checksum"
+        if not _intact(data, rec):
+            return None, "fails its checksum (edited or corrupted)"
+        return rec, None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The record for `key`, or None (missing or damaged: then it is simply recomputed)."""
+        return self.load(key)[0]
 
     def keys(self) -> set[str]:
-        """Keys of every record present (one directory scan)."""
+        """Keys of every record present (one directory scan; unreadable directories are left out)."""
         out: set[str] = set()
-        if not self.points.is_dir():
+        try:
+            subs = list(os.scandir(self.points))
+        except OSError:
             return out
-        for sub in os.scandir(self.points):
-            if sub.is_dir():
-                out.update(e.name[:-5] for e in os.scandir(sub.path) if e.name.endswith(".json"))
+        for sub in subs:
+            try:
+                if sub.is_dir():
+                    out.update(
+                        e.name[:-5]
+                        for e in os.scandir(sub.path)
+                        if e.name.endswith(".json") and e.name[0] != "."
+                    )
+            except OSError:
+                continue
         return out
 
+    def set_aside(self, path: Path) -> Path:
+        """Move a damaged entry out of the way (a directory where a record or a record directory
+        should be): renamed to a hidden `.NAME.damaged-N` beside it, which nothing reads."""
+        for n in range(1000):
+            dest = path.parent / f".{path.name}.damaged-{n}"
+            if not dest.exists() and not dest.is_symlink():
+                os.rename(path, dest)
+                return dest
+        raise OSError(f"too many damaged copies of {path}")
+
+    def prepare(self, key: str) -> str | None:
+        """Clear the way for writing `key`: a file where its directory should be, or a directory where its
+        record should be, is set aside. Returns what was done, "PATH was a ...; moved to ...", or None."""
+        final = self.path(key)
+        if final.parent.exists() and not final.parent.is_dir():
+            target, kind = final.parent, "file"
+        elif final.is_dir() and not final.is_symlink():
+            target, kind = final, "directory"
+        else:
+            return None
+        try:
+            dest = self.set_aside(target)
+        except OSError as e:
+            return f"{target} is a {kind} in the way and cannot be moved ({e.strerror or e})"
+        return f"{target} was a {kind}; moved to {dest.name}"
+
     def put(self, record: Mapping[str, Any]) -> Path:
-        """Write one record atomically: temp file, rename (flushed to disk by `flush`)."""
+        """Write one record atomically with its checksum: temp file, rename (flushed to disk by `flush`)."""
         key = record["key"]
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key}.{os.getpid()}.tmp"
-        data = json.dumps(record, sort_keys=True, default=float).encode()
+        body = _body(record)  # the checksum first, then the body it covers (see `_intact`)
+        data = _HEAD + hashlib.sha256(body).hexdigest().encode() + _SEP + body[1:]
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, data)
@@ -204,24 +334,82 @@ class Store:
             os.sync()
         self._unsynced = 0
 
+    def claim_path(self, key: str) -> Path:
+        return self.points / key[:2] / f".{key}.claim"
+
+    def claim(self, key: str, note: str = "") -> Claim | None:
+        """Claim `key` for this process, or None if another live process holds it.
+
+        The claim file is created (O_CREAT) and locked (`flock`, exclusive, non-blocking); it holds the pid,
+        the start time and `note`. The kernel drops the lock when its holder dies, however it dies, so a
+        stale claim is taken over by the next runner that asks. Releasing unlinks the file while still
+        locked; a runner that opened the old file sees its inode gone and tries again, so exactly one
+        runner holds a point at a time. Without `fcntl` (not POSIX) every claim succeeds."""
+        if fcntl is None:
+            return Claim(self.claim_path(key), -1)
+        path = self.claim_path(key)
+        for _ in range(100):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    return Claim(path, -1)
+                continue
+            except OSError:  # no claim can be made here, and no record stored: compute it unclaimed
+                return Claim(path, -1)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+            fst = os.fstat(fd)
+            try:
+                st = os.stat(path)
+                same = (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+            except FileNotFoundError:
+                same = False
+            if same:
+                info = f"pid {os.getpid()} started {_start_time(os.getpid())} {note}".strip() + "\n"
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, info.encode(), 0)
+                return Claim(path, fd)
+            os.close(fd)  # released and unlinked between our open and lock: try again
+        return None
+
     def records(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
         ks = self.keys() if keys is None else keys
         return [r for r in (self.get(k) for k in ks) if r is not None]
 
     def clean(self) -> int:
-        """Remove temp files left by writers that no longer run (a killed sweep); returns how many."""
+        """Remove temp files left by writers that no longer run (a killed sweep) and claim files nobody
+        holds, in one pass over the store; returns how many temp files went."""
         n = 0
-        if not self.points.is_dir():
+        try:
+            subs = [e.path for e in os.scandir(self.points) if e.is_dir()]
+        except OSError:
             return 0
-        for tmp in self.points.glob("*/.*.tmp"):
+        for sub in subs:
             try:
-                pid = int(tmp.name.rsplit(".", 2)[-2])
-            except ValueError:
+                names = [e.name for e in os.scandir(sub) if e.name[0] == "."]
+            except OSError:
                 continue
-            if not _alive(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                    n += 1
+            for name in names:
+                if name.endswith(".tmp"):
+                    try:
+                        pid = int(name.rsplit(".", 2)[-2])
+                    except ValueError:
+                        continue
+                    if not _alive(pid):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(sub, name))
+                            n += 1
+                elif name.endswith(".claim") and fcntl is not None:
+                    claim = self.claim(name[1:-6])  # free: its holder died after computing it
+                    if claim is not None:
+                        claim.release()
         return n
 
     def write_text(self, name: str, text: str) -> Path:
@@ -232,6 +420,19 @@ class Store:
         tmp.write_text(text)
         os.replace(tmp, final)
         return final
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot (with the pid, it names one process), or '?'."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _alive(pid: int) -> bool:
