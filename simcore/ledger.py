@@ -21,6 +21,7 @@ from typing import Any
 from hardware.links import link_energy_per_bit_J
 from simcore.component import OpCost
 from simcore.energy import energy_breakdown
+from simcore.invariants import check_records
 from simcore.ops import Transfer
 from simcore.program import Program, Step
 from simcore.system import System
@@ -168,6 +169,11 @@ class Ledger:
         return util
 
     # ------------------------------------------------------------------------------------ records
+    def check_records(self) -> int:
+        """Check every per-op record (simcore.invariants.check_records; O(ops), for tests); InternalError
+        names the first broken figure. Returns the number of records."""
+        return check_records(self.records(), self.now_s)
+
     def records(self) -> Iterator[dict[str, Any]]:
         """One dict per executed op or transfer, in execution order."""
         energy: dict[int, float] = {}

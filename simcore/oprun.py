@@ -6,7 +6,7 @@ from typing import Any
 
 from simcore.component import Component, OpCost
 from simcore.energy import energy_breakdown
-from simcore.errors import ConfigError
+from simcore.errors import ConfigError, OutOfMemory
 from simcore.ops import Op
 from simcore.system import System
 
@@ -24,8 +24,23 @@ def op_energy_J(comp: Component, cost: OpCost) -> float:
     return energy_breakdown(cost.actions, comp.energy_per_action_J()).total_J
 
 
+def check_fits(system: System, comp: Component, op: Op) -> None:
+    """The op's tensors (inputs, weights, outputs, each once) must fit in the memory its device computes
+    from, else OutOfMemory naming their bytes against its capacity (a device without memory: unchecked)."""
+    device = next((n for n, c in system.devices.items() if c is comp), comp.name)
+    port = system.memory_of(device)
+    if port is None:
+        return
+    tensors = op.tensors()
+    needed = sum(t.bytes for t in tensors)
+    if needed > port.capacity_B:
+        names = "+".join(t.name for t in tensors)
+        raise OutOfMemory(f"{op.kind} operands {names}", device, needed, port.capacity_B, port.capacity_B)
+
+
 def op_report(system: System, op: Op) -> dict[str, Any]:
     comp = device_for(system, op)
+    check_fits(system, comp, op)
     cost = comp.op_cost(op)
     out: dict[str, Any] = {
         "device": comp.name,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simcore.invariants import check_result
 from simcore.ledger import Ledger
 from simcore.units import fmt, kind_from_name
 
@@ -21,6 +22,14 @@ class Result:
 
     summary: dict[str, Any]
     ledger: Ledger | None = field(default=None, repr=False)
+
+    def check(self, records: bool = False) -> Result:
+        """The run's invariants (simcore.invariants): the summary and the ledger's aggregates, and with
+        `records` every per-op record too; InternalError names the first broken figure."""
+        check_result(self.summary, self.ledger)
+        if records and self.ledger is not None:
+            self.ledger.check_records()
+        return self
 
     # ------------------------------------------------------------------------------------ records
     def records(self) -> Iterator[dict[str, Any]]:
