@@ -6,6 +6,7 @@ all-reduce after attention and after the MLP).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,33 @@ class LLMSpec:
     tie_embeddings: bool = False
     max_positions: int = 4096
     bias: bool = False
+    #: sliding-window attention: layers `window_start`.. attend to at most the last `window` keys and keep
+    #: only that many tokens of KV cache (a rolling buffer); None = full attention everywhere
+    window: int | None = None
+    window_start: int = 0
+
+    def layer_window(self, layer: int) -> int | None:
+        """The attention window of layer `layer` (None: full causal attention)."""
+        return self.window if self.window is not None and layer >= self.window_start else None
+
+    def kv_layer_tokens(self, tokens: int, first: int = 0, last: int | None = None) -> int:
+        """Tokens of KV cache one sequence of `tokens` tokens keeps, summed over layers first..last-1
+        (a windowed layer keeps at most its window)."""
+        last = self.layers if last is None else last
+        return sum(min(tokens, self.layer_window(i) or tokens) for i in range(first, last))
+
+    def kv_fraction(self, tokens: int, first: int, last: int) -> float:
+        """Share of a full-attention KV cache of `tokens` tokens that layers first..last-1 keep: their
+        fraction of the layers, less what sliding windows drop."""
+        if self.window is None or tokens <= self.window:
+            return (last - first) / self.layers
+        return self.kv_layer_tokens(tokens, first, last) / (tokens * self.layers)
+
+    def check_positions(self, positions: int, needs: str, key: str | None = None) -> None:
+        """Refuse a sequence of `positions` tokens longer than the model's maximum context; `needs` says
+        how it adds up ("prompt 4000 + 200 new tokens needs 4200")."""
+        if positions > self.max_positions:
+            raise ConfigError(f"{self.name} accepts at most {self.max_positions} positions; {needs}", key=key)
 
     @property
     def layer_params(self) -> int:
@@ -79,47 +107,190 @@ class LLMSpec:
 # ---------------------------------------------------------------------------------- HF config parsing
 
 FAMILIES: dict[str, Callable[[str, Mapping[str, Any]], LLMSpec]] = {}
+#: per model_type, the config keys its builder reads (any other key not in HARMLESS is refused)
+FAMILY_KEYS: dict[str, frozenset[str]] = {}
+
+#: keys that never change the shapes or costs modelled here: metadata, token ids, initialization,
+#: dropout, norm epsilons and rotary-position settings (positions only, not shapes)
+HARMLESS = frozenset({
+    "model_type", "architectures", "torch_dtype", "transformers_version", "auto_map", "bos_token_id",
+    "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id", "initializer_range", "init_std",
+    "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta", "rope_scaling", "partial_rotary_factor",
+    "original_max_position_embeddings", "attention_dropout", "dropout", "activation_dropout", "hidden_dropout",
+    "attn_pdrop", "embd_pdrop", "resid_pdrop", "layerdrop", "use_cache", "tie_word_embeddings", "pretraining_tp",
+    "is_decoder", "is_encoder_decoder", "return_dict", "output_attentions", "output_hidden_states",
+    "torchscript", "use_return_dict", "chunk_size_feed_forward", "tokenizer_class", "prefix",
+})  # fmt: skip
+
+#: keys of features not modelled, with the reason given in the refusal
+_UNSUPPORTED_HINTS = {
+    **dict.fromkeys(("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
+                     "num_experts_per_tok", "n_shared_experts", "shared_expert_intermediate_size",
+                     "router_aux_loss_coef", "output_router_logits", "decoder_sparse_step", "moe_layer_freq",
+                     "first_k_dense_replace", "router_jitter_noise", "topk_group", "n_group",
+                     "routed_scaling_factor", "norm_topk_prob", "mlp_only_layers"),
+                    "mixture-of-experts is not supported yet"),
+    "quantization_config": "give the weight format with the experiment's precision: instead",
+    "kv_lora_rank": "multi-head latent attention is not supported",
+    "q_lora_rank": "multi-head latent attention is not supported",
+    "attn_logit_softcapping": "Gemma-2 is not supported (model_type gemma2)",
+    "final_logit_softcapping": "Gemma-2 is not supported (model_type gemma2)",
+}  # fmt: skip
 
 
-def family(*model_types: str) -> Callable:
+def family(*model_types: str, keys: tuple[str, ...] = ()) -> Callable:
+    """Register a builder for `model_types`; `keys` are the config keys it reads."""
+
     def deco(fn: Callable[[str, Mapping[str, Any]], LLMSpec]) -> Callable:
         for t in model_types:
             FAMILIES[t] = fn
+            FAMILY_KEYS[t] = frozenset(keys)
         return fn
 
     return deco
 
 
-@family("llama", "mistral", "qwen2", "yi")
+def _pos(c: Mapping[str, Any], key: str, default: Any = None) -> int:
+    """A positive integer field (a missing one without default is a KeyError: reported as missing)."""
+    v = c[key] if default is None else c.get(key, default)
+    if v is None and default is not None:
+        v = default
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"expected a positive integer, got {v!r}", key=key)
+    return v
+
+
+def _flag(c: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    v = c.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(f"expected true or false, got {v!r}", key=key)
+    return v
+
+
+def _heads(c: Mapping[str, Any], hidden: int, heads_key: str, kv_key: str | None) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim), checked: kv heads divide the heads, head_dim given or hidden / heads."""
+    heads = _pos(c, heads_key)
+    kv = _pos(c, kv_key, heads) if kv_key else heads
+    if heads % kv:
+        raise ConfigError(f"{heads} attention heads are not a multiple of {kv} key/value heads", key=kv_key)
+    if c.get("head_dim") is not None:
+        d = _pos(c, "head_dim")
+    elif hidden % heads:
+        raise ConfigError(f"hidden size {hidden} is not a multiple of {heads} heads (give head_dim)",
+                          key=heads_key)  # fmt: skip
+    else:
+        d = hidden // heads
+    return heads, kv, d
+
+
+def _window(c: Mapping[str, Any]) -> int | None:
+    w = c.get("sliding_window")
+    return None if w is None else _pos(c, "sliding_window")
+
+
+_LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "intermediate_size", "vocab_size", "hidden_act", "tie_word_embeddings", "max_position_embeddings",
+               "attention_bias", "mlp_bias")  # fmt: skip
+
+
+@family("llama", "yi", keys=_LLAMA_KEYS)
+@family("mistral", keys=(*_LLAMA_KEYS, "sliding_window"))
+@family("qwen2", keys=(*_LLAMA_KEYS, "sliding_window", "use_sliding_window", "max_window_layers"))
 def _llama_like(name: str, c: Mapping[str, Any]) -> LLMSpec:
-    heads = c["num_attention_heads"]
+    mt, h = c["model_type"], _pos(c, "hidden_size")
+    heads, kv, d = _heads(c, h, "num_attention_heads", "num_key_value_heads")
+    layers = _pos(c, "num_hidden_layers")
+    window, start = None, 0
+    if mt == "mistral":
+        window = _window(c)
+    elif mt == "qwen2" and _flag(c, "use_sliding_window"):  # layers from max_window_layers on use the window
+        window, start = _window(c), _pos(c, "max_window_layers", layers) if c.get("max_window_layers") else 0
     return LLMSpec(
-        name, c["model_type"], c["hidden_size"], c["num_hidden_layers"], heads,
-        c.get("num_key_value_heads", heads), c.get("head_dim") or c["hidden_size"] // heads,
-        c["intermediate_size"], c["vocab_size"], True, "rmsnorm", c.get("hidden_act", "silu"),
-        bool(c.get("tie_word_embeddings", False)), c.get("max_position_embeddings", 4096),
-        bias=c["model_type"] == "qwen2",
+        name, mt, h, layers, heads, kv, d, _pos(c, "intermediate_size"), _pos(c, "vocab_size"), True, "rmsnorm",
+        c.get("hidden_act", "silu"), _flag(c, "tie_word_embeddings"), _pos(c, "max_position_embeddings", 4096),
+        bias=mt == "qwen2" or _flag(c, "attention_bias") or _flag(c, "mlp_bias"), window=window, window_start=start,
     )  # fmt: skip
 
 
-@family("opt")
+@family("gemma", keys=_LLAMA_KEYS + ("hidden_activation",))
+def _gemma(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    """Gemma: GeGLU MLP, RMSNorm, rotary positions, tied embeddings, head_dim 256 (wider than hidden /
+    heads for 7B), multi-query attention for 2B."""
+    h = _pos(c, "hidden_size")
+    heads, kv, d = _heads(c, h, "num_attention_heads", "num_key_value_heads")
+    act = c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh"
+    return LLMSpec(name, "gemma", h, _pos(c, "num_hidden_layers"), heads, kv, d, _pos(c, "intermediate_size"),
+                   _pos(c, "vocab_size"), True, "rmsnorm", act, _flag(c, "tie_word_embeddings", True),
+                   _pos(c, "max_position_embeddings", 8192), bias=_flag(c, "attention_bias"))  # fmt: skip
+
+
+@family("phi3", keys=(*_LLAMA_KEYS, "sliding_window"))
+def _phi3(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    """Phi-3: the HF weights fuse q, k, v into qkv_proj and gate, up into gate_up_proj (the graph's GEMMs
+    are fused that way already); SwiGLU, RMSNorm, rotary positions (LongRoPE for the 128k variants changes
+    positions only). `sliding_window` applies to every layer."""
+    h = _pos(c, "hidden_size")
+    heads, kv, d = _heads(c, h, "num_attention_heads", "num_key_value_heads")
+    return LLMSpec(name, "phi3", h, _pos(c, "num_hidden_layers"), heads, kv, d, _pos(c, "intermediate_size"),
+                   _pos(c, "vocab_size"), True, "rmsnorm", c.get("hidden_act", "silu"),
+                   _flag(c, "tie_word_embeddings"), _pos(c, "max_position_embeddings", 4096),
+                   bias=_flag(c, "attention_bias"), window=_window(c))  # fmt: skip
+
+
+@family("opt", keys=("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "vocab_size",
+                     "activation_function", "tie_word_embeddings", "max_position_embeddings",
+                     "do_layer_norm_before", "word_embed_proj_dim", "enable_bias",
+                     "layer_norm_elementwise_affine", "output_projection"))  # fmt: skip
 def _opt(name: str, c: Mapping[str, Any]) -> LLMSpec:
-    h, heads = c["hidden_size"], c["num_attention_heads"]
-    return LLMSpec(name, "opt", h, c["num_hidden_layers"], heads, heads, h // heads, c["ffn_dim"], c["vocab_size"],
-                   False, "layernorm", c.get("activation_function", "relu"), bool(c.get("tie_word_embeddings", True)),
-                   c.get("max_position_embeddings", 2048), bias=True)  # fmt: skip
+    h = _pos(c, "hidden_size")
+    heads, _, d = _heads(c, h, "num_attention_heads", None)
+    if c.get("word_embed_proj_dim") not in (None, h):
+        raise ConfigError(f"word_embed_proj_dim {c['word_embed_proj_dim']!r} != hidden_size {h}: projected "
+                          "embeddings (OPT-350m) are not supported", key="word_embed_proj_dim")  # fmt: skip
+    return LLMSpec(name, "opt", h, _pos(c, "num_hidden_layers"), heads, heads, d, _pos(c, "ffn_dim"),
+                   _pos(c, "vocab_size"), False, "layernorm", c.get("activation_function", "relu"),
+                   _flag(c, "tie_word_embeddings", True), _pos(c, "max_position_embeddings", 2048),
+                   bias=_flag(c, "enable_bias", True))  # fmt: skip
 
 
-@family("gpt2", "gpt3")
+@family("gpt2", "gpt3", keys=("n_embd", "n_head", "n_layer", "n_inner", "vocab_size", "activation_function",
+                              "n_positions", "n_ctx", "tie_word_embeddings", "scale_attn_weights",
+                              "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "summary_type",
+                              "summary_use_proj", "summary_activation", "summary_proj_to_labels",
+                              "summary_first_dropout", "task_specific_params"))  # fmt: skip
 def _gpt(name: str, c: Mapping[str, Any]) -> LLMSpec:
-    h, heads = c["n_embd"], c["n_head"]
-    return LLMSpec(name, "gpt3", h, c["n_layer"], heads, heads, h // heads, c.get("n_inner") or 4 * h,
-                   c["vocab_size"], False, "layernorm", c.get("activation_function", "gelu"), True,
-                   c.get("n_positions", 2048), bias=True)  # fmt: skip
+    h = _pos(c, "n_embd")
+    heads, _, d = _heads(c, h, "n_head", None)
+    ffn = _pos(c, "n_inner") if c.get("n_inner") is not None else 4 * h
+    return LLMSpec(name, "gpt3", h, _pos(c, "n_layer"), heads, heads, d, ffn, _pos(c, "vocab_size"), False,
+                   "layernorm", c.get("activation_function", "gelu"), True, _pos(c, "n_positions", 2048),
+                   bias=True)  # fmt: skip
+
+
+def check_keys(model_type: str, cfg: Mapping[str, Any]) -> None:
+    """Refuse, by name, a config key the builder of `model_type` neither reads nor knows to be harmless
+    (keys starting with '_' are annotations)."""
+    known = FAMILY_KEYS.get(model_type, frozenset()) | HARMLESS
+    for key in cfg:
+        if key.startswith("_") or key in known:
+            continue
+        hint = _UNSUPPORTED_HINTS.get(key)
+        why = f" ({hint})" if hint else f" for model_type {model_type!r} (the builder would ignore it)"
+        raise ConfigError(f"unsupported config key {key!r}{why}", key=key)
 
 
 def model_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def _line_of(text: str, key: str | None) -> int | None:
+    """The line on which `"key":` first appears in a JSON text."""
+    if not key:
+        return None
+    m = re.search(r'"' + re.escape(key) + r'"\s*:', text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
 
 
 def load_llm(ref: str | Path) -> LLMSpec:
@@ -131,22 +302,32 @@ def load_llm(ref: str | Path) -> LLMSpec:
             raise ConfigError(
                 f"unknown model {str(ref)!r} (shipped: {', '.join(model_names())}; or give a config.json path)"
             )
-    if not p.exists():
+    if not p.is_file():
         raise ConfigError("no such file", str(ref))
     try:
-        cfg = json.loads(p.read_text())
+        text = p.read_text()
+        cfg = json.loads(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read model config: {e}", str(p)) from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"malformed JSON: {e.msg}", str(p), e.lineno) from None
+    except RecursionError:
+        raise ConfigError("malformed JSON: nested too deeply", str(p)) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"expected a JSON object, got {type(cfg).__name__}", str(p), 1)
     mt = cfg.get("model_type")
-    if mt not in FAMILIES:
+    if not isinstance(mt, str) or mt not in FAMILIES:
         raise ConfigError(f"unsupported model_type {mt!r} (supported: {', '.join(sorted(FAMILIES))})", str(p),
-                          key="model_type")  # fmt: skip
+                          _line_of(text, "model_type"), key="model_type")  # fmt: skip
     try:
+        check_keys(mt, cfg)
         return FAMILIES[mt](p.stem, cfg)
     except KeyError as e:
         raise ConfigError(
             f"missing field {e.args[0]!r} for model_type {mt!r}", str(p), key=e.args[0]
         ) from None
+    except ConfigError as e:
+        raise ConfigError(e.message, str(p), _line_of(text, e.key), e.key) from None
 
 
 # ------------------------------------------------------------------------------------------ graphs
@@ -219,9 +400,19 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
     ffn = spec.ffn // tp
     kv_B = plan.kv_bytes(2 * batch * kvh * kv_alloc_tokens * d)
 
+    def kv_alloc_B(i: int) -> float:
+        """Layer i's KV cache: `kv_alloc_tokens` tokens, or its window (a rolling buffer) if shorter."""
+        w = spec.layer_window(i)
+        if w is None or kv_alloc_tokens <= w:
+            return kv_B
+        return plan.kv_bytes(2 * batch * kvh * w * d)
+
     def layer(i: int) -> list[Op]:
-        """Layer i's ops, in order (the attention is the one that allocates the KV cache)."""
+        """Layer i's ops, in order (the attention is the one that allocates the KV cache). A windowed
+        layer's decode step reads only the last `window` tokens; its prefill masks the older ones."""
         p = f"L{i}."
+        window = spec.layer_window(i)
+        kv = min(kv_len, window) if window is not None and q_len == 1 else kv_len
         out: list[Op] = [
             Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm),
             Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h, weight_dtype=weights("attn_qkv", i)),
@@ -230,8 +421,8 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
             out.append(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1,
                                    flops_per_element=3, function="rope"))  # fmt: skip
         out += [
-            Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv_len,
-                      head_dim=d, causal=True, kv_dtype=kv_dtype),
+            Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv,
+                      head_dim=d, causal=True, kv_dtype=kv_dtype, window=window),
             Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d, weight_dtype=weights("attn_output", i)),
         ]  # fmt: skip
         if tp > 1:
@@ -252,9 +443,13 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         out.append(Elementwise(p + "residual2", dtype, elements=T * h, inputs=2))
         return out
 
-    def formats(i: int) -> tuple[str | None, ...]:
-        """What can differ between layers: the storage format of each weight (GGUF mixtures)."""
-        return tuple(weights(t, i) for t in ("attn_qkv", "attn_output", "ffn_up", "ffn_down"))
+    def formats(i: int) -> tuple[Any, ...]:
+        """What can differ between layers: the storage format of each weight (GGUF mixtures) and the
+        attention window."""
+        return (
+            *(weights(t, i) for t in ("attn_qkv", "attn_output", "ffn_up", "ffn_down")),
+            spec.layer_window(i),
+        )
 
     ops: list[LogicalOp] = [LogicalOp(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab), -1)]
     first = layer(0)
@@ -264,7 +459,9 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         p = f"L{i}."
         same = i > 0 and formats(i) == first_formats
         for j, op in enumerate(first if same or i == 0 else layer(i)):
-            allocs = (Tensor(p + "kv_cache", kv_B),) if kv_alloc_tokens and op.kind == "attention" else ()
+            allocs = (
+                (Tensor(p + "kv_cache", kv_alloc_B(i)),) if kv_alloc_tokens and op.kind == "attention" else ()
+            )
             twin = start + j if i > 0 and (same or op.signature() == first[j].signature()) else -1
             ops.append(LogicalOp(op, i, allocs, twin, p + suffixes[j]))
     head: list[Op] = [Norm("final_norm", dtype, rows=batch, cols=h, function=spec.norm),

@@ -1,4 +1,4 @@
-"""ONNX graphs to OpGraphs (optional: needs `pip install 'simcore[onnx]'`).
+"""ONNX graphs to OpGraphs (optional: needs the `onnx` package, `pip install onnx`).
 
 Shapes come from ONNX shape inference with symbolic (dynamic) dimensions bound to `batch`.
 Convolutions, GEMMs and MatMuls become cost-bearing ops; batch-norm and activations become
@@ -34,7 +34,7 @@ def _onnx() -> Any:
         import onnx
     except ImportError:
         raise ConfigError(
-            "ONNX import needs the optional 'onnx' package: pip install 'simcore[onnx]'"
+            "ONNX models need the optional 'onnx' package: pip install onnx (from a clone: pip install -e '.[onnx]')"
         ) from None
     return onnx
 
@@ -53,8 +53,9 @@ def load_onnx(
     if isinstance(model, str | Path):
         try:
             model = onnx.load(str(model))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read ONNX model: {e}", file=str(model)) from None
+        except Exception as e:  # noqa: BLE001  (protobuf's DecodeError is no OSError/ValueError)
+            raise ConfigError(f"cannot read ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                              file=str(model)) from None  # fmt: skip
     graph = model.graph
     unsupported = sorted({n.op_type for n in graph.node} - SUPPORTED)
     if unsupported:

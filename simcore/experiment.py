@@ -13,6 +13,7 @@ from typing import Any
 
 from models.cnn import BUILDERS
 from models.llm import LLMSpec, load_llm
+from models.onnx_import import load_onnx
 from simcore.config import (
     Doc,
     Param,
@@ -48,14 +49,35 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
     class: {weights, activations, kv_cache, communication} (e.g. weights: int4, kv_cache: fp8)."""
     system = load_system(system) if isinstance(system, str) else system
     spec = load_llm(model) if isinstance(model, str) else model
+    check_context(spec, scenario)
     plan = ExecutionPlan(tp=tp, pp=pp, dp=dp, microbatches=microbatches, offload_weights=offload_weights,
                          precision=plan_from(dtype, precision))  # fmt: skip
     return scenario.run(system, spec, plan, keep_records)
 
 
+def check_context(spec: LLMSpec, scenario: Scenario) -> None:
+    """Refuse a scenario whose sequences outgrow the model's maximum context (`max_position_embeddings`):
+    a prefill's prompt, a generation's prompt + new tokens, a decode step's context + the new token."""
+    if isinstance(scenario, Generate):
+        p, n = scenario.prompt_len, scenario.new_tokens
+        spec.check_positions(p + n, f"prompt {p} + {n} new tokens needs {p + n}", "scenario.prompt_len")
+    elif isinstance(scenario, Prefill):
+        p = scenario.prompt_len
+        spec.check_positions(p, f"a prompt of {p} tokens is longer", "scenario.prompt_len")
+    elif isinstance(scenario, Decode):
+        c = scenario.context_len
+        spec.check_positions(c + 1, f"context {c} + 1 new token needs {c + 1}", "scenario.context_len")
+
+
+def is_onnx(model: object) -> bool:
+    """Whether an experiment's `model` names an ONNX file (run as a vision-style inference)."""
+    return isinstance(model, str | Path) and str(model).lower().endswith(".onnx")
+
+
 def simulate_vision(system: System | str, network: str, batch: int = 1, dtype: str = "bf16",
                     keep_records: bool = True) -> Result:  # fmt: skip
-    """One inference of a CNN/ViT (`models.cnn.BUILDERS`) on the first device that runs all its ops."""
+    """One inference of a CNN/ViT (`models.cnn.BUILDERS`) or of an ONNX file (`network` a path ending in
+    .onnx) on the first device that runs all its ops."""
     system = load_system(system) if isinstance(system, str) else system
     return Inference(batch).run(
         system, network, ExecutionPlan(precision=PrecisionPlan.uniform(dtype)), keep_records
@@ -69,7 +91,9 @@ EXPERIMENT_SCHEMA = {
     "name": Param("experiment name", type=str, default="experiment"),
     "description": Param("free text", type=str, default=""),
     "model": Param(
-        "shipped LLM name, path to a HF config.json, or a vision network (resnet50, vit_base...)", type=str
+        "shipped LLM name, path to a HF config.json, a vision network (resnet50, vit_base...) or a path to "
+        "an .onnx file (scenario kind inference)",
+        type=str,
     ),  # fmt: skip
     "dtype": Param(
         "dtype of weights, activations, KV cache and collectives",
@@ -156,7 +180,16 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
                          schedule=par["schedule"], devices=tuple(map(str, par["devices"] or ())),
                          offload_weights=p["offload"]["weights"], precision=precision)  # fmt: skip
     model: LLMSpec | str
-    if cls.workload == "vision":
+    if is_onnx(p["model"]):
+        if cls.workload != "vision":
+            raise doc.error(("scenario", "kind"), f"an ONNX model runs under scenario kind 'inference', "
+                                                  f"not {sc['kind']!r}")  # fmt: skip
+        model = _onnx_path(doc, p["model"])
+        try:
+            load_onnx(model, batch=1)  # refuse a missing package, an unreadable file or unsupported ops now
+        except ConfigError as e:
+            raise doc.error(("model",), e.message) from None
+    elif cls.workload == "vision":
         model = p["model"].lower().replace("-", "_")
         if model not in BUILDERS:
             raise doc.error(("model",), f"unknown vision network {p['model']!r} for an inference scenario "
@@ -170,11 +203,25 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
     scenario = cls(**{k: v for k, v in sc.items() if k in own})
     if isinstance(model, LLMSpec):  # the placement is checked now, so a bad one names file and line
         try:
+            check_context(model, scenario)
             _check_batch(scenario, plan)
             place(system, model, plan)
         except ConfigError as e:
             raise doc.error(tuple((e.key or "hardware").split(".")), e.message) from None
     return Experiment(p["name"], system, model, scenario, plan, doc)
+
+
+def _onnx_path(doc: Doc, model: str) -> str:
+    """An ONNX path as written, else relative to the experiment file's directory."""
+    p = Path(model).expanduser()
+    if not p.is_absolute() and not p.exists():
+        file, _ = doc.where(("model",))
+        beside = Path(file).parent / p
+        if not file.startswith(("<", "--")) and beside.exists():
+            p = beside
+    if not p.is_file():
+        raise doc.error(("model",), f"no such ONNX file {model!r}")
+    return str(p)
 
 
 def _check_batch(scenario: Scenario, plan: ExecutionPlan) -> None:

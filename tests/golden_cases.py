@@ -414,7 +414,8 @@ def _errors() -> Any:
 
     return {
         "llama2_13b_rtx4090_weights": raised(lambda: simulate("rtx-4090", "llama-2-13b", Decode(1, 512))),
-        "llama2_7b_rtx4090_kv_cache": raised(lambda: simulate("rtx-4090", "llama-2-7b", Decode(64, 4096))),
+        # 128 x 2048 tokens: the KV cache of 64 x 4096, inside Llama-2's 4096-position context
+        "llama2_7b_rtx4090_kv_cache": raised(lambda: simulate("rtx-4090", "llama-2-7b", Decode(128, 2048))),
         "llama2_7b_t4_bf16": raised(lambda: simulate("t4", "llama-2-7b", Decode(1, 512), dtype="bf16")),
         "qwen2_7b_tp8": raised(lambda: simulate("dgx-h100-8", "qwen2-7b", Decode(1, 512), tp=8)),
     }

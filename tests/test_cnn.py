@@ -196,7 +196,7 @@ def test_onnx_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     from models.onnx_import import load_onnx
 
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(ConfigError, match=r"pip install 'simcore\[onnx\]'"):
+    with pytest.raises(ConfigError, match=r"pip install onnx \(from a clone: pip install -e '\.\[onnx\]'\)"):
         load_onnx("model.onnx")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.cnn import build, param_count
+from models.onnx_import import load_onnx
 from simcore.config import param_field, positive
 from simcore.engine import Engine
 from simcore.errors import ConfigError
@@ -27,7 +28,10 @@ class Inference(Scenario):
     def run(self, system: System, model: str, plan: ExecutionPlan, keep_records: bool) -> Result:
         network, dtype = model, plan.dtype
         try:
-            graph = build(network, self.batch, dtype=dtype)
+            if network.lower().endswith(".onnx"):  # an ONNX file (models/onnx_import.py)
+                graph = load_onnx(network, self.batch, dtype=dtype)
+            else:
+                graph = build(network, self.batch, dtype=dtype)
         except ValueError as e:
             raise ConfigError(str(e), key="model") from None
         kinds = {op.kind for op in graph.ops()}
