@@ -13,7 +13,7 @@ from hardware.gpu import DTYPES
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from hardware.power import default_action_energy, tdp_flop_energy
 from simcore.component import Component, OpCost, register
-from simcore.config import MapOf, Param, nonneg, positive
+from simcore.config import REQUIRED, MapOf, Param, fraction, nonneg, positive
 from simcore.ops import Attention, Gemm, Op, ceil_div
 from simcore.precision import Dequant, dequant_work
 
@@ -29,7 +29,7 @@ CPU_SCHEMA: dict[str, Any] = {
     "cores": positive("cores per socket", type=int),
     "clock": positive("all-core sustained clock", "frequency"),
     "simd_width": positive("SIMD register width in bits", type=int),
-    "flops_per_cycle": MapOf(positive(""), "FLOPs per cycle per core by dtype", DTYPES),
+    "flops_per_cycle": MapOf(positive(""), "FLOPs per cycle per core by dtype", DTYPES, default=REQUIRED),
     "llc": positive("last-level cache", "bytes", default=32 * 2**20),
     "exp_flops": positive(
         "FLOPs-equivalent of one vectorised exp: range reduction 8 + degree-7 polynomial 14 + exponent "
@@ -40,14 +40,14 @@ CPU_SCHEMA: dict[str, Any] = {
     "pcie": PCIE_SCHEMA,
     "power": POWER_SCHEMA,
     "efficiency": {
-        "compute": positive("achievable fraction of SIMD peak in a blocked GEMM", default=0.7),
-        "memory": positive("achievable fraction of DRAM bandwidth (STREAM triad / peak)", default=0.75),
+        "compute": fraction("achievable fraction of SIMD peak in a blocked GEMM", default=0.7),
+        "memory": fraction("achievable fraction of DRAM bandwidth (STREAM triad / peak)", default=0.75),
     },
     "launch_overhead": nonneg("per-op dispatch overhead (framework + threading)", "time", default=5e-6),
     "energy": {
         "tech_node": positive("process node in nm", default=7.0),
         "flop": MapOf(nonneg("", "energy_per_op"), "energy per FLOP by dtype; default from TDP", DTYPES),
-        "compute_share": positive(
+        "compute_share": fraction(
             "share of (TDP - idle) the cores draw at SIMD peak (the rest is uncore and memory)", default=0.7
         ),
         "dram_per_byte": nonneg("DRAM energy; default from memory type", "energy_per_byte", default=None),

@@ -20,7 +20,7 @@ from typing import Any
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from hardware.power import default_action_energy, tdp_flop_energy
 from simcore.component import Component, OpCost, register
-from simcore.config import MapOf, Param, nonneg, positive
+from simcore.config import MapOf, Param, count, fraction, nonneg, positive
 from simcore.errors import ConfigError
 from simcore.ops import (
     Attention,
@@ -89,10 +89,10 @@ GPU_SCHEMA: dict[str, Any] = {
         "kernel launch + tail latency seen by back-to-back kernels", "time", default=4e-6
     ),
     "memory": MEMORY_SCHEMA,
-    "pcie": {k: Param(v.doc, v.unit, None, v.type, v.choices) for k, v in PCIE_SCHEMA.items()},
+    "pcie": {k: replace(v, default=None) for k, v in PCIE_SCHEMA.items()},
     "nvlink": {
-        "generation": Param("NVLink generation", default=None, type=int),
-        "links": Param("NVLink links", default=None, type=int),
+        "generation": count("NVLink generation", default=None),
+        "links": count("NVLink links", default=None),
         "bandwidth": positive(
             "per-direction total, where the part's links run slower than the generation's "
             "standard rate (e.g. GA102 bridges)",
@@ -107,23 +107,23 @@ GPU_SCHEMA: dict[str, Any] = {
             "time",
             default=0.0,
         ),  # fmt: skip
-        "efficiency": positive(
+        "efficiency": fraction(
             "fraction of the links' achievable rate a collective's protocol delivers", default=1.0
         ),  # fmt: skip
     },
     "efficiency": {
-        "tensor": positive("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
-        "vector": positive("achievable fraction of vector peak", default=0.8),
-        "memory": positive("achievable fraction of DRAM bandwidth for streaming kernels", default=0.9),
-        "l2": positive("achievable fraction of L2 bandwidth", default=0.8),
-        "mem_saturation": positive("fraction of SMs that must stream to saturate DRAM", default=0.5),
+        "tensor": fraction("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
+        "vector": fraction("achievable fraction of vector peak", default=0.8),
+        "memory": fraction("achievable fraction of DRAM bandwidth for streaming kernels", default=0.9),
+        "l2": fraction("achievable fraction of L2 bandwidth", default=0.8),
+        "mem_saturation": fraction("fraction of SMs that must stream to saturate DRAM", default=0.5),
     },
     "energy": {
         "tech_node": positive("process node in nm (energy scaling)", default=7.0),
         "flop": MapOf(
             nonneg("", "energy_per_op"), "energy per tensor/vector FLOP by dtype; default from TDP", DTYPES
         ),
-        "compute_share": positive(
+        "compute_share": fraction(
             "share of (TDP - idle) the SMs draw at dense peak (the rest feeds L2/DRAM); sets the default FLOP energy",
             default=0.75,
         ),
@@ -454,10 +454,14 @@ class GPU(Component):
             return op.batch * op.heads * op.score_pairs
         bq, bk, offset = self.flash_block_q(op), self.flash_block_k(op), op.kv_len - op.q_len
         pairs = 0
+        window = op.window if op.window_binds else None
         for start in range(0, op.q_len, bq):
             rows = min(bq, op.q_len - start)
             visible = offset + start + rows  # keys the block's last row sees
-            pairs += rows * min(op.kv_len, ceil_div(visible, bk) * bk)
+            keys = min(op.kv_len, ceil_div(visible, bk) * bk)
+            if window is not None:  # key blocks wholly before the block's first row's window are skipped
+                keys -= max(0, offset + start + 1 - window) // bk * bk
+            pairs += rows * keys
         return float(op.batch * op.heads * pairs)
 
     def flash_block_q(self, op: Attention) -> int:
@@ -518,7 +522,10 @@ class GPU(Component):
             units *= splits
         pairs_total = self.flash_pairs(op)
         # the largest work unit: the last query block, which (causal) sees the whole kv length
-        unit_pairs = min(op.q_len, block_q) * op.kv_len / splits
+        unit_keys = op.kv_len  # a sliding window caps a unit's keys at its rows' windows, block-aligned
+        if op.window_binds and op.window is not None:
+            unit_keys = min(op.kv_len, op.window + min(op.q_len, block_q) - 1 + self.flash_block_k(op))
+        unit_pairs = min(op.q_len, block_q) * unit_keys / splits
         t_compute = max(pairs_total * t_pair / self.sms, unit_pairs * t_pair)
         if op.q_len > 16 and not op.causal:  # equal units: whole rounds over the SMs
             t_compute = ceil_div(units, self.sms) * unit_pairs * t_pair

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from simcore.config import Doc, Param, nonneg, positive, validate
+from simcore.config import Doc, Param, count, fraction, nonneg, positive, validate
 from simcore.energy import energy_table
 
 # PCIe: GT/s per lane and line-encoding efficiency (PCI-SIG base specifications 3.0-6.0).
@@ -233,19 +233,13 @@ class Generic(LinkType):
 LINK_SCHEMA: dict[str, Any] = {
     "type": Param("link kind", type=str, choices=tuple(LINK_TYPES)),
     "between": Param("the two endpoints (device or switch names; `gpu*` expands to all)", type=list),
-    "generation": Param(
-        "PCIe or NVLink generation; default: from the device ends' ports", default=None, type=int
-    ),
-    "lanes": Param("PCIe lanes; default: the narrower device port", default=None, type=int),
-    "links": Param(
-        "NVLink links bundled between the two endpoints; default: the device's", default=None, type=int
-    ),
+    "generation": count("PCIe or NVLink generation; default: from the device ends' ports", default=None),
+    "lanes": count("PCIe lanes; default: the narrower device port", default=None),
+    "links": count("NVLink links bundled between the two endpoints; default: the device's", default=None),
     "bandwidth": positive(
         "per-direction bandwidth; derived from generation and width if omitted", "bandwidth", default=None
     ),  # fmt: skip
-    "efficiency": Param(
-        "achievable fraction of the per-direction rate (protocol overhead)", default=None, minimum=0
-    ),  # fmt: skip
+    "efficiency": fraction("achievable fraction of the per-direction rate (protocol overhead)", default=None),
     "latency": nonneg("one-way latency of a transfer (DMA setup + hop)", "time", default=None),
     "energy_per_bit": nonneg(
         "energy per bit moved; default from the energy table", "energy_per_bit", default=None

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,14 @@ from simcore import units
 from simcore.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIRS = [ROOT / "configs"]
+#: presets, energy tables, experiments and sweeps: an installed package carries them as simcore/configs
+#: (pyproject.toml maps the top-level configs/ there); a clone or editable install reads configs/ itself
+CONFIG_ROOT = (
+    Path(__file__).resolve().parent / "configs"
+    if (Path(__file__).resolve().parent / "configs").is_dir()
+    else ROOT / "configs"
+)
+CONFIG_DIRS = [CONFIG_ROOT]
 Path_ = tuple[str, ...]
 
 
@@ -75,29 +85,133 @@ def _short(path: str | Path) -> str:
         return str(p)
 
 
-def _construct(node: yaml.Node, file: str, path: Path_, origin: dict) -> Any:
-    origin[path] = (file, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for k_node, v_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(k_node)))
-            if key in out:
-                raise ConfigError(
-                    f"duplicate key {key!r}", file, k_node.start_mark.line + 1, ".".join(path + (key,))
-                )
-            out[key] = _construct(v_node, file, path + (key,), origin)
-            origin[path + (key,)] = (file, k_node.start_mark.line + 1)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, file, path + (str(i),), origin) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+#: Limits on what one YAML file may ask for: nesting depth, values constructed (aliases count each time
+#: they are expanded, so a few hundred bytes of "billion laughs" stop here), bytes read from disk.
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+MAX_FILE_BYTES = 4 * 2**20
+
+_T = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_T + "null", _T + "bool", _T + "int", _T + "float", _T + "str"}
+_PLAIN_TAGS = _SCALAR_TAGS | {_T + "seq", _T + "map"}
+#: implicit resolutions the safe loader would turn into something else than plain data: kept as text
+_AS_TEXT = {_T + "timestamp", _T + "value", _T + "merge"}
+_SAFE = yaml.constructor.SafeConstructor()
+#: control characters a value may not hold (escaped in a quoted string): tab and line breaks are fine
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class _Builder:
+    """Turns a composed YAML node graph into plain data (dicts, lists, str, int, float, bool, None),
+    recording the line of every key path; refuses explicit tags, merge keys, non-scalar keys, and
+    documents nested deeper than MAX_DEPTH or expanding to more than MAX_NODES values."""
+
+    def __init__(self, file: str, origin: dict) -> None:
+        self.file, self.origin, self.nodes = file, origin, 0
+
+    def error(self, message: str, node: yaml.Node, path: Path_) -> ConfigError:
+        return ConfigError(message, self.file, node.start_mark.line + 1, ".".join(path) or None)
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            # named at the top-level key being built: an alias's node carries its anchor's line
+            line = self.origin.get(path[:1], (self.file, node.start_mark.line + 1))[1]
+            msg = f"more than {MAX_NODES:,} values (aliases expanding too far?)"
+            raise ConfigError(msg, self.file, line, ".".join(path[:1]) or None)
+        if len(path) > MAX_DEPTH:
+            raise self.error(f"nested deeper than {MAX_DEPTH} levels", node, path)
+        self.origin[path] = (self.file, node.start_mark.line + 1)
+        tag = node.tag
+        if isinstance(node, yaml.MappingNode):
+            if tag != _T + "map":
+                raise self.error(f"YAML tag {tag!r} is not supported (plain mappings only)", node, path)
+            out: dict[str, Any] = {}
+            for k_node, v_node in node.value:
+                if not isinstance(k_node, yaml.ScalarNode):
+                    raise self.error("a key must be a plain value, not a mapping or a list", k_node, path)
+                if k_node.tag == _T + "merge":
+                    raise self.error("merge keys ('<<') are not supported: write the keys out, or use "
+                                     "`base:` to inherit a preset", k_node, path)  # fmt: skip
+                key = str(self.scalar(k_node, path))
+                if key in out:
+                    raise self.error(f"duplicate key {key!r}", k_node, path + (key,))
+                out[key] = self.build(v_node, path + (key,))
+                self.origin[path + (key,)] = (self.file, k_node.start_mark.line + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            if tag != _T + "seq":
+                raise self.error(f"YAML tag {tag!r} is not supported (plain lists only)", node, path)
+            return [self.build(v, path + (str(i),)) for i, v in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
+        tag = node.tag
+        if tag in _AS_TEXT and node.style is None:  # implicitly resolved (a date, '=', '<<'): the text
+            return node.value
+        if tag not in _SCALAR_TAGS:
+            raise self.error(f"YAML tag {tag!r} is not supported (plain values only)", node, path)
+        if _CONTROL.search(node.value):
+            bad = _CONTROL.search(node.value).group(0)
+            raise self.error(f"control character {bad!r} in {units.short_repr(node.value)}", node, path)
+        try:  # the safe loader's own scalar constructors (no shared state: threads may parse at once)
+            return _SAFE.yaml_constructors[tag](_SAFE, node)
+        except (
+            ValueError,
+            OverflowError,
+            KeyError,
+            TypeError,
+            yaml.YAMLError,
+        ) as e:  # `!!bool x`, 5000 digits
+            raise self.error(
+                f"cannot read {units.short_repr(node.value)}: {str(e).splitlines()[0]}", node, path
+            ) from None
 
 
 _PARSED: dict[tuple[str, int, int], Doc] = {}
 
 
+def read_text(path: str | Path, file: str | None = None) -> str:
+    """The UTF-8 text of a regular file of at most MAX_FILE_BYTES; anything else (a directory, a device
+    such as /dev/zero, a FIFO, a larger file, undecodable bytes) is a one-line ConfigError."""
+    file = file or _short(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise ConfigError("no such file", file) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a YAML file", file) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError("is a directory, not a YAML file", file)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("not a regular file (a device, FIFO or socket cannot be read as YAML)", file)
+        if st.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"file too large ({st.st_size:,} bytes; at most {MAX_FILE_BYTES:,})", file)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read: {e.strerror}", file) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"file too large (more than {MAX_FILE_BYTES:,} bytes)", file)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})", file, line
+        ) from None
+
+
 def load_yaml(path: str | Path) -> Doc:
-    """Parse one YAML file; syntax errors become one-line ConfigErrors with file and line.
+    """Parse one YAML file; every error becomes a one-line ConfigError with file and line.
 
     Parsed files are remembered per (path, mtime, size) and handed out as copies: presets are read once
     per process, not once per design point of a sweep (YAML parsing dominates loading an experiment).
@@ -105,28 +219,76 @@ def load_yaml(path: str | Path) -> Doc:
     file = _short(path)
     try:
         st = os.stat(path)
-        key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-        if key not in _PARSED:
-            _PARSED[key] = parse_yaml(Path(path).read_text(), file)
     except FileNotFoundError:
         raise ConfigError("no such file", file) from None
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror}", file) from None
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED or not stat.S_ISREG(st.st_mode):
+        _PARSED[key] = parse_yaml(read_text(path, file), file)
     doc = _PARSED[key]
     return Doc(copy.deepcopy(doc.data), dict(doc.origin), file)
 
 
+def _line_of(text: str, index: int | None) -> int | None:
+    return None if index is None else text.count("\n", 0, index) + 1
+
+
+_FLOW = re.compile(r"""[\[\]{}\n]|(?:^|(?<=\s))#[^\n]*|"(?:[^"\\]|\\.)*"|'(?:[^']|'')*'""")
+
+
+def _too_deep_line(text: str) -> int | None:
+    """The line where flow collections (`[`, `{`) first nest deeper than MAX_DEPTH, or None; quoted strings
+    and comments are skipped. A cheap scan before parsing: PyYAML's parser takes time quadratic in the
+    depth and its composer recurses, so a few kilobytes of brackets would take seconds to refuse."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    depth, line = 0, 1
+    for m in _FLOW.finditer(text):
+        tok = m.group(0)
+        if tok == "\n":
+            line += 1
+        elif tok in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif tok in "]}":
+            depth = max(depth - 1, 0)
+        else:
+            line += tok.count("\n")
+    return None
+
+
 def parse_yaml(text: str, file: str = "<string>") -> Doc:
+    """Parse YAML text into a located Doc. Malformed YAML, tags, merge keys, control characters, nesting
+    deeper than MAX_DEPTH and alias bombs are one-line ConfigErrors naming file and line."""
+    deep = _too_deep_line(text)
+    if deep is not None:
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", file, deep)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(f"malformed YAML: {e.problem or e.context}", file, line) from None
+        what = (e.problem or e.context or "").strip()
+        raise ConfigError(f"malformed YAML: {what}", file, line) from None
+    except yaml.reader.ReaderError as e:  # a control character or other unprintable one
+        raise ConfigError(f"malformed YAML: unprintable character {e.character!r} (code point "
+                          f"{ord(e.character) if isinstance(e.character, str) else e.character:#x})",
+                          file, _line_of(text, e.position)) from None  # fmt: skip
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                          file) from None  # fmt: skip
+    except RecursionError:  # block nesting (indentation) the scan above does not count
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", file) from None
     if node is None:
         return Doc({}, {(): (file, 1)}, file)
     origin: dict[Path_, tuple[str, int | None]] = {}
-    return Doc(_construct(node, file, (), origin), origin, file)
+    try:
+        data = _Builder(file, origin).build(node, ())
+    except RecursionError:  # not reached: the builder stops at MAX_DEPTH
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", file) from None
+    return Doc(data, origin, file)
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -270,10 +432,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"empty key in {text!r}", key="--set")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    if not raw.strip():
+        value: Any = ""
+    else:
+        try:  # the value is read as YAML with the limits of a file (tags, depth, aliases); else it is text
+            value = parse_yaml(raw, "--set").data
+            if value == {} and "{" not in raw:  # only a comment: no value
+                value = None
+        except ConfigError:
+            value = raw
     return key, value
 
 
@@ -327,10 +494,17 @@ def expand_hardware_shorthand(doc: Doc) -> Doc:
 
 REQUIRED = object()
 
+#: The largest value an integer parameter takes unless its Param says otherwise (`maximum=`): a count of
+#: devices, SMs, lanes, tokens or sequences beyond it is a typo, and would only make a run hang.
+MAX_INT = 2**24
+
 
 @dataclass(frozen=True)
 class Param:
-    """One documented parameter: its unit kind (parsed to SI) or Python type, default and meaning."""
+    """One documented parameter: its unit kind (parsed to SI) or Python type, default and meaning.
+
+    Numbers are finite; `minimum`/`maximum` bound them (exclusive unless stated); integers are >= 0 unless
+    `minimum` says otherwise and at most MAX_INT unless `maximum` does."""
 
     doc: str
     unit: str | None = None
@@ -339,6 +513,8 @@ class Param:
     choices: tuple[Any, ...] = ()
     minimum: float | None = None
     exclusive_min: bool = True  # bandwidths, capacities, clocks must be > 0 unless stated
+    maximum: float | None = None
+    exclusive_max: bool = False  # fractions are in (0, 1]
 
     def convert(self, value: Any) -> Any:
         if value is None and self.default is None:
@@ -347,38 +523,75 @@ class Param:
             out = units.parse(value, self.unit)
         elif self.type is bool:
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {value!r}")
+                raise ValueError(f"expected true or false, got {units.short_repr(value)}")
             out = value
         elif self.type is int:
-            if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"expected an integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+                raise ValueError(f"expected an integer, got {units.short_repr(value)}")
             out = int(value)
         elif self.type is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"expected a number, got {value!r}")
-            out = float(value)
+                raise ValueError(f"expected a number, got {units.short_repr(value)}")
+            try:
+                out = float(value)
+            except OverflowError:
+                raise ValueError(f"{units.short_repr(value)} is out of range") from None
         elif self.type is str:
             if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise ValueError(f"expected a string, got {value!r}")
+                raise ValueError(f"expected a string, got {units.short_repr(value)}")
             out = str(value)
         else:
-            out = self.type(value)
+            try:
+                out = self.type(value)
+            except (TypeError, KeyError, OverflowError, IndexError) as e:
+                raise ValueError(f"expected a {getattr(self.type, '__name__', 'value')}, got "
+                                 f"{units.short_repr(value)} ({e})") from None  # fmt: skip
         if self.choices and out not in self.choices:
-            raise ValueError(f"expected one of {', '.join(map(str, self.choices))}, got {value!r}")
-        if self.minimum is not None and isinstance(out, int | float):
-            bad = out <= self.minimum if self.exclusive_min else out < self.minimum
-            if bad:
-                rel = ">" if self.exclusive_min else ">="
-                raise ValueError(f"must be {rel} {self.minimum:g}, got {value!r}")
+            raise ValueError(
+                f"expected one of {', '.join(map(str, self.choices))}, got {units.short_repr(value)}"
+            )
+        if isinstance(out, int | float) and not isinstance(out, bool):
+            self._check_range(out, value)
         return out
 
+    def _check_range(self, out: float, value: Any) -> None:
+        if isinstance(out, float) and not math.isfinite(out):
+            raise ValueError(f"must be a finite number, got {units.short_repr(value)}")
+        if self.minimum is not None:
+            if out <= self.minimum if self.exclusive_min else out < self.minimum:
+                rel = ">" if self.exclusive_min else ">="
+                raise ValueError(f"must be {rel} {self.minimum:g}, got {units.short_repr(value)}")
+        elif isinstance(out, int) and out < 0:  # integers count things (lanes, links, generations)
+            raise ValueError(f"must be >= 0, got {units.short_repr(value)}")
+        top = self.maximum if self.maximum is not None else (MAX_INT if isinstance(out, int) else None)
+        if top is not None and (out >= top if self.exclusive_max else out > top):
+            rel = "<" if self.exclusive_max else "<="
+            raise ValueError(f"must be {rel} {top if isinstance(top, int) else f'{top:g}'}, got "
+                             f"{units.short_repr(value)}")  # fmt: skip
 
-def positive(doc: str, unit: str | None = None, default: Any = REQUIRED, type: type = float) -> Param:
-    return Param(doc, unit, default, type, minimum=0)
+
+def positive(doc: str, unit: str | None = None, default: Any = REQUIRED, type: type = float,
+             maximum: float | None = None) -> Param:  # fmt: skip
+    """A quantity > 0 (bandwidths, capacities, clocks, counts >= 1), finite, at most `maximum`."""
+    return Param(doc, unit, default, type, minimum=0, maximum=maximum)
 
 
-def nonneg(doc: str, unit: str | None = None, default: Any = REQUIRED, type: type = float) -> Param:
-    return Param(doc, unit, default, type, minimum=0, exclusive_min=False)
+def nonneg(doc: str, unit: str | None = None, default: Any = REQUIRED, type: type = float,
+           maximum: float | None = None) -> Param:  # fmt: skip
+    """A quantity >= 0 (latencies, idle power, energies), finite, at most `maximum`."""
+    return Param(doc, unit, default, type, minimum=0, exclusive_min=False, maximum=maximum)
+
+
+def fraction(doc: str, default: Any = REQUIRED) -> Param:
+    """A share in (0, 1]: efficiencies, the compute share of power."""
+    return Param(doc, None, default, float, minimum=0, maximum=1)
+
+
+def count(doc: str, default: Any = REQUIRED, maximum: int = MAX_INT) -> Param:
+    """An integer >= 1 and at most `maximum` (devices, SMs, lanes, sequences)."""
+    return Param(doc, None, default, int, minimum=0, maximum=maximum)
 
 
 @dataclass(frozen=True)
@@ -388,7 +601,7 @@ class MapOf:
     item: Param
     doc: str
     keys: tuple[str, ...] = ()  # allowed keys; empty = any
-    default: Any = None
+    default: Any = None  # REQUIRED: the mapping must be given, with at least one entry
 
 
 Schema = Mapping[str, "Param | MapOf | Mapping"]
@@ -452,6 +665,10 @@ def validate(doc: Doc, schema: Schema, path: Path_ = (), ignore: tuple[str, ...]
             except ValueError as e:
                 raise doc.error(p, str(e)) from None
         elif isinstance(spec, MapOf):
+            if value is ABSENT and spec.default is REQUIRED:
+                raise doc.error(p[:-1], f"missing required key {key!r} ({spec.doc})")
+            if value is not ABSENT and spec.default is REQUIRED and not value:
+                raise doc.error(p, f"needs at least one entry ({spec.doc})")
             sub = (spec.default if value is ABSENT else value) or {}
             if not isinstance(sub, Mapping):
                 raise doc.error(p, f"expected a mapping, got {sub!r}")

@@ -37,3 +37,9 @@ class OutOfMemory(SimError):
 
         return (f"out of memory: tensor {self.tensor!r} needs {fmt(self.needed_B, 'bytes')} on {self.device}, "
                 f"which has {fmt(self.free_B, 'bytes')} free of {fmt(self.capacity_B, 'bytes')}")  # fmt: skip
+
+
+class InternalError(SimError):
+    """A broken invariant: a bug, reported in one line."""
+
+    exit_code = 70

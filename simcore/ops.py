@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
+
+from simcore.errors import ConfigError
 
 # bytes per element of each plain dtype: defined with the storage formats, below the op records
 from simcore.precision import DTYPE_BYTES, format_bytes
@@ -142,7 +145,30 @@ class Attention(Op):
     #: KV-cache format (simcore.precision: "fp8", "int8", "int4"...); None = `dtype`. K and V are read at
     #: its bits and dequantized to `dtype` as they are loaded.
     kv_dtype: str | None = None
+    #: sliding-window attention: each query sees at most the last `window` keys (None: no window). A
+    #: decode step's context is capped at the window (a rolling KV buffer); costs are unchanged when the
+    #: window does not bind (kv_len <= window).
+    window: int | None = None
     kind: ClassVar[str] = "attention"
+
+    def __post_init__(self) -> None:
+        """A shape that has no meaning is refused when the op is built (a ConfigError naming the field):
+        every dimension >= 1, heads a multiple of kv_heads, and for causal attention q_len <= kv_len (the
+        queries are the last q_len of the kv_len positions; more would count negative score pairs). One
+        expression on the fast path: a long generation builds an attention per layer and token."""
+        if (self.batch >= 1 and self.heads >= 1 and self.kv_heads >= 1 and self.q_len >= 1 and self.kv_len >= 1
+                and self.head_dim >= 1 and not self.heads % self.kv_heads
+                and (not self.causal or self.q_len <= self.kv_len)):  # fmt: skip
+            return
+        for f in ("batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim"):
+            v = getattr(self, f)
+            if not v >= 1:  # NaN too
+                raise ConfigError(f"{self.kind} {self.name!r}: {f} must be >= 1, got {v!r}", key=f)
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"{self.kind} {self.name!r}: heads {self.heads} is not a multiple of kv_heads "
+                              f"{self.kv_heads}", key="kv_heads")  # fmt: skip
+        raise ConfigError(f"{self.kind} {self.name!r}: causal attention needs q_len <= kv_len, got q_len "
+                          f"{self.q_len} > kv_len {self.kv_len}", key="q_len")  # fmt: skip
 
     @property
     def kv_elem_bytes(self) -> float:
@@ -152,13 +178,37 @@ class Attention(Op):
     def with_kv_len(self, kv_len: int) -> Attention:
         """The same attention over `kv_len` tokens of context (the next decode step); built directly, as
         a long generation makes one per layer and token."""
+        if self.window is not None and kv_len > self.window and self.q_len == 1:
+            kv_len = self.window  # a rolling buffer holds only the window
         return type(self)(self.name, self.dtype, self.batch, self.heads, self.kv_heads, self.q_len, kv_len,
-                          self.head_dim, self.causal, self.kv_dtype)  # fmt: skip
+                          self.head_dim, self.causal, self.kv_dtype, self.window)  # fmt: skip
+
+    @property
+    def window_binds(self) -> bool:
+        """Whether the sliding window hides keys from some query (else the op is plain attention)."""
+        return self.window is not None and self.kv_len > self.window
+
+    @property
+    def keys_read(self) -> int:
+        """Keys (and values) the op reads: all of the context unless a window hides the oldest."""
+        if not self.window_binds:
+            return self.kv_len
+        w = self.window or 0
+        return min(self.kv_len, w + self.q_len - 1) if self.causal else w
 
     @property
     def score_pairs(self) -> float:
         """(query, key) pairs actually computed per head; causal masking skips the upper triangle."""
         q, kv = self.q_len, self.kv_len
+        if self.window_binds:
+            w = self.window or 0
+            if not self.causal or q == 1:
+                return float(q * min(kv, w))
+            # query i sees min(w, kv - q + i + 1) keys: the counts first..kv, capped at w
+            first = kv - q + 1
+            if w < first:
+                return float(q * w)
+            return (first + w) * (w - first + 1) / 2.0 + (kv - w) * w
         if not self.causal or q == 1:
             return float(q * kv)
         # query i (0-based, aligned to the end of the kv sequence) sees kv - q + i + 1 keys
@@ -178,8 +228,8 @@ class Attention(Op):
         e, b, d, ekv = self.elem_bytes, self.batch, self.head_dim, self.kv_elem_bytes
         return (
             Tensor("Q", b * self.heads * self.q_len * d * e, "in"),
-            Tensor("K", b * self.kv_heads * self.kv_len * d * ekv, "in"),
-            Tensor("V", b * self.kv_heads * self.kv_len * d * ekv, "in"),
+            Tensor("K", b * self.kv_heads * self.keys_read * d * ekv, "in"),
+            Tensor("V", b * self.kv_heads * self.keys_read * d * ekv, "in"),
             Tensor("O", b * self.heads * self.q_len * d * e, "out"),
         )
 
@@ -404,7 +454,7 @@ class OpGraph:
     that run it in lock-step; empty until mapped), `phase` (label for per-phase results)."""
 
     name: str = "graph"
-    g: nx.DiGraph = field(default_factory=nx.DiGraph)
+    g: nx.DiGraph = field(default_factory=lambda: _networkx().DiGraph())
 
     def add(self, op: Op, deps: tuple[str, ...] | list[str] = (), devices: tuple[str, ...] = (),
             phase: str = "", allocs: tuple[Tensor, ...] = ()) -> str:  # fmt: skip
@@ -422,6 +472,8 @@ class OpGraph:
         return self.g.number_of_nodes()
 
     def ops(self) -> list[Op]:
+        nx = _networkx()
+
         return [self.g.nodes[n]["op"] for n in nx.topological_sort(self.g)]
 
     @property
@@ -435,3 +487,10 @@ def ceil_div(a: int, b: int) -> int:
 
 def prod(xs: tuple[int, ...] | list[int]) -> int:
     return math.prod(xs)
+
+
+def _networkx() -> Any:
+    """networkx, imported when a graph is first built: commands that build none start without it."""
+    import networkx
+
+    return networkx

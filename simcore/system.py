@@ -27,10 +27,12 @@ import fnmatch
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 import hardware  # noqa: F401  (registers the component types)
 from hardware.links import Link, build_links, port
@@ -65,7 +67,6 @@ class System:
     links: list[Link] = field(default_factory=list)
     switches: list[str] = field(default_factory=list)
     doc: Doc | None = None
-    graph: nx.Graph = field(default_factory=nx.Graph)
     #: devices that forward traffic besides switches; None: those whose type `FORWARDS` (CPUs)
     forwarding: frozenset[str] | None = None
     #: every `devices:` entry at every level (`gpu`, `node`, `node0.gpu`) -> its instances, in order
@@ -79,18 +80,6 @@ class System:
         if self.forwarding is None:
             self.forwarding = frozenset(n for n, c in self.devices.items() if getattr(c, "FORWARDS", False))
         self._forwarders = frozenset(self.switches) | self.forwarding
-        g = self.graph
-        for n in self.devices:
-            g.add_node(n, kind="device")
-        for s in self.switches:
-            g.add_node(s, kind="switch")
-        for link in self.links:
-            # parallel links between the same pair are bundled into one wider edge
-            if g.has_edge(link.a, link.b):
-                old: Link = g.edges[link.a, link.b]["link"]
-                link = replace(old, bw_Bps=old.bw_Bps + link.bw_Bps, peak_Bps=old.peak_Bps + link.peak_Bps,
-                               latency_s=min(old.latency_s, link.latency_s))  # fmt: skip
-            g.add_edge(link.a, link.b, link=link, weight=link.latency_s)
         self._routes: dict[tuple[str, str], list[tuple[str, str, Link]]] = {}
         self._memory_of: dict[str, MemoryPort] = {}
         for n, c in self.devices.items():
@@ -128,6 +117,25 @@ class System:
             raise ConfigError(f"no device {device!r} in system {self.name!r}")
         return self._memory_of.get(device)
 
+    @cached_property
+    def graph(self) -> nx.Graph:
+        """Devices and switches as nodes, links as edges (networkx, built on first use)."""
+        import networkx as nx
+
+        g = nx.Graph()
+        for n in self.devices:
+            g.add_node(n, kind="device")
+        for s in self.switches:
+            g.add_node(s, kind="switch")
+        for link in self.links:
+            # parallel links between the same pair are bundled into one wider edge
+            if g.has_edge(link.a, link.b):
+                old: Link = g.edges[link.a, link.b]["link"]
+                link = replace(old, bw_Bps=old.bw_Bps + link.bw_Bps, peak_Bps=old.peak_Bps + link.peak_Bps,
+                               latency_s=min(old.latency_s, link.latency_s))  # fmt: skip
+            g.add_edge(link.a, link.b, link=link, weight=link.latency_s)
+        return g
+
     def route(self, src: str, dst: str) -> list[tuple[str, str, Link]]:
         """Hops (from, to, link) of the lowest-latency path through switches and forwarding devices only.
         Among equally short paths the rail-aligned one wins: the path whose hops carry the endpoints'
@@ -146,6 +154,8 @@ class System:
                 def weight(u: str, v: str, d: Mapping[str, Any]) -> float | None:
                     return d["weight"] if u in ok and v in ok else None
 
+                import networkx as nx
+
                 try:
                     paths = list(nx.all_shortest_paths(self.graph, src, dst, weight=weight))
                 except nx.NetworkXNoPath:
@@ -157,6 +167,8 @@ class System:
         return self._routes[key]
 
     def _no_route(self, src: str, dst: str) -> ConfigError:
+        import networkx as nx
+
         try:
             nodes = nx.shortest_path(self.graph, src, dst, weight="weight")
         except nx.NetworkXNoPath:
@@ -265,6 +277,8 @@ def _elaborate(doc: Doc, prefix: str, stack: tuple[str, ...]) -> _Parts:
         count = entry.get("count", 1)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise doc.error(path + ("count",), f"must be a positive integer, got {count!r}")
+        if count > MAX_DEVICES:  # before building names: a huge count must not hang
+            raise doc.error(path + ("count",), f"must be at most {MAX_DEVICES}, got {count}")
         base = load_preset("hardware", str(entry["base"]), doc, path + ("base",))
         own = doc.sub(path)
         own = Doc({k: v for k, v in own.data.items() if k not in ENTRY_KEYS},
@@ -332,15 +346,14 @@ def _elaborate(doc: Doc, prefix: str, stack: tuple[str, ...]) -> _Parts:
                     raise doc.error(path + ("links",), f"{n} would use {used[n]} NVLink links in all, "
                                     f"but has {have}")  # fmt: skip
         parts.links += new
-    g = nx.Graph()
-    g.add_nodes_from(endpoints)
-    g.add_edges_from((lk.a, lk.b) for lk in parts.links)
+    edges = [(lk.a, lk.b) for lk in parts.links]
+    linked = {n for edge in edges for n in edge}
     for n in parts.devices:
-        if len(parts.devices) > 1 and g.degree(n) == 0:
+        if len(parts.devices) > 1 and n not in linked:
             raise doc.error(("devices",), f"device {n!r} has no link to the rest of the system")
     for inst, (path, members) in instances.items():
         inside = set(members) | {s for s in parts.switches if s.startswith(inst + ".")}
-        if len(inside) < len(endpoints) and not any((a in inside) != (b in inside) for a, b in g.edges):
+        if len(inside) < len(endpoints) and not any((a in inside) != (b in inside) for a, b in edges):
             raise doc.error(path, f"nested system {inst!r} has no link to the rest of the system")
     return parts
 

@@ -6,6 +6,7 @@ Each quantity kind has its own table, so "80 GB/s" is never accepted where a cap
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -33,7 +34,7 @@ UNITS: dict[str, dict[str, float]] = {
     "length": _table({**_SMALL, "c": 1e-2}, {"m": 1.0}),
 }
 
-_NUM = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\s\d].*?)?\s*$")
+_NUM = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\s\d].*)?")
 
 
 class UnitError(ValueError):
@@ -42,33 +43,69 @@ class UnitError(ValueError):
 
 def split_unit(text: str) -> tuple[float, str] | None:
     """ "3.35 TB/s" -> (3.35, "TB/s"), "12" -> (12.0, ""); None when `text` does not start with a number."""
-    m = _NUM.match(text)
+    m = _NUM.fullmatch(text.strip())  # stripped first: no backtracking over long runs of blanks
     if not m:
         return None
     return float(m.group(1)), (m.group(2) or "").strip()
 
 
-def parse(value: object, kind: str) -> float:
-    """Parse `value` ("3.35 TB/s", "80 GiB", 1.41e9) into the SI base unit of `kind`.
+class SI(float):
+    """A number already in the SI base unit of whatever kind it is given for: values a program computes
+    (a sweep's `set:` expressions) rather than a person writes. `parse` takes it as it is; a plain
+    number written without a unit is refused, so `clock: 2.1` is never silently read as 2.1 Hz."""
 
-    Bare numbers are taken as already in SI base units.
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+def _what(kind: str) -> str:
+    return f"a {kind.replace('_', ' ')}"
+
+
+def parse(value: object, kind: str) -> float:
+    """Parse `value` ("3.35 TB/s", "80 GiB", SI(1.41e9)) into the SI base unit of `kind`.
+
+    A bare number (`2.1`, `"5300"`) is refused, naming the unit expected: a parameter with a unit needs
+    one written. Only `SI` numbers (computed values already in base units) pass as they are. The result
+    is always finite: `.nan`, `.inf`, `1e999 GHz` and numbers that overflow are refused.
     """
     table = UNITS[kind]
-    if isinstance(value, bool):
-        raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
+    if isinstance(value, SI):
+        out = float(value)
+        if not math.isfinite(out):
+            raise UnitError(f"expected a finite {kind.replace('_', ' ')}, got {float(value)!r}")
+        return out
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise UnitError(f"expected {_what(kind)} like {example(kind)!r}, got {short_repr(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnitError(f"expected a finite {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
+        raise UnitError(f"expected {_what(kind)} with a unit, e.g. {example(kind)!r}, got a bare number "
+                        f"{short_repr(value)}")  # fmt: skip
     parts = split_unit(value)
     if parts is None:
-        raise UnitError(f"expected a {kind.replace('_', ' ')} like {example(kind)!r}, got {value!r}")
+        raise UnitError(f"expected {_what(kind)} like {example(kind)!r}, got {short_repr(value)}")
     number, unit = parts
     if unit == "":
-        return number
+        raise UnitError(
+            f"expected {_what(kind)} with a unit, e.g. {example(kind)!r}, got {short_repr(value)}"
+        )
     if unit not in table:
-        raise UnitError(f"unknown unit {unit!r} for a {kind.replace('_', ' ')} (e.g. {example(kind)!r})")
-    return number * table[unit]
+        raise UnitError(f"unknown unit {short_repr(unit)} for {_what(kind)} (e.g. {example(kind)!r})")
+    out = number * table[unit]
+    if not math.isfinite(out):
+        raise UnitError(f"{short_repr(value)} is out of range (not a finite number)")
+    return out
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters, so that an error message stays one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def unit_kind(unit: str) -> str | None:

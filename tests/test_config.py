@@ -1,6 +1,8 @@
 """Bad input: one line naming file, line and key path; never a traceback."""
 
 import dataclasses
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -314,3 +316,147 @@ def test_resolved_presets_are_remembered_until_a_file_of_their_chain_changes(tmp
     base.write_text("type: gpu\nsms: 100\nclock: 2 GHz\n")  # the base changes: the chain is resolved again
     os.utime(base, ns=(1, 1))
     assert load_preset("hardware", child).data["clock"] == "2 GHz"
+
+
+# ------------------------------------------------------------------- hostile YAML and impossible numbers
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        (
+            "a: 1\nb: !!python/object/apply:os.system ['true']\n",
+            2,
+            "tag 'tag:yaml.org,2002:python/object/apply",
+        ),
+        ("a: !!set {x, y}\n", 1, "tag 'tag:yaml.org,2002:set' is not supported"),
+        ("a:\n  b: !foo x\n", 2, "a.b: YAML tag '!foo' is not supported"),
+        ("base: &b {sms: 1}\nx:\n  <<: *b\n", 3, "merge keys ('<<') are not supported"),
+        ("a: 1\nb: \x07\n", 2, "unprintable character"),
+        ('a: "\\x07"\n', 1, "control character"),
+        ("a: &r [*r]\n", 1, "nested deeper than 64 levels"),
+        ("a: 1\nb: " + "[" * 65 + "]" * 65 + "\n", 2, "nested deeper than 64 levels"),
+        ("a: 1\nb: " + "[" * 20000 + "\n", 2, "nested deeper than 64 levels"),
+        (
+            "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n" for i in range(10)),
+            6,
+            "l5: more than 100,000 values",
+        ),
+        ("a: 1\n---\nb: 2\n", 2, "malformed YAML"),
+        ("a: 1\na: 2\n", 2, "duplicate key 'a'"),
+        ("a: " + "9" * 5000 + "\n", 1, "cannot read"),
+        ("? [x]\n: 1\n", 1, "a key must be a plain value"),
+    ],
+)
+def test_hostile_yaml_is_one_line_with_file_and_line(text, line, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_yaml(text, "x.yaml")
+    msg = str(e.value)
+    assert msg.startswith(f"x.yaml:{line}: ") and needle in msg and "\n" not in msg
+
+
+def test_dates_and_plain_text_stay_text():
+    assert parse_yaml("a: 2001-12-14\nb: '<<'\nc: =\n", "x.yaml").data == {
+        "a": "2001-12-14",
+        "b": "<<",
+        "c": "=",
+    }
+
+
+def test_only_regular_utf8_files_under_the_size_limit_are_read(tmp_path):
+    from simcore.config import MAX_FILE_BYTES, load_yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: not UTF-8 text \(byte 0xe9"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match=r"is a directory"):
+        load_yaml(tmp_path)
+    with pytest.raises(ConfigError, match=r"/dev/zero: not a regular file"):
+        load_yaml("/dev/zero")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"fifo.yaml: not a regular file"):
+        load_yaml(fifo)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ConfigError, match=r"big.yaml: file too large"):
+        load_yaml(big)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (".nan", "expected a finite frequency"),
+        (".inf", "expected a finite frequency"),
+        ("1e999", "expected a frequency with a unit"),  # YAML 1.1 reads 1e999 (no dot) as text
+        ("1e999 GHz", "out of range"),
+        ("2.1", "expected a frequency with a unit, e.g. '1.98 GHz', got a bare number 2.1"),
+        ("'2100'", "expected a frequency with a unit, e.g. '1.98 GHz', got '2100'"),
+        ("1" + "0" * 400, "got a bare number an integer of about 401 digits"),
+        ("-1 GHz", "must be > 0"),
+    ],
+)
+def test_unit_values_are_finite_positive_and_written_with_their_unit(tmp_path, value, needle):
+    text = (
+        Path("configs/hardware/gpus/a100-sxm4-80gb.yaml")
+        .read_text()
+        .replace("clock: 1.41 GHz", f"clock: {value}")
+    )
+    with pytest.raises(ConfigError) as e:
+        load_system(_write(tmp_path, "gpu.yaml", text))
+    msg = str(e.value)
+    assert re.search(r"gpu\.yaml:\d+: clock: ", msg) and needle in msg and "\n" not in msg
+
+
+def test_param_bounds_finiteness_and_integer_limits():
+    from simcore.config import MAX_INT, count, fraction, nonneg
+    from simcore.units import SI
+
+    frac = fraction("an efficiency")
+    assert frac.convert(1) == 1.0 and frac.convert(0.5) == 0.5
+    for bad in (0, 1.5, float("nan"), -0.1):
+        with pytest.raises(ValueError):
+            frac.convert(bad)
+    n = count("devices", maximum=8)
+    assert n.convert(8) == 8
+    for bad, needle in (
+        (0, "> 0"),
+        (9, "<= 8"),
+        (float("inf"), "integer"),
+        (2.5, "integer"),
+        (True, "integer"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            n.convert(bad)
+    plain = Param("lanes", type=int)
+    assert plain.convert(0) == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        plain.convert(-16)
+    with pytest.raises(ValueError, match=f"<= {MAX_INT}"):
+        plain.convert(10**30)
+    with pytest.raises(ValueError, match="out of range"):
+        Param("x").convert(10**400)
+    with pytest.raises(ValueError, match="finite"):
+        nonneg("latency", "time").convert(SI(float("inf")))
+    assert nonneg("latency", "time").convert(SI(0.0)) == 0.0  # computed values in SI units pass
+    assert positive("clock", "frequency").convert("1.41 GHz") == 1.41e9
+
+
+def test_required_mapof_needs_an_entry():
+    schema = {"peaks": MapOf(positive(""), "peaks by dtype", default=REQUIRED)}
+    with pytest.raises(ConfigError, match=r"s.yaml:1: missing required key 'peaks'"):
+        validate(parse_yaml("{}\n", "s.yaml"), schema)
+    with pytest.raises(ConfigError, match=r"s.yaml:1: peaks: needs at least one entry"):
+        validate(parse_yaml("peaks: {}\n", "s.yaml"), schema)
+
+
+def test_overrides_are_read_with_the_same_limits():
+    from simcore.config import parse_override
+
+    assert parse_override("a=[" + "[" * 5000) == ("a", "[" * 5001)  # not YAML within limits: kept as text
+    assert parse_override("a=!!python/object:os.system") == ("a", "!!python/object:os.system")
+    assert parse_override("a=3 TB/s") == ("a", "3 TB/s") and parse_override("a=[1, 2]") == ("a", [1, 2])
+    assert parse_override("a=") == ("a", "") and parse_override("a=# x") == ("a", None)
+    with pytest.raises(ConfigError, match=r"--set memory.bandwidth: expected a bandwidth with a unit"):
+        load_system("h100-sxm5-80gb", ["memory.bandwidth=5300"])
+    with pytest.raises(ConfigError, match=r"--set memory.bandwidth: expected a finite bandwidth"):
+        load_system("h100-sxm5-80gb", ["memory.bandwidth=.nan"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from simcore.units import UnitError, column_kind, fmt, parse, split_unit, to_number, unit_kind, value_kind
+from simcore.units import SI, UnitError, column_kind, fmt, parse, split_unit, to_number, unit_kind, value_kind
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ from simcore.units import UnitError, column_kind, fmt, parse, split_unit, to_num
         ("700 W", "power", 700.0),
         ("5.5 pJ/bit", "energy_per_bit", 5.5e-12),
         ("1 pJ/bit", "energy_per_byte", 8e-12),
-        (1.5e9, "frequency", 1.5e9),
+        (SI(1.5e9), "frequency", 1.5e9),  # a computed value, already in SI base units
     ],
 )
 def test_parse(text, kind, si):

@@ -140,7 +140,7 @@ class LLMRun:
         bounds = self.placement.layer_bounds
         for stages in self.placement.replicas:
             for s, group in enumerate(stages):
-                share = total * ((bounds[s + 1] - bounds[s]) / self.spec.layers)
+                share = total * self.spec.kv_fraction(tokens, bounds[s], bounds[s + 1])  # windowed: less
                 for dev in group:
                     self.engine.allocate(dev, "kv_cache", share)
 
@@ -173,7 +173,8 @@ def decode_step(template: Program, kv_len: int) -> Program:
 def account(
     ledger: Ledger, devices: tuple[str, ...], summary: dict[str, Any], unit: str, units: float
 ) -> Result:
-    """Energy (total, per `unit`, per component), events, memory and utilization into the summary."""
+    """Energy (total, per `unit`, per component), events, memory and utilization into the summary; the
+    run's invariants are checked (simcore.invariants: a broken one is an InternalError)."""
     energy = ledger.energy_breakdown_J()
     total_J = sum(sum(v.values()) for v in energy.values())
     summary.update(
@@ -187,4 +188,4 @@ def account(
             "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()},
         }  # fmt: skip
     )
-    return Result(summary, ledger)
+    return Result(summary, ledger).check()

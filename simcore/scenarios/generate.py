@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simcore.config import param_field, positive
+from simcore.config import count, param_field, positive
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, register
 from simcore.scenarios.prefill import prefill_then_decode
 
@@ -14,7 +14,7 @@ from simcore.scenarios.prefill import prefill_then_decode
 class Generate(LLMScenario):
     batch: int = param_field(positive("sequences in the batch", type=int, default=1))
     prompt_len: int = param_field(positive("prompt tokens", type=int, default=512))
-    new_tokens: int = param_field(positive("tokens to generate", type=int, default=128))
+    new_tokens: int = param_field(count("tokens to generate", default=128, maximum=1 << 20))
 
     def drive(self, run: LLMRun) -> Process:
         return prefill_then_decode(run, self.batch, self.prompt_len, self.new_tokens)

@@ -123,21 +123,22 @@ def host_cpu(info: HostInfo, stream_Bps: float, efficiency: float, call_overhead
     """
     from hardware.cpu import CPU
     from simcore.config import Doc
+    from simcore.units import SI
 
     lanes32 = info.simd_bits // 32
     per_cycle32 = lanes32 * 2 * (FMA_UNITS if info.fma else 1)
     data = {
         "cores": 1,
-        "clock": info.clock_Hz,
+        "clock": SI(info.clock_Hz),  # measured values, already in SI units
         "simd_width": info.simd_bits,
         "flops_per_cycle": {"fp32": float(per_cycle32), "fp64": float(per_cycle32 / 2)},
-        "llc": info.llc_B,
-        "memory": {"type": "ddr4", "capacity": info.memory_B, "bandwidth": stream_Bps},  # type: energy only
+        "llc": SI(info.llc_B),
+        "memory": {"type": "ddr4", "capacity": SI(info.memory_B), "bandwidth": SI(stream_Bps)},  # type: energy only
         "pcie": {"generation": 4, "lanes": 16},  # not used by these kernels
-        "power": {"idle": 0.0},
+        "power": {"idle": SI(0.0)},
         "efficiency": {"compute": efficiency, "memory": 1.0},  # the bandwidth is already the measured one
         "exp_flops": float(NATIVE_EXP_FLOPS),
-        "launch_overhead": call_overhead_s,
+        "launch_overhead": SI(call_overhead_s),
     }
     return CPU.from_doc("host", Doc(data, {}, "<this host>"))
 
