@@ -9,7 +9,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from simcore import __version__
 from simcore.errors import ConfigError, SimError
+
+#: the module whose import registers each command (`@command`): a command line that names one of these
+#: imports only that module, so `simcore op` or `simcore hw` never pays for the sweep or validation stack
+COMMAND_MODULES: dict[str, str] = {
+    "run": "simcore.commands",
+    "op": "simcore.commands",
+    "hw": "simcore.commands",
+    "models": "simcore.commands",
+    "validate": "simcore.validate",
+    "sweep": "simcore.sweep",
+}
+#: modules that may be missing from a trimmed install; their commands are then simply not offered
+_OPTIONAL = ("simcore.validate", "simcore.sweep")
 
 COMMANDS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -53,34 +67,50 @@ def emit(data: dict[str, Any], as_json: bool, title: str | None = None) -> None:
         print(summary_table(data, title))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    _load_commands()
+def summary(fn: Callable) -> str:
+    """A command's one-line help: the first paragraph of its docstring, whole (argparse wraps it)."""
+    paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
+
+
+def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, given a known command's name, of the commands its module registers
+    (what `main` uses: the others' modules are not imported)."""
+    _load_commands(command_name)
     parser = _Parser(prog="simcore", description="Discrete-event simulator of ML hardware.")
+    parser.add_argument("--version", action="version", version=f"simcore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (setup, fn) in COMMANDS.items():
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        doc = summary(fn)
         p = sub.add_parser(name, help=doc, description=doc)
-        setup(p)
+        if command_name in (None, name) or command_name not in COMMANDS:
+            setup(p)  # only the command that runs needs its arguments (setups may import their modules)
         p.set_defaults(_run=fn)
     return parser
 
 
-def _load_commands() -> None:
+def _load_commands(command_name: str | None = None) -> None:
+    """Import the module that registers `command_name`, or every command module (help, unknown names)."""
     import importlib
 
-    for module in ("simcore.commands",):
-        importlib.import_module(module)
-    for optional in ("simcore.validate", "simcore.sweep"):
+    wanted = (
+        [COMMAND_MODULES[command_name]] if command_name in COMMAND_MODULES else list(COMMAND_MODULES.values())
+    )
+    for module in dict.fromkeys(wanted):
         try:
-            importlib.import_module(optional)
+            importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != optional:
+            if module not in _OPTIONAL or e.name != module:
                 raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv == ["--version"]:  # without loading any command
+            print(f"simcore {__version__}")
+            return 0
+        parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):
             parser.print_help()

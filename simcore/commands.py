@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from typing import Any
 
-from simcore.cli import command, emit, positive_int
+from simcore.cli import command, positive_int
 from simcore.config import preset_names, preset_path
-from simcore.errors import ConfigError
-from simcore.ops import DTYPE_BYTES
+from simcore.errors import ConfigError, InternalError
+from simcore.precision import DTYPE_BYTES
 from simcore.tables import text_table
+
+
+def _nonfinite(data: Any, path: str = "") -> tuple[str, Any] | None:
+    """The first (dotted key, value) in `data` that is a non-finite number, or None."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            hit = _nonfinite(v, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    elif isinstance(data, list | tuple):
+        for i, v in enumerate(data):
+            hit = _nonfinite(v, f"{path}.{i}" if path else str(i))
+            if hit:
+                return hit
+    elif isinstance(data, float):
+        if not math.isfinite(data):
+            return path, data
+    elif hasattr(data, "dtype") and hasattr(data, "item"):  # a numpy scalar
+        return _nonfinite(data.item(), path)
+    return None
+
+
+def emit(data: dict[str, Any], as_json: bool, title: str | None = None) -> None:
+    """Print a result as one JSON object (strict: no NaN or Infinity) or as a table. A non-finite figure
+    is a bug, never output: InternalError (exit 70) names it in one line."""
+    from simcore.results import summary_table
+
+    bad = _nonfinite(data)
+    if bad:
+        raise InternalError(f"internal error: {bad[0] or 'result'} is {bad[1]!r}, not a finite number "
+                            "(please report this input)")  # fmt: skip
+    if as_json:
+        try:
+            text = json.dumps(data, sort_keys=True, default=float, allow_nan=False)
+        except (ValueError, TypeError) as e:
+            raise InternalError(f"internal error: result is not JSON: {e}") from None
+        print(text)
+    else:
+        print(summary_table(data, title))
 
 
 # ------------------------------------------------------------------------------------------- run

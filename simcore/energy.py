@@ -19,10 +19,10 @@ from pathlib import Path
 from types import MappingProxyType
 
 from simcore import units
-from simcore.config import ROOT, Doc, load_yaml
+from simcore.config import CONFIG_ROOT, Doc, load_yaml
 from simcore.errors import ConfigError
 
-ENERGY_DIR = ROOT / "configs" / "energy"
+ENERGY_DIR = CONFIG_ROOT / "energy"
 PJ = 1e-12
 
 #: action names (besides `mac.<dtype>` / `flop.<dtype>`) that the energy model knows.

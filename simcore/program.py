@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
 
-import networkx as nx
-
 from simcore.ops import Op, OpGraph, Tensor, Transfer
 
 Lane = tuple[str, ...]
@@ -60,6 +58,8 @@ class Program:
     @classmethod
     def from_graph(cls, graph: OpGraph, default_devices: tuple[str, ...] = ()) -> Program:
         """A program from a placed OpGraph (order: topological, ties by insertion sequence)."""
+        import networkx as nx
+
         g = graph.g
         order = list(nx.lexicographical_topological_sort(g, key=lambda n: g.nodes[n].get("seq", 0)))
         index = {n: i for i, n in enumerate(order)}

@@ -77,7 +77,9 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize(("line", "lang", "text", "before"), BLOCKS, ids=[f"line{b[0]}-{b[1]}" for b in BLOCKS])
+@pytest.mark.parametrize(
+    ("line", "lang", "text", "before"), BLOCKS, ids=[f"line{b[0]}-{b[1]}" for b in BLOCKS]
+)
 def test_readme_block_runs(line: int, lang: str, text: str, before: str, work: Path) -> None:
     if "<!-- not run" in before:
         pytest.skip(before[before.index("<!-- not run") :].split("-->")[0])
@@ -97,9 +99,15 @@ def test_readme_block_runs(line: int, lang: str, text: str, before: str, work: P
         m = re.match(r"#\s*([\w.-]+\.yaml)", text)
         assert m, f"README line {line}: a yaml block must name its file in its first line (# NAME.yaml: ...)"
         data = yaml.safe_load(text)
-        cmd = ["simcore", "run", m.group(1), "--json"] if "scenario" in data else ["simcore", "hw", "show", m.group(1)]
+        cmd = (
+            ["simcore", "run", m.group(1), "--json"]
+            if "scenario" in data
+            else ["simcore", "hw", "show", m.group(1)]
+        )
         p = _run(cmd, work)
-        assert p.returncode == 0, f"README line {line}: `{' '.join(cmd)}` exited {p.returncode}: {p.stderr[-800:]}"
+        assert p.returncode == 0, (
+            f"README line {line}: `{' '.join(cmd)}` exited {p.returncode}: {p.stderr[-800:]}"
+        )
     else:
         pytest.fail(f"README line {line}: a {lang!r} block: teach tests/test_readme.py how to run it")
 

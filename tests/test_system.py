@@ -362,10 +362,14 @@ def test_cross_node_routes_are_rail_aligned():
 def test_a_link_needs_a_port_of_its_kind_on_each_device(tmp_path):
     # An NVMe drive has a PCIe port and nothing else; a GPU has PCIe and NVLink but no network port.
     head = "type: system\ndevices:\n  gpu: {base: a100-sxm4-80gb}\n  ssd: {base: samsung-pm1733}\nlinks:\n"
-    bad = _write(tmp_path, "s.yaml", head + "  - {type: nvlink, generation: 3, links: 4, between: [gpu, ssd]}\n")
+    bad = _write(
+        tmp_path, "s.yaml", head + "  - {type: nvlink, generation: 3, links: 4, between: [gpu, ssd]}\n"
+    )
     with pytest.raises(ConfigError, match=r"s.yaml:6: links.0.between.1: nvme 'ssd' has no nvlink port"):
         load_system(bad)
-    bad = _write(tmp_path, "s.yaml", head + "  - {type: ethernet, bandwidth: 100 Gb/s, between: [gpu, ssd]}\n")
+    bad = _write(
+        tmp_path, "s.yaml", head + "  - {type: ethernet, bandwidth: 100 Gb/s, between: [gpu, ssd]}\n"
+    )
     with pytest.raises(ConfigError, match=r"links.0.between.0: gpu 'gpu' has no network port"):
         load_system(bad)
     ok = _write(tmp_path, "s.yaml", head + "  - {type: pcie, generation: 4, lanes: 4, between: [gpu, ssd]}\n")

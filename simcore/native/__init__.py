@@ -8,6 +8,7 @@ system C compiler (no build step at install time); arrays go in and come out as 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import math
 import os
 import shlex
@@ -36,7 +37,23 @@ __all__ = [
 
 _DIR = Path(__file__).resolve().parent
 _SOURCE = _DIR / "refkernels.c"
-_LIBRARY = _DIR / "_refkernels.so"
+
+
+def _library_file() -> Path:
+    """Beside refkernels.c in a source checkout (a clone or editable install, as `make` builds it); for an
+    installed package, which may be read-only and whose files pip owns, in the user's cache directory
+    ($SIMCORE_CACHE_DIR, else $XDG_CACHE_HOME/simcore, else ~/.cache/simcore), named by a hash of the
+    source so installs of different versions never load each other's library."""
+    if (_DIR.parent.parent / "pyproject.toml").is_file() and os.access(_DIR, os.W_OK):
+        return _DIR / "_refkernels.so"
+    cache = os.environ.get("SIMCORE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "simcore"
+    )
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+    return Path(cache) / f"_refkernels-{digest}.so"
+
+
+_LIBRARY = _library_file()
 _ABI_VERSION = 1
 _NO_COMPILER = "no C compiler found: install gcc (or set CC) to build simcore's reference kernels"
 _BASE_FLAGS = ["-std=c99", "-O3", "-fPIC", "-shared"]
@@ -80,7 +97,8 @@ def _stale() -> bool:
 
 def _compile(compiler: list[str]) -> None:
     """Compile into a temporary file, then rename it into place so concurrent builds never see half a file."""
-    fd, tmp_name = tempfile.mkstemp(prefix="._refkernels.", suffix=".so", dir=_DIR)
+    _LIBRARY.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix="._refkernels.", suffix=".so", dir=_LIBRARY.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
