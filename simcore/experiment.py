@@ -161,7 +161,8 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
     else:
         doc = load_yaml(ref)
     doc = expand_hardware_shorthand(doc)
-    doc = apply_overrides(doc, overrides)
+    # `--set hardware=PRESET` swaps the machine: the shorthand is read again after the overrides
+    doc = expand_hardware_shorthand(apply_overrides(doc, overrides))
     if "hardware" not in doc.data:
         raise doc.error((), "missing required key 'hardware' (a preset name or path)")
     p = validate(doc, EXPERIMENT_SCHEMA, ignore=("hardware",))

@@ -103,3 +103,12 @@ def test_hw_params_documents_every_parameter_of_a_component_type(kind):
     schema = LINK_SCHEMA if kind == "link" else COMPONENT_TYPES[kind].SCHEMA
     assert [r["key"] for r in d] == [r[0] for r in describe(schema) if r[0] != "abstract"]
     assert all(r["meaning"] for r in d)  # every parameter has a one-line doc
+
+
+def test_set_hardware_to_a_preset_replaces_the_experiments_machine(capsys):
+    from simcore.cli import main
+
+    argv = ["run", "configs/experiments/quickstart.yaml", "--set", "hardware=h100-sxm5-80gb", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hardware"] == "h100-sxm5-80gb" and out["latency_s"] > 0
