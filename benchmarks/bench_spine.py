@@ -26,7 +26,7 @@ def _gemm() -> dict:
 def _decode() -> dict:
     s = simulate("a100-sxm4-80gb", "llama-2-7b", Decode(batch=1, context_len=512)).summary
     return {"llama2_7b_a100_decode_tpot_ms": round(s["time_per_output_token_s"] * 1e3, 3),
-            "llama2_7b_a100_decode_hbm_bw_fraction": round(s["utilization"]["gpu.memory_bw"], 4)}  # fmt: skip
+            "llama2_7b_a100_decode_hbm_bw_of_achievable": round(s["utilization"]["gpu.memory_bw_of_achievable"], 4)}  # fmt: skip
 
 
 def _gpt3() -> dict:

@@ -78,6 +78,13 @@ class CPU(Component):
     def static_power_W(self) -> float:
         return self.params["power"]["idle"]
 
+    @property
+    def peak_memory_bandwidth_Bps(self) -> float:
+        return self.params["memory"]["bandwidth"]
+
+    def dense_peak_flops(self, dtype: str) -> float:
+        return self.peak_flops(dtype)
+
     def peak_flops(self, dtype: str) -> float:
         fpc = self.params["flops_per_cycle"]
         per_core = fpc.get(dtype, fpc.get("fp32", 0.0))

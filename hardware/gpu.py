@@ -19,7 +19,7 @@ from typing import Any
 
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from hardware.power import default_action_energy, tdp_flop_energy
-from simcore.component import Component, OpCost, register
+from simcore.component import Component, OpCost, register, ridge_point
 from simcore.config import MapOf, Param, count, fraction, nonneg, positive
 from simcore.errors import ConfigError
 from simcore.ops import (
@@ -218,6 +218,16 @@ class GPU(Component):
         return self.mem_bw_Bps * self.eff["memory"]
 
     @property
+    def peak_memory_bandwidth_Bps(self) -> float:
+        return self.mem_bw_Bps
+
+    def dense_peak_flops(self, dtype: str) -> float:
+        try:
+            return self.matmul_peak(dtype)[0]
+        except ConfigError:
+            return 0.0
+
+    @property
     def static_power_W(self) -> float:
         return self.params["power"]["idle"]
 
@@ -229,8 +239,8 @@ class GPU(Component):
             "bandwidth",
             "bandwidth x efficiency.memory",
         )
-        out["ridge_point_bf16"] = (self.matmul_peak("bf16")[0] / self.mem_bw_Bps if "bf16" in self.params["tensor_peak"]
-                                   else 0.0, "", "FLOP per DRAM byte where compute and memory time meet")  # fmt: skip
+        out["ridge_point_spec.bf16"] = (ridge_point(self, "bf16") if "bf16" in self.params["tensor_peak"] else 0.0,
+                                        "", "spec tensor_peak.bf16 / spec memory.bandwidth (FLOP per DRAM byte)")  # fmt: skip
         return out
 
     def matmul_peak(self, dtype: str) -> tuple[float, str]:

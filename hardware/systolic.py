@@ -412,6 +412,9 @@ class SystolicArray(Component):
     def peak_macs_per_s(self) -> float:
         return self.rows * self.cols * self.cores * self.clock_Hz
 
+    def dense_peak_flops(self, dtype: str) -> float:
+        return 2.0 * self.peak_macs_per_s
+
     @property
     def static_power_W(self) -> float:
         return self.params["power"]["static"]

@@ -54,10 +54,39 @@ def emit(data: dict[str, Any], as_json: bool, title: str | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------- run
+def _positive_float(flag: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"{flag} expects a positive number, got {text!r}")
+        return v
+
+    return parse
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted key")
-    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (Perfetto) to FILE")
+    p.add_argument(
+        "--trace", metavar="FILE", help="write a Chrome trace (Perfetto) to FILE (gzip if FILE ends .gz)"
+    )
+    p.add_argument(
+        "--trace-max-mb",
+        type=_positive_float("--trace-max-mb"),
+        default=200.0,
+        metavar="MB",
+        help="stop writing trace events past MB megabytes, saying so (default 200)",
+    )
+    p.add_argument(
+        "--trace-every",
+        type=positive_int("--trace-every"),
+        default=1,
+        metavar="N",
+        help="keep every op of prefill and of every Nth decode step in the trace (default 1: all)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -69,7 +98,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.set)
     res = exp.run(keep_records=bool(args.trace))
     if args.trace:
-        res.to_chrome_trace(args.trace)
+        res.to_chrome_trace(args.trace, max_mb=args.trace_max_mb, every=args.trace_every)
     emit(res.summary, args.json, None if args.json else f"{exp.name}: {exp.model_name} on {exp.system.name}")
     return 0
 

@@ -112,6 +112,16 @@ class Component:
         return 0.0
 
     @property
+    def peak_memory_bandwidth_Bps(self) -> float:
+        """Spec-sheet (peak) bandwidth of that memory, before any efficiency factor; 0 for none."""
+        return self.memory_bandwidth_Bps
+
+    def dense_peak_flops(self, dtype: str) -> float:
+        """Spec-sheet dense peak FLOP/s of the chip for a matmul in `dtype` (0: no compute or no such dtype);
+        the denominator of MFU and the numerator of the ridge point."""
+        return 0.0
+
+    @property
     def write_bandwidth_Bps(self) -> float:
         """Bandwidth for data written into this device (differs from reads for storage)."""
         return self.memory_bandwidth_Bps
@@ -120,6 +130,15 @@ class Component:
         """(latency before the first byte, rate cap from the device's request handling) for DMA in
         `request_B` requests; memories have neither."""
         return 0.0, float("inf")
+
+
+def ridge_point(component: Component, dtype: str) -> float:
+    """The roofline ridge point, the one definition used everywhere (`hw show`, plots, notebooks): spec
+    dense peak FLOP/s in `dtype` / spec (peak) memory bandwidth, in FLOP per DRAM byte; 0 if either is
+    unknown. Achievable figures (efficiencies applied) would move it; the spec ratio is the one quoted."""
+    bw = component.peak_memory_bandwidth_Bps
+    peak = component.dense_peak_flops(dtype)
+    return peak / bw if peak and bw else 0.0
 
 
 def component_type(doc: Doc, path: tuple[str, ...] = ()) -> type[Component]:

@@ -27,6 +27,13 @@ from simcore.program import Program, Step
 from simcore.system import System
 
 
+def _is_decode(prog: Program) -> bool:
+    """A program of the decode phase (its name, or its steps' phase, says so)."""
+    if prog.name.endswith("decode"):
+        return True
+    return bool(prog.steps) and prog.steps[0].phase == "decode"
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A step's use of shared resources: wait `delay_s`, then move `nbytes` over `path` at <= `cap_Bps`,
@@ -159,12 +166,47 @@ class Ledger:
                 out.setdefault(dev, Counter())["static"] += comp.static_power_W * self.now_s
         return {k: dict(v) for k, v in out.items()}
 
-    def utilization(self) -> dict[str, float]:
-        """Busy fraction of each device's compute lane and carried fraction of each memory and link."""
+    def flops_by_device(self) -> Counter[str]:
+        """FLOPs each device executed: its ops' `flop.*` actions plus two per `mac.*` (actions are per
+        device of an op's group)."""
+        per_cost: dict[int, float] = {}
+        out: Counter[str] = Counter()
+        for (devices, cost), count in self.costs.items():
+            f = per_cost.get(id(cost))
+            if f is None:
+                f = per_cost[id(cost)] = sum(
+                    v * (2.0 if a.startswith("mac.") else 1.0)
+                    for a, v in cost.actions.items()
+                    if a.startswith(("flop.", "mac."))
+                )
+            if f:
+                for dev in devices:
+                    out[dev] += f * count
+        return out
+
+    def utilization(self, dtype: str | None = None) -> dict[str, float]:
+        """Fractions of the run's time, per device and resource:
+        `<dev>.busy` — time its compute lane had a kernel (100 % on memory-bound decode: busy, not MFU);
+        `<dev>.mfu` — achieved FLOP/s / its spec dense peak in `dtype` (model FLOPs utilization);
+        `<dev>.memory_bw_of_peak` — bytes its memory carried / (spec peak bandwidth × time);
+        `<dev>.memory_bw_of_achievable` — the same against the achievable (efficiency-scaled) bandwidth;
+        links (`<type>:<a>-><b>`) — bytes carried / (link rate × time), once used."""
         t = self.now_s or math.inf
-        util = {f"{d}.compute": self.busy_s[d] / t for d in self.system.devices if self.busy_s[d]}
+        util = {f"{d}.busy": self.busy_s[d] / t for d in self.system.devices if self.busy_s[d]}
+        if dtype:
+            for dev, flops in self.flops_by_device().items():
+                peak = self.system.devices[dev].dense_peak_flops(dtype)
+                if peak:
+                    util[f"{dev}.mfu"] = flops / (peak * t)
         for r in self.resources:
-            if r.link is None or r.bytes_carried:  # memories always, links once used
+            if r.link is None and r.label.endswith(".memory_bw"):  # a memory port (its reads)
+                owner = r.label.removesuffix(".memory_bw")
+                comp = self.system.devices.get(owner)
+                peak_bw = comp.peak_memory_bandwidth_Bps if comp is not None else 0.0
+                if peak_bw:
+                    util[f"{owner}.memory_bw_of_peak"] = r.bytes_carried / (peak_bw * t)
+                util[f"{owner}.memory_bw_of_achievable"] = r.bytes_carried / (r.capacity_Bps * t)
+            elif r.link is None or r.bytes_carried:  # a separate write port (storage); links once used
                 util[r.label] = r.bytes_carried / (r.capacity_Bps * t)
         return util
 
@@ -174,12 +216,19 @@ class Ledger:
         names the first broken figure. Returns the number of records."""
         return check_records(self.records(), self.now_s)
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """One dict per executed op or transfer, in execution order."""
+    def records(self, every: int = 1) -> Iterator[dict[str, Any]]:
+        """One dict per executed op or transfer, in execution order. With `every` N > 1, only the records
+        of every Nth decode program (the 1st, N+1th, ...) and of every other program (prefill) are laid out;
+        `program` in a record is always the run's index among all runs."""
         energy: dict[int, float] = {}
+        decode_seen = 0
         for pid, run in enumerate(self.runs):
             c = run.compiled
             prog = c.program
+            if every > 1 and _is_decode(prog):
+                decode_seen += 1
+                if (decode_seen - 1) % every:
+                    continue
             if run.solo:
                 t = run.start_s
                 times = []

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from simcore.component import ridge_point
 from simcore.sweep.analysis import pareto_front, sensitivity_summary
 from simcore.units import DISPLAY_SCALES, column_kind
 
@@ -102,8 +103,9 @@ def roofline(result: Any, *, device: str | None = None, dtype: str | None = None
              path: str | Path | None = None, title: str | None = None) -> Any:  # fmt: skip
     """The ops of a Result on its device's roofline: arithmetic intensity (FLOP per operand byte) against
     achieved FLOP/s, one marker per distinct op and phase (area ~ its share of the run time), under the
-    tensor-core peak, the vector peak and the achievable memory bandwidth of `device` (default: the
-    first GPU)."""
+    tensor-core peak, the vector peak, the spec (peak) memory bandwidth and, dashed, the achievable one of
+    `device` (default: the first GPU). The ridge point marked is simcore.component.ridge_point (spec peak
+    / spec bandwidth), the one definition `hw show` uses too."""
     import numpy as np
 
     system = result.ledger.system
@@ -112,8 +114,9 @@ def roofline(result: Any, *, device: str | None = None, dtype: str | None = None
         device = gpus[0] if gpus else next(iter(system.devices))
     dev = system.devices[device]
     dtype = dtype or result.summary.get("dtype", "bf16")
-    bw = dev.memory_bandwidth_Bps
-    peak = dev.matmul_peak(dtype)[0] if hasattr(dev, "matmul_peak") else None
+    bw = dev.peak_memory_bandwidth_Bps
+    bw_ach = dev.memory_bandwidth_Bps
+    peak = dev.dense_peak_flops(dtype) or None
     vpeak = dev.vector_peak(dtype) if hasattr(dev, "vector_peak") else None
 
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
@@ -141,13 +144,16 @@ def roofline(result: Any, *, device: str | None = None, dtype: str | None = None
     scale, sym = unit_scale("flops", [top])
     if peak:
         ax.plot(xs, np.minimum(peak, bw * xs) / scale, color="black", lw=1.8,
-                label=f"{dtype} tensor peak {peak / scale:.3g} {sym}, achievable memory {bw / 1e12:.3g} TB/s")  # fmt: skip
-        ridge = peak / bw
+                label=f"{dtype} tensor peak {peak / scale:.3g} {sym}, spec memory {bw / 1e12:.3g} TB/s")  # fmt: skip
+        ridge = ridge_point(dev, dtype)
         ax.axvline(ridge, color="black", lw=0.8, ls=":")
-        ax.annotate(f"ridge point {ridge:.0f} FLOP/B", (ridge, 0), xycoords=("data", "axes fraction"),
+        ax.annotate(f"ridge point (spec) {ridge:.0f} FLOP/B", (ridge, 0), xycoords=("data", "axes fraction"),
                     textcoords="offset points", xytext=(3, 4), rotation=90, fontsize=8, va="bottom")  # fmt: skip
     else:
-        ax.plot(xs, bw * xs / scale, color="black", lw=1.8, label=f"achievable memory {bw / 1e12:.3g} TB/s")
+        ax.plot(xs, bw * xs / scale, color="black", lw=1.8, label=f"spec memory {bw / 1e12:.3g} TB/s")
+    if bw_ach and bw_ach != bw:
+        ax.plot(xs, np.minimum(peak or math.inf, bw_ach * xs) / scale, color="black", lw=0.8, ls="--",
+                label=f"achievable memory {bw_ach / 1e12:.3g} TB/s")  # fmt: skip
     if vpeak:
         ax.plot(xs, np.minimum(vpeak, bw * xs) / scale, color="grey", lw=1.0, ls="--",
                 label=f"vector peak {vpeak / scale:.3g} {sym}")  # fmt: skip

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,30 +50,82 @@ class Result:
             Path(path).write_text(text)
         return text
 
-    def to_chrome_trace(self, path: str | Path) -> Path:
+    def to_chrome_trace(self, path: str | Path, *, max_mb: float | None = 200.0, every: int = 1,
+                        compress: bool | None = None) -> Path:  # fmt: skip
         """Chrome trace JSON (opens in Perfetto / chrome://tracing): one lane per device group or link; a
-        transfer also shows on a lane for every link on its route."""
-        events: list[dict[str, Any]] = []
+        transfer also shows on a lane for every link on its route. Events stream to the file as the records
+        are laid out (memory stays flat however long the run). `compress` (default: a `.gz` suffix) writes
+        gzip. Past `max_mb` MB written (compressed size for gzip; None: no cap) no more events are written:
+        one line on stderr and `otherData.truncated` in the trace say so. `every` N > 1 keeps every op of
+        prefill and of every Nth decode program (records carry their `program` index)."""
+        if every < 1:
+            raise ValueError(f"every must be >= 1, not {every}")
+        p = Path(path)
+        if compress is None:
+            compress = p.suffix == ".gz"
+        raw = p.open("wb")
+        out: Any = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
+        cap = None if max_mb is None else max_mb * 1e6
         lanes: dict[str, int] = {}
         system = self.ledger.system if self.ledger is not None else None
-        for r in self.records():
-            lane_names = [r["devices"]]
-            if r["kind"] in COLLECTIVE_KINDS:  # the collective also occupies the group's links
-                lane_names.append(f"links {r['devices']}")
-            elif r["kind"] == "transfer" and system is not None:
-                _, src, dst = r["devices"].split(",")
-                lane_names += [f"{link.type} {a}->{b}" for a, b, link in system.route(src, dst)]
-            for lane in lane_names:
-                tid = lanes.setdefault(lane, len(lanes) + 1)
-                events.append({"name": r["name"], "cat": r["kind"], "ph": "X", "pid": 1, "tid": tid,
-                               "ts": r["start_s"] * 1e6, "dur": r["duration_s"] * 1e6,
-                               "args": {"phase": r["phase"], "bound": r["bound"], "flops": r["flops"],
-                                        "bytes": r["bytes"], "energy_j": r["energy_j"]}})  # fmt: skip
-        for name, tid in lanes.items():
-            events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}})
-        events.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "simcore"}})
-        p = Path(path)
-        p.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        written = pending = kept = 0  # bytes in the file (compressed for gzip), bytes buffered
+        truncated_at: float | None = None
+        dumps = json.JSONEncoder(separators=(",", ":"), default=float).encode
+        try:
+            out.write(b'{"displayTimeUnit":"ms","traceEvents":[')
+            first = True
+            buf: list[str] = []
+
+            def flush() -> None:
+                nonlocal first, buf, written, pending
+                if buf:
+                    out.write((("" if first else ",") + ",".join(buf)).encode())
+                    first, buf = False, []
+                    written = raw.tell() if compress else written + pending
+                    pending = 0
+
+            for r in self.records() if self.ledger is None else self.ledger.records(every):
+                lane_names = [r["devices"]]
+                if r["kind"] in COLLECTIVE_KINDS:  # the collective also occupies the group's links
+                    lane_names.append(f"links {r['devices']}")
+                elif r["kind"] == "transfer" and system is not None:
+                    _, src, dst = r["devices"].split(",")
+                    lane_names += [f"{link.type} {a}->{b}" for a, b, link in system.route(src, dst)]
+                events = []
+                for lane in lane_names:
+                    tid = lanes.setdefault(lane, len(lanes) + 1)
+                    events.append(dumps({"name": r["name"], "cat": r["kind"], "ph": "X", "pid": 1, "tid": tid,
+                                         "ts": r["start_s"] * 1e6, "dur": r["duration_s"] * 1e6,
+                                         "args": {"phase": r["phase"], "program": r["program"],
+                                                  "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"],
+                                                  "energy_j": r["energy_j"]}}))  # fmt: skip
+                size = sum(len(e) + 1 for e in events)
+                if cap is not None and written + pending + size > cap:  # (gzip: buffered bytes uncompressed)
+                    truncated_at = r["start_s"]
+                    break
+                buf += events
+                pending += size
+                kept += len(events)
+                if len(buf) >= 4096:
+                    flush()
+            flush()
+            meta = [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}}
+                    for name, tid in lanes.items()]  # fmt: skip
+            meta.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "simcore"}})
+            out.write((("" if first else ",") + ",".join(map(dumps, meta)) + "]").encode())
+            other: dict[str, Any] = {"every": every, "events": kept}
+            if truncated_at is not None:
+                other["truncated"] = (f"stopped at {max_mb:g} MB (--trace-max-mb): events from "
+                                      f"t = {truncated_at:.6g} s on are missing")  # fmt: skip
+            out.write(b',"otherData":' + dumps(other).encode() + b"}")
+        finally:
+            if out is not raw:
+                out.close()
+            raw.close()
+        if truncated_at is not None:
+            print(f"simcore: warning: trace {p} truncated at {max_mb:g} MB (events from "
+                  f"t = {truncated_at:.6g} s on left out; raise --trace-max-mb or use --trace-every)",
+                  file=sys.stderr)  # fmt: skip
         return p
 
     # ---------------------------------------------------------------------------------- terminal
@@ -93,7 +147,8 @@ def _fmt_value(kind: str | None, value: Any) -> str:
 
 
 def _compact(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """gpu0..gpu7 with one value -> gpu[0-7]: identical devices of a group are listed once."""
+    """gpu0..gpu7 with one value -> gpu[0-7] ... per device: identical devices of a group are listed once,
+    their (equal) value said to be per device."""
     import re
 
     out: list[tuple[str, str]] = []
@@ -121,7 +176,7 @@ def _compact(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
             if nums == list(range(nums[0], nums[-1] + 1))
             else f"[{','.join(map(str, nums))}]"
         )
-        out.append((f"{g[0]}{idx}{g[1]}", g[2]))
+        out.append((f"{g[0]}{idx}{g[1]}", g[2] if len(nums) == 1 else f"{g[2]} per device"))
     return out
 
 

@@ -556,6 +556,7 @@ NB01_GPUS = ("a100-sxm4-80gb", "h100-sxm5-80gb", "h200-sxm-141gb")
 )
 def _nb01_bound() -> Any:
     import simcore
+    from simcore.component import ridge_point
 
     out: dict[str, Any] = {}
     for gpu in NB01_GPUS:
@@ -567,7 +568,7 @@ def _nb01_bound() -> Any:
             bound = sum(r["duration_s"] for r in gemm if r["bound"] == "compute")
             share[str(batch)] = bound / sum(r["duration_s"] for r in gemm)
         out[gpu] = {
-            "ridge_FLOP_per_B": dev.matmul_peak("bf16")[0] / dev.memory_bandwidth_Bps,
+            "ridge_spec_FLOP_per_B": ridge_point(dev, "bf16"),
             "gemm_compute_bound_share": share,
             "first_batch_mostly_compute_bound": min(
                 (int(b) for b, s in share.items() if s >= 0.5), default=None

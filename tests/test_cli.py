@@ -83,6 +83,76 @@ def test_run_quickstart_json_and_trace(tmp_path):
     assert sum(1 for e in events if e["ph"] == "X") == d["ops"]  # tp=1: no collectives, one event per op
 
 
+def test_run_trace_gzip_every_and_cap(tmp_path):
+    import gzip
+
+    base = ("run", "configs/experiments/quickstart.yaml", "--set", "scenario.new_tokens=9", "--json")
+    full = tmp_path / "full.json.gz"
+    p = simcore(*base, "--trace", str(full))
+    assert p.returncode == 0 and p.stderr == "", p.stderr  # no bar, no warning off a terminal
+    d = json.loads(p.stdout)
+    with gzip.open(full) as f:  # a .gz name writes gzip
+        trace = json.load(f)
+    runs = {e["args"]["program"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert runs == set(range(9)) and "truncated" not in trace["otherData"]
+    assert trace["otherData"]["events"] == d["ops"]
+
+    every = tmp_path / "every.json"
+    p = simcore(*base, "--trace", str(every), "--trace-every", "3")
+    assert p.returncode == 0, p.stderr
+    events = json.loads(every.read_text())["traceEvents"]
+    assert {e["args"]["program"] for e in events if e["ph"] == "X"} == {0, 1, 4, 7}  # prefill, decode 1, 4, 7
+
+    capped = tmp_path / "capped.json"
+    p = simcore(*base, "--trace", str(capped), "--trace-max-mb", "0.5")
+    assert p.returncode == 0
+    assert len(p.stderr.splitlines()) == 1 and "truncated at 0.5 MB" in p.stderr
+    trace = json.loads(capped.read_text())  # still valid JSON
+    assert "truncated" in trace["otherData"]
+    assert capped.stat().st_size < 2e6
+
+    p = simcore(*base, "--trace", str(capped), "--trace-every", "0")
+    assert p.returncode == 2 and "--trace-every" in p.stderr
+
+
+def test_run_summary_names_busy_mfu_and_bandwidth_of_peak():
+    p = simcore("run", "configs/experiments/quickstart.yaml", "--set", "scenario.new_tokens=2", "--json")
+    d = json.loads(p.stdout)
+    util = d["utilization"]
+    assert {"gpu.busy", "gpu.mfu", "gpu.memory_bw_of_peak", "gpu.memory_bw_of_achievable"} <= util.keys()
+    assert "gpu.compute" not in util and "gpu.memory_bw" not in util
+    assert d["prefill_tokens_per_s"] > 0
+
+
+def test_identical_devices_collapsed_in_a_table_say_per_device():
+    from simcore.results import summary_table
+
+    text = summary_table({"peak_memory_B": {"gpu0": 2.0**30, "gpu1": 2.0**30, "cpu": 1.0}})
+    assert "peak_memory_B.gpu[0-1]" in text and "per device" in text.splitlines()[0]
+    assert "per device" not in text.splitlines()[1]
+
+
+def test_progress_bars_stay_off_without_a_terminal(monkeypatch):
+    from simcore import progress
+
+    monkeypatch.delenv("SIMCORE_PROGRESS", raising=False)
+    items = list(range(100))
+    assert progress.bar(items, 100, "x") is items  # pytest's stderr is not a terminal
+    monkeypatch.setenv("SIMCORE_PROGRESS", "1")
+    assert progress.bar(items, 10, "x", min_total=64) is items  # too short to bother
+    monkeypatch.setenv("SIMCORE_PROGRESS", "0")
+    assert not progress.enabled()
+
+
+def test_ridge_point_is_spec_peak_over_spec_bandwidth():
+    from simcore.component import ridge_point
+    from simcore.system import load_system
+
+    gpu = load_system("a100-sxm4-80gb").devices["gpu"]
+    assert ridge_point(gpu, "bf16") == pytest.approx(312e12 / 2.039e12, rel=1e-3)
+    assert gpu.derived()["ridge_point_spec.bf16"][0] == ridge_point(gpu, "bf16")
+
+
 def test_run_prints_a_table_not_a_dict():
     p = simcore("run", "configs/experiments/quickstart.yaml", "--set", "scenario.new_tokens=2")
     assert p.returncode == 0

@@ -52,8 +52,11 @@ def test_a_real_run_passes_and_its_records_too(decode):
         ({"tokens_per_s": math.inf}, "tokens_per_s = inf is not finite"),
         ({"energy_j": -1.0}, "energy_j = -1.0 is negative"),
         ({"latency_s": 0.0}, "latency_s = 0.0 is not positive"),
-        ({"utilization__gpu.compute": 1.5}, "utilization.gpu.compute = 1.5 is above 1"),
-        ({"utilization__gpu.memory_bw": -0.1}, "utilization.gpu.memory_bw = -0.1 is negative"),
+        ({"utilization__gpu.busy": 1.5}, "utilization.gpu.busy = 1.5 is above 1"),
+        (
+            {"utilization__gpu.memory_bw_of_peak": -0.1},
+            "utilization.gpu.memory_bw_of_peak = -0.1 is negative",
+        ),
         ({"peak_memory_B__gpu": math.nan}, "peak_memory_B.gpu = nan is not finite"),
         ({"peak_memory_B__gpu": 81e9 * 1.1}, "peak_memory_B.gpu = 89100000000.0 exceeds the device's memory"),
         ({"energy_by_component_j__gpu": 1.0}, "energy_j = "),
@@ -73,7 +76,7 @@ def test_the_energy_total_must_be_the_sum_of_its_components(decode):
         _broken(decode, energy_j=off).check()
     # within rounding (rel 1e-9) it holds; a utilization a hair above 1 from rounding passes too
     _broken(
-        decode, energy_j=sum(parts.values()) * (1 + 1e-12), **{"utilization__gpu.compute": 1 + 1e-12}
+        decode, energy_j=sum(parts.values()) * (1 + 1e-12), **{"utilization__gpu.busy": 1 + 1e-12}
     ).check()
 
 

@@ -39,7 +39,7 @@ def test_a_program_run_on_two_engines_books_equal_bytes_on_each():
     assert t2 == pytest.approx(t1, rel=1e-12)
     assert second.ledger().utilization() == pytest.approx(util1, rel=1e-12)
     assert first.ledger().utilization() == pytest.approx(util1, rel=1e-12)  # untouched by the second run
-    assert util1["gpu0.memory_bw"] <= 1.0
+    assert util1["gpu0.memory_bw_of_achievable"] <= 1.0
 
 
 def test_two_programs_submitted_together_share_one_gpus_hbm_at_the_closed_form_time():

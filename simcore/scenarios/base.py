@@ -184,7 +184,7 @@ def account(
             "events": ledger.events,
             "ops": ledger.ops,
             "peak_memory_B": {d: ledger.peak_B[d] for d in devices},
-            "utilization": ledger.utilization(),
+            "utilization": ledger.utilization(summary.get("dtype")),
             "energy_by_component_j": {k: sum(v.values()) for k, v in energy.items()},
         }  # fmt: skip
     )

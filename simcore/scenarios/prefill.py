@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simcore.config import param_field, positive
+from simcore.progress import bar
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, decode_step, register
 
 
@@ -26,14 +27,15 @@ def prefill_then_decode(run: LLMRun, batch: int, prompt: int, new_tokens: int) -
     progs = run.programs(batch, prompt, prompt, "prefill", kv_alloc_tokens=prompt + new_tokens)
     yield run.submit_all(progs)
     t_prefill = env.now - t0
-    out = {"prefill_time_s": t_prefill, "time_to_first_token_s": t_prefill}
+    out = {"prefill_time_s": t_prefill, "time_to_first_token_s": t_prefill,
+           "prefill_tokens_per_s": batch * prompt / t_prefill}  # prompt tokens per second  # fmt: skip
     if len(run.placement.stages) > 1:
         out["pipeline_bubble_fraction"] = run.bubble_fraction(t0, busy0)
     steps = new_tokens - 1
     if steps > 0:
         t1 = env.now
         templates = run.programs(batch, 1, prompt + 1, "decode")
-        for j in range(1, steps + 1):
+        for j in bar(range(1, steps + 1), steps, "decode steps", min_total=64):
             yield run.submit_all([decode_step(t, prompt + j) if j > 1 else t for t in templates])
         out.update(decode_time_s=env.now - t1, time_per_output_token_s=(env.now - t1) / steps)
     tokens = batch * new_tokens

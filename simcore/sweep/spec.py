@@ -41,8 +41,8 @@ AXIS_KEYS = ("values", "low", "high", "log", "integer", "steps")
 GOALS = ("min", "max")
 
 #: Figures every Result.summary may carry (see simcore.experiment), usable in constraints and objectives.
-METRICS = ("latency_s", "time_per_output_token_s", "tokens_per_s", "prefill_time_s", "time_to_first_token_s",
-           "decode_time_s", "output_tokens", "energy_j", "energy_per_token_j", "events", "ops", "params", "tp",
+METRICS = ("latency_s", "time_per_output_token_s", "tokens_per_s", "prefill_time_s", "prefill_tokens_per_s",
+           "time_to_first_token_s", "decode_time_s", "output_tokens", "energy_j", "energy_per_token_j", "events", "ops", "params", "tp",
            "peak_memory_max_B", "experiment", "model", "dtype")  # fmt: skip
 #: Summary entries that are per-device mappings, flattened to `prefix.device...`.
 METRIC_PREFIXES = ("peak_memory_B.", "utilization.", "energy_by_component_j.")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from simcore.errors import ConfigError
+from simcore.progress import bar
 
 # --------------------------------------------------------------------------------- device names
 
@@ -387,7 +388,7 @@ def load_rows(path: str | Path, sim: Simulator) -> list[Row]:
                           "(head_dim, seqlen), links_*.csv (link_or_memory) or ops_misc_*.csv (op, "
                           "throughput_Gelem_per_s)", file, 1)  # fmt: skip
     rows = []
-    for line, values in records:
+    for line, values in bar(records, len(records), f"rows of {Path(file).name}", min_total=50):
         f = _Fields(file, line, header, values)
         rows.append(parse(f, sim))
     return rows
