@@ -108,6 +108,14 @@ class Program:
                 if twin < 0:
                     _grow_workspace(workspace, steps[i])
                 changed.append(i)
+        # a group whose largest activation was a swapped op may now hold less: take its maximum again
+        swapped = {steps[i].label for i in changed}
+        for group in [g for g, (_, holder) in self.group_workspace.items()
+                      if holder in swapped and workspace[g] == self.group_workspace[g]]:  # fmt: skip
+            del workspace[group]
+            for st in steps:
+                if st.devices == group and st.twin < 0:
+                    _grow_workspace(workspace, st)
         root = self.base if self.base is not None else self
         if self.base is not None:  # keep one level: changed steps relative to the root
             changed = sorted(set(changed) | set(self.changed))

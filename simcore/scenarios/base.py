@@ -84,8 +84,18 @@ def _mapped(spec: LLMSpec, key: tuple, placement: Placement, plan: ExecutionPlan
     if prog is None:
         if len(_MAPPED) >= 256:
             _MAPPED.clear()
-        logical = build_pass(spec, placement.tp, batch, q_len, kv_len, plan.precision, phase, kv_alloc_tokens)
-        prog = _MAPPED[full] = map_pass(logical, placement, plan)
+        # a decode pass differs from another of the same batch only in its attention's context: derive it
+        template = (spec, key, plan, batch, "decode template") if q_len == 1 and not kv_alloc_tokens else None
+        if template is not None and template in _MAPPED:
+            prog = decode_step(_MAPPED[template], kv_len)
+        else:
+            logical = build_pass(
+                spec, placement.tp, batch, q_len, kv_len, plan.precision, phase, kv_alloc_tokens
+            )
+            prog = map_pass(logical, placement, plan)
+            if template is not None:
+                _MAPPED[template] = prog
+        _MAPPED[full] = prog
     return prog
 
 

@@ -371,10 +371,9 @@ class Store:
             except FileNotFoundError:
                 same = False
             if same:
-                info = f"pid {os.getpid()} started {_start_time(os.getpid())} {note}".strip() + "\n"
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, info.encode(), 0)
+                if fst.st_size == 0:  # a fresh claim file (a taken-over one keeps its old text: harmless)
+                    with contextlib.suppress(OSError):
+                        os.pwrite(fd, f"{_self_id()} {note}".strip().encode() + b"\n", 0)
                 return Claim(path, fd)
             os.close(fd)  # released and unlinked between our open and lock: try again
         return None
@@ -425,6 +424,16 @@ class Store:
 def _read(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+@functools.lru_cache(maxsize=4)
+def _self_id_for(pid: int) -> str:
+    return f"pid {pid} started {_start_time(pid)}"
+
+
+def _self_id() -> str:
+    """This process as claim files name it (pid and start time), read from /proc once per process."""
+    return _self_id_for(os.getpid())
 
 
 def _start_time(pid: int) -> str:
