@@ -111,12 +111,15 @@ GPU_SCHEMA: dict[str, Any] = {
             "fraction of the links' achievable rate a collective's protocol delivers", default=1.0
         ),  # fmt: skip
     },
+    "dram_inflight_per_cta": positive(
+        "DRAM load bytes one CTA keeps outstanding: by Little's law a kernel draws min(bandwidth, unique "
+        "bytes in flight / memory latency)", "bytes", default=16384,
+    ),  # fmt: skip
     "efficiency": {
         "tensor": fraction("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
         "vector": fraction("achievable fraction of vector peak", default=0.8),
         "memory": fraction("achievable fraction of DRAM bandwidth for streaming kernels", default=0.9),
         "l2": fraction("achievable fraction of L2 bandwidth", default=0.8),
-        "mem_saturation": fraction("fraction of SMs that must stream to saturate DRAM", default=0.5),
     },
     "energy": {
         "tech_node": positive("process node in nm (energy scaling)", default=7.0),
@@ -207,6 +210,7 @@ class GPU(Component):
         self.l2_bw_Bps: float = p["l2"]["bandwidth"] * self.eff["l2"]
         self.launch_s: float = p["launch_overhead"]
         self.mem_latency_s: float = p["memory"]["latency"]
+        self.inflight_per_cta_B: float = p["dram_inflight_per_cta"]
 
     # ------------------------------------------------------------------------------ derived figures
     @property
@@ -216,6 +220,21 @@ class GPU(Component):
     @property
     def memory_bandwidth_Bps(self) -> float:
         return self.mem_bw_Bps * self.eff["memory"]
+
+    def dram_time_s(self, dram_B: float, rounds: int, cta_B: float, inflight_B: float | None = None) -> float:
+        """DRAM time of a kernel moving `dram_B` distinct bytes: the achievable bandwidth's, or, when too few
+        CTAs are in flight to saturate it, Little's law's: a CTA with `inflight_B` bytes of loads outstanding
+        (default `dram_inflight_per_cta`) takes cta_B / inflight_B latencies for its `cta_B` bytes, and the
+        busiest SM runs `rounds` CTAs one after another. No SM count enters (more SMs never slow a kernel);
+        CTAs re-reading another's panel through L2 add loads but no DRAM bytes (misses to a line merge in L2)."""
+        inflight = self.inflight_per_cta_B if inflight_B is None else inflight_B
+        latency_bound = rounds * cta_B * self.mem_latency_s / inflight
+        return max(dram_B / self.memory_bandwidth_Bps, latency_bound)
+
+    def gemm_inflight_B(self, tile_m: int, tile_n: int) -> float:
+        """Load bytes a GEMM CTA keeps outstanding: every pipeline stage but the one being computed holds a
+        K step of its A and B tiles (large tiles), at least `dram_inflight_per_cta`."""
+        return max(self.inflight_per_cta_B, (PIPELINE_STAGES - 1) * (tile_m + tile_n) * K_STEP_BYTES)
 
     @property
     def peak_memory_bandwidth_Bps(self) -> float:
@@ -282,7 +301,7 @@ class GPU(Component):
     def gemm_plan(self, op: Gemm) -> GemmPlan:
         """The fastest tile shape and split-K for `op`, with the time each resource needs under it.
 
-        The candidates' DRAM times scale with 1 / bandwidth and nothing else does, so they are enumerated
+        Only the candidates' DRAM times depend on the bandwidth, so they are enumerated
         once per op shape and GPU apart from its memory bandwidth (a sweep over bandwidth, or over
         parts that differ only there, reuses them) and priced at this GPU's bandwidth."""
         key = (self._bandwidth_free_key, op.signature())
@@ -293,8 +312,8 @@ class GPU(Component):
             cands = _GEMM_CANDIDATES[key] = self._gemm_candidates(op)
         bw = self.memory_bandwidth_Bps
         best, best_t, best_dram = cands[0][0], math.inf, 0.0
-        for plan, dram_terms in cands:  # the first fastest, in the library's order
-            t_dram = sum(num / (bw * share) for num, share in dram_terms)
+        for plan, latency_bound_s in cands:  # the first fastest, in the library's order
+            t_dram = max(plan.dram_bytes / bw, latency_bound_s)
             t = max(plan.t_compute_s + plan.t_dequant_s, t_dram, plan.t_l2_s, plan.t_smem_s) + plan.t_fixed_s
             if t < best_t:
                 best, best_t, best_dram = plan, t, t_dram
@@ -306,9 +325,9 @@ class GPU(Component):
         params["memory"] = {k: v for k, v in params["memory"].items() if k != "bandwidth"}
         return repr(sorted(params.items()))
 
-    def _gemm_candidates(self, op: Gemm) -> list[tuple[GemmPlan, tuple[tuple[float, float], ...]]]:
-        """Every tile shape and split-K the library could pick, each with its DRAM time as terms
-        (bytes, share of the bandwidth its CTAs in flight can draw) to divide by the bandwidth."""
+    def _gemm_candidates(self, op: Gemm) -> list[tuple[GemmPlan, float]]:
+        """Every tile shape and split-K the library could pick, each with the DRAM time it needs whatever
+        the bandwidth (Little's law on its busiest SM: see dram_time_s)."""
         m, n, k, batch, e = op.m, op.n, op.k, op.batch, op.elem_bytes
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
@@ -322,8 +341,7 @@ class GPU(Component):
         striped = work is not None and op.dtype in ("fp16", "bf16")
         a_B, b_B = batch * m * k * e, (1 if op.b_is_weight else batch) * k * n * eb
         c_B = batch * m * n * e
-        saturating_sms = self.sms * self.eff["mem_saturation"]
-        cands: list[tuple[GemmPlan, tuple[tuple[float, float], ...]]] = []
+        cands: list[tuple[GemmPlan, float]] = []
         for tm, tn in TILES if work is None else TILES + SMALL_M_TILES:
             # CTAs per SM: limited by shared memory (multistage pipeline) and by the fp32 accumulators.
             smem_cta = PIPELINE_STAGES * (tm + tn) * K_STEP_BYTES
@@ -351,11 +369,10 @@ class GPU(Component):
                                         e * k_cta, eb * k_cta)  # fmt: skip
                 if split > 1:  # fp32 partials written and read back by the reduction
                     dram += 2 * batch * m * n * 4 * split
-                # wave by wave: too few CTAs in flight (a small grid, a partial last wave) cannot
-                # keep enough loads outstanding to saturate DRAM
-                full, last = divmod(ctas, slots)
-                dram_terms = tuple((count * nw * dram / ctas, min(1.0, count / saturating_sms))
-                                   for count, nw in ((slots, full), (last, 1)) if count and nw)  # fmt: skip
+                # too few CTAs in flight (a small grid) cannot keep enough loads outstanding to saturate DRAM
+                # (a CTA's loads: A and B panels; stores and split-K partials need no round trip)
+                latency_bound = self.dram_time_s(0.0, ceil_div(busiest, per_sm), (tm * e + tn * eb) * k_cta,
+                                                 self.gemm_inflight_B(tm, tn))  # fmt: skip
                 l2_B = ctas * (tm * e + tn * eb) * k_cta / self.params["l2_multicast"]
                 t_l2 = l2_B / self.l2_bw_Bps
                 smem_B = (tm * warps_n * e + tn * warps_m * eb) * k_cta
@@ -367,7 +384,7 @@ class GPU(Component):
                 t_dequant = busiest * tn * k_cta * t_elem
                 plan = GemmPlan(tm, tn, split, ctas, slots, waves, t_compute, 0.0, t_l2, t_smem, dram, l2_B,
                                 ctas * smem_B, t_fixed, t_dequant)  # fmt: skip
-                cands.append((plan, dram_terms))
+                cands.append((plan, latency_bound))
             if striped:
                 cands.append(
                     self._striped_plan(op, tm, tn, tiles, grid_m, grid_n, warps_m, warps_n, sm_flops, t_elem)
@@ -389,7 +406,7 @@ class GPU(Component):
 
     def _striped_plan(self, op: Gemm, tm: int, tn: int, tiles: int, grid_m: int, grid_n: int, warps_m: int,
                       warps_n: int, sm_flops: float, t_elem: float
-                      ) -> tuple[GemmPlan, tuple[tuple[float, float], ...]]:  # fmt: skip
+                      ) -> tuple[GemmPlan, float]:  # fmt: skip
         """Marlin's striped partitioning (arXiv 2408.11743) for 16-bit-activation mixed-input GEMMs: one
         persistent CTA per SM walks an equal share of all (tile, 64-deep k-step) units, so no SM runs more
         than ceil(units / SMs) of them (no wave quantization); tiles split between two SMs are summed
@@ -404,7 +421,7 @@ class GPU(Component):
         dram = self._panel_dram(
             a_B, b_B, c_B, tiles, min(tiles, active), grid_m, grid_n, tm, tn, e * k, eb * k
         )
-        dram_terms = ((dram, min(1.0, active / (self.sms * self.eff["mem_saturation"]))),)
+        latency_bound = self.dram_time_s(0.0, 1, busiest * (tm * e + tn * eb) * k, self.gemm_inflight_B(tm, tn))
         # a stripe boundary inside a tile (the busiest share is not whole tiles) splits it between two SMs
         per_sm_units = ceil_div(units, self.sms)
         reduce_B = 2.0 * active * tm * tn * 4 if active > 1 and per_sm_units % k_iters else 0.0
@@ -414,7 +431,7 @@ class GPU(Component):
         t_dequant = busiest * tn * k * t_elem
         plan = GemmPlan(tm, tn, 1, active, self.sms, 1, t_compute, 0.0, l2_B / self.l2_bw_Bps, t_smem, dram, l2_B,
                         tiles * smem_B, 0.0, t_dequant, striped=True)  # fmt: skip
-        return plan, dram_terms
+        return plan, latency_bound
 
     def gemm_cost(self, op: Gemm) -> OpCost:
         plan = self.gemm_plan(op)
@@ -540,8 +557,7 @@ class GPU(Component):
         if op.q_len > 16 and not op.causal:  # equal units: whole rounds over the SMs
             t_compute = ceil_div(units, self.sms) * unit_pairs * t_pair
         dram = op.bytes
-        active = min(1.0, units / (self.sms * self.eff["mem_saturation"]))
-        t_mem = dram / (self.memory_bandwidth_Bps * active)
+        t_mem = self.dram_time_s(dram, ceil_div(units, self.sms), dram / units)
         bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": (fp32_per_pair + 1) * pairs_total,
                    "dram.byte": dram, "smem.byte": 2 * dram, "l2.byte": atomic_B_per_pair * pairs_total}  # fmt: skip
@@ -581,8 +597,7 @@ class GPU(Component):
         x_B = rows * cols * e
         reads = 1 if on_chip else passes
         dram = op.bytes + (reads - 1) * x_B
-        active = min(1.0, ctas / (self.sms * self.eff["mem_saturation"]))
-        t_mem = self.mem_latency_s + dram / (self.memory_bandwidth_Bps * active)
+        t_mem = self.mem_latency_s + self.dram_time_s(dram, ceil_div(ctas, self.sms), dram / ctas)
         t_compute = op.flops / (self.vector_peak("fp32") * self.eff["vector"])
         bound = "memory" if t_mem >= t_compute else "compute"
         actions = {"flop.fp32": op.flops, "dram.byte": dram}
