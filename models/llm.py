@@ -376,15 +376,32 @@ def check_tp(spec: LLMSpec, tp: int) -> None:
                           f"and FFN width {spec.ffn}", key="parallelism.tp")  # fmt: skip
 
 
+class SeqGroup(NamedTuple):
+    """`count` sequences that each process `q_len` new tokens over `kv_len` tokens of context (the new
+    ones included): a decode step is q_len 1, a prefill q_len == kv_len, a prefill chunk q_len < kv_len."""
+
+    count: int
+    q_len: int
+    kv_len: int
+
+
 def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
                precision: PrecisionPlan | str = "bf16", phase: str = "decode",
-               kv_alloc_tokens: int = 0) -> LogicalPass:  # fmt: skip
+               kv_alloc_tokens: int = 0, groups: tuple[SeqGroup, ...] = ()) -> LogicalPass:  # fmt: skip
     """One forward pass over `q_len` new tokens per sequence with `kv_len` tokens of context
     (prefill: q_len == kv_len; decode: q_len == 1), Megatron-style over `tp` ranks (column/row splits,
     an all-reduce after attention and after the MLP). `precision` (or one dtype for everything) sets the
     activations' dtype, the weights' and KV cache's storage formats and the collectives' dtype.
-    `kv_alloc_tokens` > 0 allocates each layer's KV cache for that many tokens when the layer first runs."""
+    `kv_alloc_tokens` > 0 allocates each layer's KV cache for that many tokens when the layer first runs.
+
+    `groups` makes the pass a ragged batch (a serving iteration mixing decode steps and prefill chunks):
+    `batch`, `q_len` and `kv_len` are then ignored, the GEMMs run over every group's tokens at once, and
+    each group gets its own attention kernel (a varlen kernel launches once: the difference is a launch
+    per extra group); logits are computed for one token per sequence."""
     check_tp(spec, tp)
+    if not groups:
+        groups = (SeqGroup(batch, q_len, kv_len),)
+    batch = sum(g.count for g in groups)
     plan = PrecisionPlan.uniform(precision) if isinstance(precision, str) else precision
     dtype, comm = plan.activations, plan.communication
     e, ce = dtype_bytes(dtype), dtype_bytes(comm)
@@ -395,7 +412,7 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         w = plan.gemm_weight_dtype
         return tensor_format(w, tensor, layer, spec.layers) if w is not None else None
 
-    h, d, T = spec.hidden, spec.head_dim, batch * q_len
+    h, d, T = spec.hidden, spec.head_dim, sum(g.count * g.q_len for g in groups)
     heads, kvh = spec.heads // tp, max(1, spec.kv_heads // tp)
     ffn = spec.ffn // tp
     kv_B = plan.kv_bytes(2 * batch * kvh * kv_alloc_tokens * d)
@@ -412,7 +429,13 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         layer's decode step reads only the last `window` tokens; its prefill masks the older ones."""
         p = f"L{i}."
         window = spec.layer_window(i)
-        kv = min(kv_len, window) if window is not None and q_len == 1 else kv_len
+
+        def attention(j: int, g: SeqGroup) -> Attention:
+            kv = min(g.kv_len, window) if window is not None and g.q_len == 1 else g.kv_len
+            return Attention(p + ("attn" if j == 0 else f"attn{j}"), dtype, batch=g.count, heads=heads,
+                             kv_heads=kvh, q_len=g.q_len, kv_len=kv, head_dim=d, causal=True,
+                             kv_dtype=kv_dtype, window=window)  # fmt: skip
+
         out: list[Op] = [
             Norm(p + "norm1", dtype, rows=T, cols=h, function=spec.norm),
             Gemm(p + "qkv", dtype, m=T, n=(heads + 2 * kvh) * d, k=h, weight_dtype=weights("attn_qkv", i)),
@@ -420,11 +443,8 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         if spec.family != "opt" and spec.family != "gpt3":
             out.append(Elementwise(p + "rope", dtype, elements=T * (heads + kvh) * d, inputs=1,
                                    flops_per_element=3, function="rope"))  # fmt: skip
-        out += [
-            Attention(p + "attn", dtype, batch=batch, heads=heads, kv_heads=kvh, q_len=q_len, kv_len=kv,
-                      head_dim=d, causal=True, kv_dtype=kv_dtype, window=window),
-            Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d, weight_dtype=weights("attn_output", i)),
-        ]  # fmt: skip
+        out += [attention(j, g) for j, g in enumerate(groups)]
+        out.append(Gemm(p + "o_proj", dtype, m=T, n=h, k=heads * d, weight_dtype=weights("attn_output", i)))
         if tp > 1:
             out.append(AllReduce(p + "allreduce_attn", comm, bytes_per_device=T * h * ce, group=tp))
         out += [Elementwise(p + "residual1", dtype, elements=T * h, inputs=2),
@@ -453,6 +473,7 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
 
     ops: list[LogicalOp] = [LogicalOp(Embedding("embed", dtype, tokens=T, hidden=h, vocab=spec.vocab), -1)]
     first = layer(0)
+    start_attn = next(j for j, op in enumerate(first) if op.kind == "attention")
     start, suffixes = len(ops), [op.name[len("L0.") :] for op in first]
     first_formats = formats(0)
     for i in range(spec.layers):
@@ -460,7 +481,9 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         same = i > 0 and formats(i) == first_formats
         for j, op in enumerate(first if same or i == 0 else layer(i)):
             allocs = (
-                (Tensor(p + "kv_cache", kv_alloc_B(i)),) if kv_alloc_tokens and op.kind == "attention" else ()
+                (Tensor(p + "kv_cache", kv_alloc_B(i)),)
+                if kv_alloc_tokens and op.kind == "attention" and j == start_attn
+                else ()
             )
             twin = start + j if i > 0 and (same or op.signature() == first[j].signature()) else -1
             ops.append(LogicalOp(op, i, allocs, twin, p + suffixes[j]))

@@ -185,3 +185,23 @@ def test_qwen2_sliding_window_applies_from_max_window_layers_on(tmp_path):
     assert s.kv_fraction(3000, 0, 14) + s.kv_fraction(3000, 14, 28) == pytest.approx(
         s.kv_layer_tokens(3000) / (3000 * 28)
     )
+
+
+def test_a_ragged_pass_runs_every_token_through_the_gemms_once_and_each_group_through_its_own_attention():
+    from models.llm import SeqGroup
+
+    s = load_llm("llama-2-7b")
+    uniform = build_pass(s, 1, 4, 1, 100)
+    assert build_pass(s, 1, 0, 0, 0, groups=(SeqGroup(4, 1, 100),)).op_records == uniform.op_records
+    # three decode steps at context 100 and one 256-token prefill chunk after 512 tokens of context
+    mixed = build_pass(s, 1, 0, 0, 0, groups=(SeqGroup(3, 1, 100), SeqGroup(1, 256, 768)))
+    ops = {lop.name or lop.op.name: lop.op for lop in mixed.ops}
+    assert ops["L0.qkv"].m == 3 + 256 and ops["L31.down"].m == 259
+    assert ops["lm_head"].m == 4  # one token's logits per sequence
+    a0, a1 = ops["L0.attn"], ops["L0.attn1"]
+    assert (a0.batch, a0.q_len, a0.kv_len) == (3, 1, 100) and (a1.batch, a1.q_len, a1.kv_len) == (1, 256, 768)
+    # the GEMM FLOPs are those of 259 tokens: 2 per weight per token (closed form, layer matrices)
+    gemm_flops = sum(op.flops for op in mixed.op_records if isinstance(op, Gemm) and op.name != "lm_head")
+    h, f = s.hidden, s.ffn
+    per_token = s.layers * (4 * h * h + 3 * h * f)  # llama-2-7b: MHA (q, k, v, o) and a gated MLP
+    assert gemm_flops == pytest.approx(2 * 259 * per_token, rel=1e-12)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import simpy
 
-from models.llm import LLMSpec, build_pass
+from models.llm import LLMSpec, SeqGroup, build_pass
 from simcore.engine import Engine
 from simcore.ledger import Ledger
 from simcore.mapping import ExecutionPlan, Placement, map_pass, place
@@ -78,19 +78,20 @@ _MAPPED: dict[tuple, Program] = {}  # programs are values: a sweep's repeated sh
 
 
 def _mapped(spec: LLMSpec, key: tuple, placement: Placement, plan: ExecutionPlan, batch: int, q_len: int,
-            kv_len: int, phase: str, kv_alloc_tokens: int) -> Program:  # fmt: skip
-    full = (spec, key, plan, batch, q_len, kv_len, phase, kv_alloc_tokens)
+            kv_len: int, phase: str, kv_alloc_tokens: int, groups: tuple[SeqGroup, ...] = ()) -> Program:  # fmt: skip
+    full = (spec, key, plan, batch, q_len, kv_len, phase, kv_alloc_tokens, groups)
     prog = _MAPPED.get(full)
     if prog is None:
         if len(_MAPPED) >= 256:
             _MAPPED.clear()
         # a decode pass differs from another of the same batch only in its attention's context: derive it
-        template = (spec, key, plan, batch, "decode template") if q_len == 1 and not kv_alloc_tokens else None
+        plain = q_len == 1 and not kv_alloc_tokens and not groups
+        template = (spec, key, plan, batch, "decode template") if plain else None
         if template is not None and template in _MAPPED:
             prog = decode_step(_MAPPED[template], kv_len)
         else:
             logical = build_pass(
-                spec, placement.tp, batch, q_len, kv_len, plan.precision, phase, kv_alloc_tokens
+                spec, placement.tp, batch, q_len, kv_len, plan.precision, phase, kv_alloc_tokens, groups
             )
             prog = map_pass(logical, placement, plan)
             if template is not None:
@@ -125,6 +126,17 @@ class LLMRun:
             out.append(_mapped(self.spec, self._key + (stages,), pl, self.plan, per, q_len, kv_len, phase,
                                kv_alloc_tokens))  # fmt: skip
         return out
+
+    def iteration(self, groups: tuple[SeqGroup, ...], phase: str = "mixed") -> list[Program]:
+        """The programs of one ragged pass (a serving iteration): every group's tokens through the GEMMs
+        at once, an attention kernel per group. The plan's data-parallel replicas each run it whole (a
+        serving scenario routes requests to replicas itself); micro-batches do not apply."""
+        return [
+            _mapped(self.spec, self._key + (stages,),
+                    self.placement if stages == self.placement.stages else replace(self.placement, stages=stages),
+                    self.plan, 0, 0, 0, phase, 0, groups)
+            for stages in self.placement.replicas
+        ]  # fmt: skip
 
     def allocate_weights(self) -> None:
         precision = self.plan.precision
