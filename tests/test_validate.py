@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from simcore import cli, validate
+from simcore.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT.parent / "shared" / "calibration"
@@ -139,8 +140,6 @@ GEMM_HEADER = "gpu,dtype_in,M,N,K,time_ms,tflops_per_s,source\n"
 @pytest.mark.parametrize(
     ("body", "line", "words"),
     [
-        (GEMM_HEADER + "NVIDIA A100 80GB,fp16,64,64,64,0.01,,x\nNVIDIA A100 80GB,fp16,sixty,64,64,0.01,,x\n", 3,
-         "column 'M'"),
         (GEMM_HEADER + "NVIDIA A100 80GB,fp16,64,64,64,0.01,,x,extra\n", 2, "expected 8 fields"),
         ("gpu,colour\nA100,red\n", 1, "unrecognised CSV header"),
         ("gpu,dtype_in,M,N,K,source\nA100,fp16,1,2,3,x\n", 1, "missing column 'time_ms' or 'tflops_per_s'"),
@@ -163,6 +162,61 @@ def test_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     rc = cli.main(["validate", "data", str(tmp_path / "nope.csv")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "no such file" in err
+
+
+def test_a_bad_cell_costs_its_row_not_the_file(tmp_path: Path) -> None:
+    good = "NVIDIA A100 80GB,fp16,64,64,64,0.01,,x\n"
+    f = tmp_path / "gemm_x.csv"
+    f.write_text(GEMM_HEADER + good + "NVIDIA A100 80GB,fp16,,64,64,0.01,,x\n" + good
+                 + "NVIDIA A100 80GB,fp16,sixty,64,64,0.01,,x\n")  # fmt: skip
+    report = validate.run_data([str(f)], None, as_json=True)
+    assert (report["rows"], report["mapped"]) == (4, 2)
+    (empty, word) = report["unmapped"]
+    assert empty["line"] == 3 and "column 'M' is empty" in empty["reason"]
+    assert word["line"] == 5 and "column 'M': expected a number, got 'sixty'" in word["reason"]
+
+
+def test_an_unreadable_file_of_several_is_skipped_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gemm, other = tmp_path / "gemm_x.csv", tmp_path / "other.csv"
+    gemm.write_text(GEMM_HEADER + "NVIDIA A100 80GB,fp16,64,64,64,0.01,,x\n")
+    other.write_text("gpu,colour\nA100,red\n")
+    report = validate.run_data([str(other), str(gemm)], None, as_json=True)
+    assert report["mapped"] == 1 and len(report["skipped_files"]) == 1
+    assert f"{other}:1:" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="none of the 2 files"):
+        validate.run_data([str(other), str(other)], None, as_json=True)
+
+
+E2E_HEADER = ("hardware,num_devices,parallelism,model,weights_precision,framework,batch_or_concurrency,"
+              "input_len_tokens,output_len_tokens,scenario,output_throughput_tok_per_s,prompt_throughput_tok_per_s,"
+              "total_throughput_tok_per_s,ttft_ms,source\n")  # fmt: skip
+
+
+def test_an_end_to_end_row_is_the_run_it_describes(tmp_path: Path) -> None:
+    from simcore.experiment import Generate, Prefill, simulate
+
+    f = tmp_path / "llm_e2e_x.csv"
+    f.write_text(E2E_HEADER
+                 + "A100 SXM 80GB,1,single,Meta-Llama-3-8B,GGUF Q4_K_M,llama.cpp,1,0,128,text generation of 128 "
+                   "tokens,100,,,,x\n"
+                 + "A100 SXM 80GB,1,single,Meta-Llama-3-8B,GGUF F16,llama.cpp,1,512,0,prompt processing of 512 "
+                   "tokens,,5000,,,x\n"
+                 + "A100 SXM 80GB,4,split,Meta-Llama-3-8B,GGUF F16,llama.cpp,1,512,0,prompt processing of 512 "
+                   "tokens,,5000,,,x\n")  # fmt: skip
+    out = tmp_path / "out"
+    report = validate.run_data([str(f)], str(out), as_json=True, plot=False)
+    assert (report["rows"], report["mapped"]) == (3, 2)
+    assert "layer split" in report["unmapped"][0]["reason"]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    # time = tokens / published tokens/s; the prediction is the experiment a user would run
+    gen = simulate("a100-sxm4-80gb", "llama-3-8b", Generate(batch=1, prompt_len=1, new_tokens=128), dtype="fp16",
+                   keep_records=False, precision={"weights": "q4_k_m"}).summary["latency_s"]  # fmt: skip
+    pre = simulate("a100-sxm4-80gb", "llama-3-8b", Prefill(batch=1, prompt_len=512), dtype="fp16",
+                   keep_records=False).summary["latency_s"]  # fmt: skip
+    assert float(rows[0]["measured"]) == pytest.approx(128 / 100) and float(rows[0]["predicted"]) == pytest.approx(gen)
+    assert float(rows[1]["measured"]) == pytest.approx(512 / 5000) and float(rows[1]["predicted"]) == pytest.approx(pre)
 
 
 # -------------------------------------------------------------------------------------------- host

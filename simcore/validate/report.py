@@ -8,13 +8,15 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simcore.errors import ConfigError
+from simcore.errors import ConfigError, SimError
 from simcore.tables import text_table
+from simcore.validate import e2e  # noqa: F401  (registers the end-to-end LLM format)
 from simcore.validate.rows import Row, Simulator, load_rows
 
 # ------------------------------------------------------------------------------------- statistics
@@ -118,15 +120,28 @@ def run_data(files: Sequence[str], out_dir: str | None, as_json: bool, plot: boo
     """Load, simulate and summarise; write the per-row CSV and the plot; return the JSON-able report."""
     sim = Simulator()
     rows: list[Row] = []
+    skipped: list[str] = []
     for f in files:
-        rows.extend(load_rows(f, sim))
+        try:
+            rows.extend(load_rows(f, sim))
+        except ConfigError as e:  # one unreadable file of several does not stop the others
+            if len(files) == 1:
+                raise
+            skipped.append(str(e))
+            print(f"simcore validate data: skipped {e}", file=sys.stderr)
+    if not rows and skipped:
+        raise ConfigError(f"none of the {len(files)} files could be read (first: {skipped[0]})")
     for r in rows:
         if r.mapped and r.predict is not None:
-            r.predicted, r.bound = r.predict()
+            try:
+                r.predicted, r.bound = r.predict()
+            except SimError as e:  # the run a row describes is refused (too long, out of memory): say so
+                r.reason = f"not simulated: {e}"
     groups = summarize(rows, by_group)
     families = summarize(rows, by_family)
     report = {
         "files": list(files),
+        "skipped_files": skipped,
         "rows": len(rows),
         "mapped": sum(r.mapped for r in rows),
         "unmapped": [

@@ -358,39 +358,48 @@ def _need(file: str, header: list[str], *groups: tuple[str, ...]) -> None:
             raise ConfigError(f"missing column {' or '.join(repr(c) for c in group)}", file, 1)
 
 
+@dataclass(frozen=True)
+class CsvFormat:
+    """A CSV format `validate data` reads: recognised by `marks` (all present in the header), checked
+    for `needs` (one column of each group), each record parsed into a Row."""
+
+    name: str
+    marks: frozenset[str]
+    needs: tuple[tuple[str, ...], ...]
+    parse: Callable[[_Fields, Simulator], Row]
+
+
+#: the formats, first match wins; e2e.py adds the end-to-end LLM format
+FORMATS: list[CsvFormat] = []
+
+
+def csv_format(name: str, marks: Sequence[str], *needs: tuple[str, ...]) -> Callable:
+    def deco(parse: Callable[[_Fields, Simulator], Row]) -> Callable[[_Fields, Simulator], Row]:
+        FORMATS.append(CsvFormat(name, frozenset(marks), needs, parse))
+        return parse
+
+    return deco
+
+
 def load_rows(path: str | Path, sim: Simulator) -> list[Row]:
-    """Rows of one CSV, its format recognised from the header."""
+    """Rows of one CSV, its format recognised from the header. A record that cannot be read (an empty
+    or malformed cell) becomes an unmapped row that says why; the rest of the file still counts."""
     file, header, records = _read_csv(Path(path))
-    cols = set(header)
-    if {"M", "N", "K"} <= cols:
-        _need(file, header, ("gpu",), ("time_ms", "tflops_per_s"), ("dtype_in", "dtype"))
-        parse = _gemm_row
-    elif {"head_dim", "seqlen"} <= cols:
-        _need(
-            file,
-            header,
-            ("gpu",),
-            ("pass",),
-            ("num_heads",),
-            ("batch",),
-            ("causal",),
-            ("time_ms", "tflops_per_s"),
-        )
-        parse = _attention_row
-    elif "link_or_memory" in cols:
-        _need(file, header, ("hardware",), ("bandwidth_GB_per_s",), ("direction_or_kernel",), ("test",))
-        parse = _link_row
-    elif "op" in cols and "throughput_Gelem_per_s" in cols:
-        _need(file, header, ("hardware",), ("M",), ("latency_s",))
-        parse = _misc_row
-    else:
-        raise ConfigError("unrecognised CSV header: expected the columns of gemm_*.csv (M, N, K), attention_*.csv "
-                          "(head_dim, seqlen), links_*.csv (link_or_memory) or ops_misc_*.csv (op, "
-                          "throughput_Gelem_per_s)", file, 1)  # fmt: skip
+    fmt = next((f for f in FORMATS if f.marks <= set(header)), None)
+    if fmt is None:
+        known = "; ".join(f"{f.name} ({', '.join(sorted(f.marks))})" for f in FORMATS)
+        raise ConfigError(f"unrecognised CSV header: expected the columns of {known}", file, 1)
+    _need(file, header, *fmt.needs)
     rows = []
     for line, values in bar(records, len(records), f"rows of {Path(file).name}", min_total=50):
         f = _Fields(file, line, header, values)
-        rows.append(parse(f, sim))
+        try:
+            rows.append(fmt.parse(f, sim))
+        except ConfigError as e:
+            row = Row(file, line, f.text("gpu", "hardware"), fmt.name, "-", "", "time", 0.0, _approx(f),
+                      f.text("source"))  # fmt: skip
+            row.reason = e.message
+            rows.append(row)
     return rows
 
 
@@ -405,6 +414,7 @@ def _base(f: _Fields, device_col: str, family: str, dtype: str, shape: str, quan
     return row
 
 
+@csv_format("gemm_*.csv", ("M", "N", "K"), ("gpu",), ("time_ms", "tflops_per_s"), ("dtype_in", "dtype"))
 def _gemm_row(f: _Fields, sim: Simulator) -> Row:
     m, n, k = (f.integer(c) for c in ("M", "N", "K"))
     assert m and n and k
@@ -432,6 +442,8 @@ def _gemm_row(f: _Fields, sim: Simulator) -> Row:
     return row
 
 
+@csv_format("attention_*.csv", ("head_dim", "seqlen"), ("gpu",), ("pass",), ("num_heads",), ("batch",), ("causal",),
+            ("time_ms", "tflops_per_s"))  # fmt: skip
 def _attention_row(f: _Fields, sim: Simulator) -> Row:
     d, heads, seq, batch = (f.integer(c) for c in ("head_dim", "num_heads", "seqlen", "batch"))
     assert d and heads and seq and batch
@@ -485,6 +497,7 @@ def _attention_row(f: _Fields, sim: Simulator) -> Row:
 _MISC_FAMILIES = ("softmax", "layernorm", "gelu")
 
 
+@csv_format("ops_misc_*.csv", ("op", "throughput_Gelem_per_s"), ("hardware",), ("M",), ("latency_s",))
 def _misc_row(f: _Fields, sim: Simulator) -> Row:
     op_name = f.text("op")
     family = op_name.lower() if op_name.lower() in _MISC_FAMILIES else op_name.split(":")[0].strip().lower()
@@ -623,6 +636,8 @@ _STREAM_KERNELS: tuple[tuple[str, int, int], ...] = (
 _DEFAULT_ARRAY_B = 256 * 2**20
 
 
+@csv_format("links_*.csv", ("link_or_memory",), ("hardware",), ("bandwidth_GB_per_s",), ("direction_or_kernel",),
+            ("test",))  # fmt: skip
 def _link_row(f: _Fields, sim: Simulator) -> Row:
     kind = f.text("link_or_memory")
     test, direction = f.text("test"), f.text("direction_or_kernel")
