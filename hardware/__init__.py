@@ -1,3 +1,3 @@
 """Hardware component models; importing this package registers every component type."""
 
-from hardware import cpu, gpu, storage, systolic  # noqa: F401
+from hardware import cpu, csd, dram, gpu, pim, storage, systolic  # noqa: F401

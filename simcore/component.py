@@ -15,6 +15,10 @@ from simcore.errors import ConfigError
 from simcore.ops import Op
 
 COMPONENT_TYPES: dict[str, type[Component]] = {}
+#: rewrites of a component's document before it is validated, registered by hardware modules: each takes
+#: the component type's schema and the document (e.g. `memory: {dram: hbm3, count: 5}` filled in from the
+#: DRAM preset, hardware/memory.py)
+DOC_EXPANDERS: list[Callable[[Schema, Doc], Doc]] = []
 
 
 def register(type_name: str) -> Callable[[type[Component]], type[Component]]:
@@ -72,6 +76,8 @@ class Component:
     @classmethod
     def from_doc(cls, name: str, doc: Doc) -> Component:
         ignore = ("type", "name", "description", "source", "count")
+        for expand in DOC_EXPANDERS:
+            doc = expand(cls.SCHEMA, doc)
         return cls(name, validate(doc, cls.SCHEMA, ignore=ignore), doc)
 
     def supports(self, op: Op) -> bool:
