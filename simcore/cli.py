@@ -19,6 +19,7 @@ COMMAND_MODULES: dict[str, str] = {
     "op": "simcore.commands",
     "hw": "simcore.commands",
     "models": "simcore.commands",
+    "plan": "simcore.plan",
     "validate": "simcore.validate",
     "sweep": "simcore.sweep",
 }

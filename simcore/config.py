@@ -721,21 +721,40 @@ def param_field(param: Param) -> Any:
     return dataclasses.field(default=default, metadata={"param": param})
 
 
-def dataclass_schema(*classes: type) -> dict[str, Param]:
+def block_field(cls: type) -> Any:
+    """A dataclass field that is a nested YAML block (a mapping) whose keys are the documented fields of
+    the dataclass `cls`; it defaults to `cls()`, so every field of `cls` needs a default:
+    `requests: Requests = block_field(Requests)` accepts `requests: {count: 50, rate_per_s: 5}`."""
+    return dataclasses.field(default_factory=cls, metadata={"block": cls})
+
+
+def dataclass_schema(*classes: type) -> dict[str, Param | dict[str, Any]]:
     """The schema block the fields of `classes` declare, in field order (first class first).
 
     A field is documented by a Param in `metadata["param"]` (`param_field(...)`, or
-    `dataclasses.field(default=..., metadata={"param": ...})`, whose default fills a Param that has none);
-    fields without one are left out. A field several classes share is declared by the first; the others
-    may word its doc differently but must validate it alike (unit, type, default, choices, minimum),
-    else TypeError, as for a field whose default differs from its Param's.
+    `dataclasses.field(default=..., metadata={"param": ...})`, whose default fills a Param that has none),
+    or is a nested block (`block_field(cls)`: the schema of `cls`'s fields); fields without either are
+    left out. A field several classes share is declared by the first; the others may word its doc
+    differently but must validate it alike (unit, type, default, choices, minimum; a block: the same
+    class), else TypeError, as for a field whose default differs from its Param's.
     """
-    out: dict[str, Param] = {}
+    out: dict[str, Param | dict[str, Any]] = {}
+    blocks: dict[str, type] = {}
     for cls in classes:
         for f in dataclasses.fields(cls):
+            block = f.metadata.get("block")
+            if block is not None:
+                if blocks.setdefault(f.name, block) is not block or not isinstance(out.get(f.name, {}), dict):
+                    raise TypeError(
+                        f"{cls.__name__}.{f.name} is a block unlike the {f.name!r} declared before"
+                    )
+                out.setdefault(f.name, dataclass_schema(block))
+                continue
             param = f.metadata.get("param")
             if param is None:
                 continue
+            if f.name in blocks:
+                raise TypeError(f"{cls.__name__}.{f.name} is a parameter, declared before as a block")
             if not isinstance(param, Param):
                 raise TypeError(f"{cls.__name__}.{f.name}: metadata['param'] is not a Param: {param!r}")
             if f.default is not dataclasses.MISSING:
@@ -749,3 +768,16 @@ def dataclass_schema(*classes: type) -> dict[str, Param]:
                 raise TypeError(f"{cls.__name__}.{f.name} is validated unlike the {f.name!r} declared before "
                                 f"({param} vs {first})")  # fmt: skip
     return out
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any]) -> Any:
+    """An instance of dataclass `cls` from validated `values` (what `validate` returns for its block):
+    keys that are not fields of `cls` are left out, nested blocks (`block_field`) are built from theirs."""
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, block = values[f.name], f.metadata.get("block")
+        nested = block is not None and isinstance(value, Mapping)
+        kw[f.name] = build_dataclass(block, value) if nested else value
+    return cls(**kw)

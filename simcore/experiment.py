@@ -7,7 +7,7 @@ Loading checks everything before time zero (schema, placement, op kinds and dtyp
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from simcore.config import (
     Doc,
     Param,
     apply_overrides,
+    build_dataclass,
     dataclass_schema,
     expand_hardware_shorthand,
     load_yaml,
@@ -31,7 +32,7 @@ from simcore.mapping.plan import SCHEDULES
 from simcore.ops import DTYPE_BYTES
 from simcore.precision import PRECISION_SCHEMA, PrecisionPlan, plan_from
 from simcore.results import Result
-from simcore.scenarios import SCENARIOS, Decode, Generate, Inference, Prefill, Scenario
+from simcore.scenarios import SCENARIOS, Decode, Generate, Inference, Prefill, Scenario, Serve
 from simcore.system import System, load_system
 
 __all__ = ["Decode", "Experiment", "Generate", "Inference", "Prefill", "load_experiment", "run", "simulate",
@@ -67,6 +68,8 @@ def check_context(spec: LLMSpec, scenario: Scenario) -> None:
     elif isinstance(scenario, Decode):
         c = scenario.context_len
         spec.check_positions(c + 1, f"context {c} + 1 new token needs {c + 1}", "scenario.context_len")
+    elif isinstance(scenario, Serve):
+        scenario.check_context(spec)
 
 
 def is_onnx(model: object) -> bool:
@@ -200,8 +203,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
             model = load_llm(p["model"])
         except ConfigError as e:
             raise doc.error(("model",), e.message) from None
-    own = {f.name for f in fields(cls)}
-    scenario = cls(**{k: v for k, v in sc.items() if k in own})
+    scenario = build_dataclass(cls, sc)
     if isinstance(model, LLMSpec):  # the placement is checked now, so a bad one names file and line
         try:
             check_context(model, scenario)
@@ -226,6 +228,9 @@ def _onnx_path(doc: Doc, model: str) -> str:
 
 
 def _check_batch(scenario: Scenario, plan: ExecutionPlan) -> None:
+    if isinstance(scenario, Serve):  # no batch: requests arrive; one replica
+        scenario.check_plan(plan)
+        return
     batch = getattr(scenario, "batch", 1)
     if batch % (plan.microbatches * plan.dp):
         raise ConfigError(f"batch {batch} does not split into {plan.microbatches} micro-batches × {plan.dp} "

@@ -3,11 +3,12 @@
 A new scenario is one file with a `@register("kind")` dataclass and one import line below.
 """
 
-from simcore.scenarios import decode, generate, prefill, vision  # noqa: F401  (registers them)
+from simcore.scenarios import decode, generate, prefill, serve, vision  # noqa: F401  (registers them)
 from simcore.scenarios.base import SCENARIOS, LLMRun, Scenario
 from simcore.scenarios.decode import Decode
 from simcore.scenarios.generate import Generate
 from simcore.scenarios.prefill import Prefill
+from simcore.scenarios.serve import Serve
 from simcore.scenarios.vision import Inference
 
-__all__ = ["SCENARIOS", "Decode", "Generate", "Inference", "LLMRun", "Prefill", "Scenario"]
+__all__ = ["SCENARIOS", "Decode", "Generate", "Inference", "LLMRun", "Prefill", "Scenario", "Serve"]

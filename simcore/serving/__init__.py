@@ -1,0 +1,13 @@
+"""Serving: request streams, schedulers and the paged KV cache that the `serve` scenario drives.
+
+A stage-level package: it builds on the kernel (units, config) and knows nothing of the engine; the serve
+scenario (simcore/scenarios/serve.py) imports it and costs each iteration the scheduler chooses.
+"""
+
+from simcore.serving.kv_cache import KVCacheSpec, PagedKVCache
+from simcore.serving.metrics import RequestRecord, SLOSpec, summarize
+from simcore.serving.requests import Lengths, Request, RequestSpec, load_trace
+from simcore.serving.schedulers import POLICIES, SCHEDULERS, Batch, Scheduler, SchedulerSpec, Seq
+
+__all__ = ["POLICIES", "SCHEDULERS", "Batch", "KVCacheSpec", "Lengths", "PagedKVCache", "Request", "RequestRecord",
+           "RequestSpec", "SLOSpec", "Scheduler", "SchedulerSpec", "Seq", "load_trace", "summarize"]  # fmt: skip
