@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import cached_property
+from collections.abc import Mapping
 from typing import Any
 
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
@@ -130,6 +131,10 @@ GPU_SCHEMA: dict[str, Any] = {
             "share of (TDP - idle) the SMs draw at dense peak (the rest feeds L2/DRAM); sets the default FLOP energy",
             default=0.75,
         ),
+        "active_share": fraction(
+            "share of (TDP - idle) drawn whenever a kernel runs, whatever it computes (active clocks and "
+            "voltage, clock tree, schedulers); 0 prices only actions and idle power", default=None,
+        ),  # fmt: skip
         "l2_per_byte": nonneg("L2 access energy", "energy_per_byte", default=None),
         "smem_per_byte": nonneg("shared-memory/register-file access energy", "energy_per_byte", default=None),
         "dram_per_byte": nonneg(
@@ -250,6 +255,40 @@ class GPU(Component):
     def static_power_W(self) -> float:
         return self.params["power"]["idle"]
 
+    @property
+    def active_power_W(self) -> float:
+        p = self.params["power"]
+        share = self.params["energy"]["active_share"]
+        return share * (p["tdp"] - p["idle"]) if share and p["tdp"] else 0.0
+
+    def power_capped(self, cost: OpCost) -> OpCost:
+        """Above its TDP a GPU lowers its clock until it fits (power capping): the op's dynamic energy is
+        spent at TDP - idle - active power, so it takes longer and costs the same dynamic joules."""
+        headroom_W = self.power_headroom_W
+        if not headroom_W or cost.duration_s <= 0 or cost.bound == "network":  # the engine adds a collective's
+            return cost  # wire time: its device-side duration is not the op's
+        dynamic_J = self.dynamic_J(cost.actions)
+        if dynamic_J <= headroom_W * cost.duration_s:
+            return cost
+        capped_s = dynamic_J / headroom_W
+        detail = {**cost.detail, "clock_fraction": cost.duration_s / capped_s}
+        return replace(cost, duration_s=capped_s, bound="power", detail=detail)
+
+    @cached_property
+    def power_headroom_W(self) -> float:
+        """Dynamic power the part may draw above idle and active power before it must lower its clock (0:
+        no TDP given, or none left)."""
+        tdp = self.params["power"]["tdp"]
+        return max(0.0, tdp - self.static_power_W - self.active_power_W) if tdp else 0.0
+
+    def dynamic_J(self, actions: Mapping[str, float]) -> float:
+        prices = self._action_prices
+        return sum(n * prices.get(a, 0.0) for a, n in actions.items())
+
+    @cached_property
+    def _action_prices(self) -> dict[str, float]:
+        return self.energy_per_action_J()
+
     def derived(self) -> dict[str, tuple[float, str, str]]:
         out = {f"tensor_peak_per_sm.{d}": (v / self.sms, "flops", "tensor_peak / sms")
                for d, v in self.params["tensor_peak"].items()}  # fmt: skip
@@ -311,10 +350,13 @@ class GPU(Component):
                 _GEMM_CANDIDATES.clear()
             cands = _GEMM_CANDIDATES[key] = self._gemm_candidates(op)
         bw = self.memory_bandwidth_Bps
+        headroom_W = self.power_headroom_W
         best, best_t, best_dram = cands[0][0], math.inf, 0.0
         for plan, latency_bound_s in cands:  # the first fastest, in the library's order
             t_dram = max(plan.dram_bytes / bw, latency_bound_s)
             t = max(plan.t_compute_s + plan.t_dequant_s, t_dram, plan.t_l2_s, plan.t_smem_s) + plan.t_fixed_s
+            if headroom_W:  # as the part runs it: an autotuner times kernels under the power limit
+                t = max(t, self.dynamic_J(self._gemm_actions(op, plan)) / headroom_W - self.launch_s)
             if t < best_t:
                 best, best_t, best_dram = plan, t, t_dram
         return replace(best, t_dram_s=best_dram)
@@ -399,8 +441,10 @@ class GPU(Component):
         its own share."""
         if a_B + b_B <= self.l2_size_B / 2:
             return a_B + b_B + c_B
-        rows = min(grid_m, max(1, round(math.sqrt(conc * tn / tm))))
-        cols = min(grid_n, max(1, ceil_div(conc, rows)))
+        # the raster that reads the fewest panel bytes for `conc` tiles (rows x cols = conc, within the
+        # grid): continuous, so more concurrent tiles never read more per tile
+        rows = min(float(grid_m), max(1.0, math.sqrt(conc * tn * b_col_B / (tm * a_row_B))))
+        cols = min(float(grid_n), max(1.0, conc / rows))
         wave_B = rows * tm * a_row_B + cols * tn * b_col_B
         return max(a_B + b_B, min(ctas / conc * wave_B, a_B * grid_n + b_B * grid_m)) + c_B
 
@@ -433,20 +477,29 @@ class GPU(Component):
                         tiles * smem_B, 0.0, t_dequant, striped=True)  # fmt: skip
         return plan, latency_bound
 
-    def gemm_cost(self, op: Gemm) -> OpCost:
-        plan = self.gemm_plan(op)
+    def _gemm_actions(self, op: Gemm, plan: GemmPlan) -> dict[str, float]:
+        """What `op` run under `plan` does, for the energy model."""
         actions = {f"flop.{op.dtype}": op.flops, "dram.byte": plan.dram_bytes, "l2.byte": plan.l2_bytes,
                    "smem.byte": plan.smem_bytes}  # fmt: skip
+        work = dequant_work(op.weight_dtype, op.dtype) if op.weight_dtype is not None else None
+        if work is not None:
+            actions["vector.op"] = self._dequant_elements(op, plan) * self.simt_instructions(work, op.dtype)
+        return actions
+
+    @staticmethod
+    def _dequant_elements(op: Gemm, plan: GemmPlan) -> int:
+        """Every CTA dequantizes its B slice once: n x k x ceil(m / tile_m) elements per batch entry."""
+        return op.batch * op.n * op.k * ceil_div(op.m, plan.tile_m)
+
+    def gemm_cost(self, op: Gemm) -> OpCost:
+        plan = self.gemm_plan(op)
+        actions = self._gemm_actions(op, plan)
         detail = {"tile": f"{plan.tile_m}x{plan.tile_n}", "split_k": plan.split_k, "ctas": plan.ctas,
                   "waves": plan.waves, "t_compute_s": plan.t_compute_s, "t_dram_s": plan.t_dram_s,
                   "t_l2_s": plan.t_l2_s}  # fmt: skip
-        work = dequant_work(op.weight_dtype, op.dtype) if op.weight_dtype is not None else None
-        if work is not None:
-            # every CTA dequantizes its B slice once: n x k x ceil(m / tile_m) elements per batch entry
-            elements = op.batch * op.n * op.k * ceil_div(op.m, plan.tile_m)
-            actions["vector.op"] = elements * self.simt_instructions(work, op.dtype)
+        if "vector.op" in actions:
             detail = {**detail, "weight_dtype": op.weight_dtype, "t_dequant_s": plan.t_dequant_s,
-                      "dequant_elements": elements, "striped": plan.striped}  # fmt: skip
+                      "dequant_elements": self._dequant_elements(op, plan), "striped": plan.striped}  # fmt: skip
         return OpCost(plan.t_s + self.launch_s, plan.bound, plan.dram_bytes, actions, detail)
 
     def conv2d_cost(self, op: Op) -> OpCost:

@@ -91,7 +91,11 @@ class Component:
             method = self.COSTS.get(op.kind)
             if method is None:
                 raise ConfigError(f"{self.type_name} {self.name!r} cannot run {op.kind} op {op.name!r}")
-            cost = self._cache[sig] = getattr(self, method)(op)
+            cost = self._cache[sig] = self.power_capped(getattr(self, method)(op))
+        return cost
+
+    def power_capped(self, cost: OpCost) -> OpCost:
+        """`cost` as the part runs it under its power limit (a part with none: unchanged)."""
         return cost
 
     def derived(self) -> dict[str, tuple[float, str, str]]:
@@ -105,6 +109,12 @@ class Component:
 
     @property
     def static_power_W(self) -> float:
+        return 0.0
+
+    @property
+    def active_power_W(self) -> float:
+        """Power drawn on top of idle whenever a kernel runs, whatever it computes (clocks and voltage
+        raised to the active state, clock tree, schedulers): charged for the device's busy time."""
         return 0.0
 
     @property

@@ -143,7 +143,8 @@ class Ledger:
         return dict(energy_breakdown(cost.actions, self._epa(device)).by_action_J)
 
     def energy_breakdown_J(self) -> dict[str, dict[str, float]]:
-        """Joules per component and action: op actions × energy per action, DMA bytes, link bits, static."""
+        """Joules per component and action: op actions × energy per action, DMA bytes, link bits, static
+        (idle power × the run's time) and active (active power × the device's busy time)."""
         out: dict[str, Counter[str]] = {}
         for (devices, cost), count in self.costs.items():
             for dev in devices:
@@ -164,6 +165,8 @@ class Ledger:
         for dev, comp in self.system.devices.items():
             if comp.static_power_W:
                 out.setdefault(dev, Counter())["static"] += comp.static_power_W * self.now_s
+            if comp.active_power_W and self.busy_s[dev]:
+                out.setdefault(dev, Counter())["active"] += comp.active_power_W * self.busy_s[dev]
         return {k: dict(v) for k, v in out.items()}
 
     def flops_by_device(self) -> Counter[str]:

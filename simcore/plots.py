@@ -28,7 +28,7 @@ _EXTRA_COLORS = ("#17becf", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5
 PHASE_MARKERS = {"prefill": "o", "decode": "^"}
 #: Readable names for energy actions (Result.ledger.energy_breakdown_J()).
 ACTION_LABELS = {"dram.byte": "DRAM traffic", "l2.byte": "L2 traffic", "smem.byte": "shared memory / registers",
-                 "static": "static (idle) power"}  # fmt: skip
+                 "static": "static (idle) power", "active": "active power (kernels running)"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -142,12 +142,14 @@ def test_all_reduce_takes_ring_for_large_and_tree_for_small_messages():
         assert t == pytest.approx(fixed + steps * hop + wire / (bw * eff), rel=1e-9)
 
 
-def test_energy_of_a_run_is_the_sum_of_its_op_energies_plus_static_power():
+def test_energy_of_a_run_is_the_sum_of_its_op_energies_plus_idle_and_active_power():
     res = simulate("a100-sxm4-80gb", "llama-2-7b", Decode(batch=1, context_len=256))
     gpu = res.ledger.system.devices["gpu"]
     dynamic = sum(r["energy_j"] for r in res.records())
     static = gpu.static_power_W * res.summary["latency_s"]
-    assert res.summary["energy_j"] == pytest.approx(dynamic + static, rel=1e-9)
+    active = gpu.active_power_W * res.ledger.busy_s["gpu"]  # 0.6 x (400 - 50) W while a kernel runs
+    assert gpu.active_power_W == pytest.approx(0.6 * 350)
+    assert res.summary["energy_j"] == pytest.approx(dynamic + static + active, rel=1e-9)
     assert res.ledger.energy_breakdown_J()["gpu"]["dram.byte"] > 0
 
 

@@ -16,6 +16,7 @@ serving rows (concurrency, not a static batch) are listed as unmapped with that 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from simcore.validate.rows import SYSTEMS, Row, Simulator, _approx, _Fields, csv_format, map_device
@@ -113,3 +114,114 @@ def _simulate(sim: Simulator, preset: str, devices: int, model: str, weights: tu
     summary = simulate(system, model, scenario, dtype=dtype, tp=devices, keep_records=False,
                        precision={"weights": fmt} if fmt else None).summary  # fmt: skip
     return summary["latency_s"], kind  # -n N: a 1-token prefill and N - 1 decode steps, N evaluations
+
+
+# ------------------------------------------------------------------------------------ serving energy
+
+#: prompt tokens per request of the serving tasks (not in the published rows): a stated assumption. A
+#: decode step's context is this plus half the average output; it matters only where the batch's KV
+#: reads rival the weights'.
+TASK_PROMPT_TOKENS: tuple[tuple[str, int], ...] = (
+    (r"lm-arena-chat", 256),  # single-turn chat prompts
+    (r"gpqa", 300),  # a graduate-level multiple-choice question with its instructions
+)
+
+_BATCH = re.compile(r"avg batch ([\d.]+)")
+_OUTPUT = re.compile(r"avg output len ([\d.]+)")
+_TP = re.compile(r"\bTP(\d+)\b")
+
+
+@csv_format("energy_*.csv", ("energy_per_output_token_J", "avg_power_W_all_devices"), ("hardware",), ("model",),
+            ("num_devices",), ("config",), ("workload",))  # fmt: skip
+def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
+    """A steady-state serving measurement (vLLM at a fixed max_num_seqs, GPU energy counters): energy per
+    output token, average power of the GPUs used and median inter-token latency, each predicted from the
+    steady state of continuous batching on that many GPUs (tensor parallel): see `_steady_state`."""
+    config, workload = f.text("config"), f.text("workload")
+    devices = f.integer("num_devices") or 1
+    model = _lookup(MODELS, f.text("model").split("/")[-1].replace("-Instruct", "").replace(".1-", "-")
+                    .replace(".3-", "-"))  # fmt: skip
+    prompt = next((n for pattern, n in TASK_PROMPT_TOKENS if re.search(pattern, workload)), None)
+    batch_m, out_m, tp_m = _BATCH.search(config), _OUTPUT.search(config), _TP.search(config)
+    device = f.text("hardware")
+    preset, why = map_device(device)
+    measured = (("energy", "llm energy per token", f.number("energy_per_output_token_J")),
+                ("power", "llm serving power", f.number("avg_power_W_all_devices")),
+                ("time", "llm serving ITL", (f.number("median_itl_ms") or 0) / 1e3 or None))  # fmt: skip
+    reason = ""
+    if preset is None:
+        reason = why
+    elif model is None:
+        reason = f"model {f.text('model')!r} is not shipped"
+    elif prompt is None:
+        reason = f"no prompt length assumed for the task of {workload!r}"
+    elif not (batch_m and out_m):
+        reason = "no average batch and output length in the row's config"
+    elif tp_m is None or int(tp_m.group(1)) != devices or "EP1" not in config:
+        reason = "not a tensor-parallel-only plan over all its GPUs"
+    elif devices > 1 and preset not in SYSTEMS:
+        reason = f"no multi-GPU system preset of {preset}"
+    rows = []
+    for quantity, family, value in measured:
+        if value is None:
+            continue
+        shape = f"{f.text('model')} x{devices} {config[:48]}"
+        row = Row(f.file, f.line, device, family, "bf16", shape, quantity, value, _approx(f), f.text("source"),
+                  preset)  # fmt: skip
+        row.reason = reason
+        if not reason and model is not None and prompt is not None and batch_m and out_m:
+            state = (sim, preset, devices, model[0], float(batch_m.group(1)), prompt, float(out_m.group(1)))
+            row.predict = _serving_figure(state, quantity)
+        rows.append(row)
+    return rows
+
+
+def _serving_figure(state: tuple[Any, ...], quantity: str) -> Callable[[], tuple[float, str]]:
+    def predict() -> tuple[float, str]:
+        figures = _steady_state(*state)
+        return figures[quantity], "serving"
+
+    return predict
+
+
+_STATES: dict[tuple[Any, ...], dict[str, float]] = {}
+
+
+def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
+                  output: float) -> dict[str, float]:  # fmt: skip
+    """Continuous batching in steady state at `batch` running sequences: each iteration decodes one token
+    of every sequence (context: the prompt plus half the average output) and, as batch / output requests
+    finish per iteration, prefills as many new prompts' tokens (chunked prefill spreads them over the
+    iterations). Energy per output token and power are the mean iteration's (joules of the GPUs used);
+    the median inter-token latency is the mixed iteration's when most iterations carry prefill tokens
+    (batch / output >= 1/2), else a decode-only iteration's."""
+    from models.llm import SeqGroup, load_llm
+    from simcore.mapping import ExecutionPlan
+    from simcore.precision import plan_from
+    from simcore.scenarios.base import LLMRun
+
+    key = (id(sim), preset, devices, model, batch, prompt, output)
+    if key in _STATES:
+        return _STATES[key]
+    system = sim.system(preset if devices == 1 else SYSTEMS[preset])
+    b = max(1, round(batch))
+    decode = SeqGroup(b, 1, prompt + round(output / 2))
+    prefill_tokens = round(batch * prompt / output)
+    whole, part = divmod(prefill_tokens, prompt)
+    groups = tuple(g for g in (SeqGroup(whole, prompt, prompt) if whole else None,
+                               SeqGroup(1, part, prompt) if part else None) if g)  # fmt: skip
+
+    def iteration(extra: tuple[SeqGroup, ...]) -> tuple[float, float]:
+        run = LLMRun(system, load_llm(model), ExecutionPlan(tp=devices, precision=plan_from("bf16")), False)
+        run.allocate_weights()
+        (program,) = run.iteration((decode, *extra))
+        t = run.engine.run(program)
+        gpus = set(list(system.of_type("gpu"))[:devices])
+        energy = run.engine.ledger().energy_breakdown_J()
+        return t, sum(sum(v.values()) for dev, v in energy.items() if dev in gpus)
+
+    t_decode, _ = iteration(())
+    t_mixed, joules = iteration(groups) if groups else (t_decode, iteration(())[1])
+    itl = t_mixed if batch / output >= 0.5 else t_decode
+    _STATES[key] = {"energy": joules / b, "power": joules / t_mixed, "time": itl}
+    return _STATES[key]

@@ -92,9 +92,9 @@ def group_table(groups: Sequence[Group]) -> str:
 
 
 def _ranges(lines: list[int]) -> str:
-    """[2, 3, 4, 9] -> '2-4,9'."""
+    """[2, 3, 3, 4, 9] -> '2-4,9'."""
     out: list[str] = []
-    for x in sorted(lines):
+    for x in sorted(set(lines)):
         if out and (m := re.match(r"^(\d+)(?:-(\d+))?$", out[-1])) and int(m.group(2) or m.group(1)) == x - 1:
             out[-1] = f"{m.group(1)}-{x}"
         else:
@@ -202,8 +202,10 @@ def plot_predictions(rows: Sequence[Row], path: Path) -> Path:
     panels = [
         (quantity, scale, unit, title, pts)
         for quantity, scale, unit, title in (
-            ("time", 1e6, "time (µs)", "Operators"),
+            ("time", 1e6, "time (µs)", "Operators and runs"),
             ("bandwidth", 1e-9, "bandwidth (GB/s)", "Memory and links"),
+            ("energy", 1.0, "energy (J)", "Energy"),
+            ("power", 1.0, "power (W)", "Power"),
         )
         if (pts := [r for r in rows if r.mapped and r.quantity == quantity and math.isfinite(r.predicted)])
     ]

@@ -105,6 +105,10 @@ def harness_for(source: str, family: str) -> Harness | None:
 # ------------------------------------------------------------------------------------------ rows
 
 
+#: the unit of each measured quantity
+UNITS = {"time": "s", "bandwidth": "B/s", "energy": "J", "power": "W"}
+
+
 @dataclass
 class Row:
     """One measured number and, once simulated, the model's prediction of it."""
@@ -115,7 +119,7 @@ class Row:
     family: str
     dtype: str
     shape: str
-    quantity: str  # "time" (s) or "bandwidth" (B/s)
+    quantity: str  # a key of UNITS
     measured: float
     approx: bool
     source: str
@@ -142,7 +146,7 @@ class Row:
         out = {
             "file": self.file, "line": self.line, "device": self.device, "preset": self.preset or "",
             "family": self.family, "dtype": self.dtype, "shape": self.shape, "quantity": self.quantity,
-            "unit": "s" if self.quantity == "time" else "B/s", "measured": self.measured,
+            "unit": UNITS[self.quantity], "measured": self.measured,
             "predicted": self.predicted, "error": self.error if self.mapped else math.nan,
             "bound": self.bound, "quality": self.quality, "harness": self.harness, "reason": self.reason,
             "source": self.source,
@@ -366,7 +370,7 @@ class CsvFormat:
     name: str
     marks: frozenset[str]
     needs: tuple[tuple[str, ...], ...]
-    parse: Callable[[_Fields, Simulator], Row]
+    parse: Callable[[_Fields, Simulator], Row | list[Row]]
 
 
 #: the formats, first match wins; e2e.py adds the end-to-end LLM format
@@ -374,7 +378,7 @@ FORMATS: list[CsvFormat] = []
 
 
 def csv_format(name: str, marks: Sequence[str], *needs: tuple[str, ...]) -> Callable:
-    def deco(parse: Callable[[_Fields, Simulator], Row]) -> Callable[[_Fields, Simulator], Row]:
+    def deco(parse: Callable[[_Fields, Simulator], Row | list[Row]]) -> Callable[[_Fields, Simulator], Row | list[Row]]:
         FORMATS.append(CsvFormat(name, frozenset(marks), needs, parse))
         return parse
 
@@ -394,7 +398,8 @@ def load_rows(path: str | Path, sim: Simulator) -> list[Row]:
     for line, values in bar(records, len(records), f"rows of {Path(file).name}", min_total=50):
         f = _Fields(file, line, header, values)
         try:
-            rows.append(fmt.parse(f, sim))
+            parsed = fmt.parse(f, sim)
+            rows.extend(parsed if isinstance(parsed, list) else [parsed])
         except ConfigError as e:
             row = Row(file, line, f.text("gpu", "hardware"), fmt.name, "-", "", "time", 0.0, _approx(f),
                       f.text("source"))  # fmt: skip
