@@ -18,7 +18,8 @@ unit beside the stack (AttAcc: the buffer die), streaming the scores at `softmax
 
 Sharing with a host: while the banks compute, the host can use none of the memory's bandwidth (mode
 switching, as HBM-PIM's SB / AB / AB-PIM modes): an op's `dram_bytes` is its duration x the memory's
-sustained bandwidth, so a host kernel flowing over the same memory port at once slows it and is slowed.
+sustained bandwidth (`memory.bandwidth`: the host's port when the units sit in a host's memory via
+`memory_of:`), so a host kernel flowing over the same memory port at once slows it and is slowed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ PIM_SCHEMA: dict[str, Any] = {
         "count": count("parts of that DRAM preset: HBM stacks or GDDR chips", 1),
         "capacity": positive(
             "capacity if not the DRAM part's x count (PIM dies hold less)", "bytes", default=None
+        ),  # fmt: skip
+        "bandwidth": positive(
+            "sustained bandwidth of the memory as its host sees it, which a PIM op holds while it runs; "
+            "default the DRAM part's x count (set it to the host's when the units sit in its memory)",
+            "bandwidth",
+            default=None,
         ),  # fmt: skip
     },
     "banks_per_unit": count("banks one processing unit serves (HBM-PIM: 2; AiM, AttAcc: 1)", maximum=64),
@@ -253,7 +260,7 @@ class PIM(Component):
 
     @property
     def memory_bandwidth_Bps(self) -> float:
-        return self.dram.memory_bandwidth_Bps * self.parts
+        return self.params["memory"]["bandwidth"] or self.dram.memory_bandwidth_Bps * self.parts
 
     @property
     def peak_memory_bandwidth_Bps(self) -> float:

@@ -192,7 +192,9 @@ def _hw_cmd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("list", "show", "params"),
                    help="list presets; show one resolved; params: every parameter of a component type")  # fmt: skip
     p.add_argument(
-        "name", nargs="?", help="preset (show) or component type: gpu, cpu, nvme, systolic, link (params)"
+        "name",
+        nargs="?",
+        help="preset (show) or component type: gpu, cpu, nvme, csd, dram, pim, systolic, link (params)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
@@ -271,16 +273,16 @@ def models_cmd(args: argparse.Namespace) -> int:
 
     rows = [load_llm(n) for n in model_names()]
     if args.json:
-        print(
-            json.dumps(
-                [{"name": s.name, "params": s.params, "layers": s.layers, "hidden": s.hidden} for s in rows]
-            )
-        )
+        print(json.dumps([{"name": s.name, "params": s.params, "active_params": s.active_params,
+                           "experts": s.moe.experts if s.moe else None, "top_k": s.moe.top_k if s.moe else None,
+                           "layers": s.layers, "hidden": s.hidden} for s in rows]))  # fmt: skip
         return 0
-    table = [(s.name, f"{s.params / 1e9:.1f}B", s.layers, s.hidden, s.heads, s.kv_heads) for s in rows]
-    print(
-        text_table(
-            ("model", "params", "layers", "hidden", "heads", "kv heads"), table, (False,) + (True,) * 5
-        )
-    )
+
+    def experts(s: Any) -> str:
+        return f"{s.moe.top_k}/{s.moe.experts}" if s.moe else "-"
+
+    table = [(s.name, f"{s.params / 1e9:.1f}B", f"{s.active_params / 1e9:.1f}B", experts(s), s.layers, s.hidden,
+              s.heads, "latent" if s.mla else s.kv_heads) for s in rows]  # fmt: skip
+    print(text_table(("model", "params", "active", "experts", "layers", "hidden", "heads", "kv heads"), table,
+                     (False,) + (True,) * 7))  # fmt: skip
     return 0

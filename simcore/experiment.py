@@ -121,7 +121,19 @@ EXPERIMENT_SCHEMA = {
     "offload": {
         "weights": Param(
             "keep layer weights in host memory and stream them to the GPUs", type=bool, default=False
-        )
+        ),
+        "kv": Param(
+            "devices holding the KV cache (names or patterns; one, or a multiple of the ranks)",
+            type=list,
+            default=None,
+        ),
+        "attention": Param(
+            "with offload.kv: decode attention near the KV (PIM, CSD) or the KV streamed "
+            "to the GPUs every step",
+            type=str,
+            default="near",
+            choices=("near", "stream"),
+        ),
     },  # fmt: skip
     "scenario": {
         "kind": Param("what to simulate", type=str, choices=tuple(SCENARIOS)),
@@ -182,7 +194,9 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         raise doc.error(tuple((e.key or "precision").split(".")), e.message) from None
     plan = ExecutionPlan(tp=par["tp"], pp=par["pp"], ep=par["ep"], dp=par["dp"], microbatches=par["microbatches"],
                          schedule=par["schedule"], devices=tuple(map(str, par["devices"] or ())),
-                         offload_weights=p["offload"]["weights"], precision=precision)  # fmt: skip
+                         offload_weights=p["offload"]["weights"], precision=precision,
+                         kv_devices=tuple(map(str, p["offload"]["kv"] or ())),
+                         kv_attention=p["offload"]["attention"])  # fmt: skip
     model: LLMSpec | str
     if is_onnx(p["model"]):
         if cls.workload != "vision":
@@ -208,6 +222,9 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         try:
             check_context(model, scenario)
             _check_batch(scenario, plan)
+            if plan.kv_devices and not getattr(scenario, "places_kv", False):
+                raise ConfigError(f"offload.kv needs a scenario that puts the KV cache there (kind: "
+                                  f"offload-decode), not {sc['kind']!r}", key="offload.kv")  # fmt: skip
             place(system, model, plan)
         except ConfigError as e:
             raise doc.error(tuple((e.key or "hardware").split(".")), e.message) from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.llm import LogicalPass
+from simcore.mapping.expert_parallel import map_expert_parallel
+from simcore.mapping.kv_offload import map_kv_offload
 from simcore.mapping.pipeline import map_pipeline
 from simcore.mapping.plan import ExecutionPlan, Placement, place
 from simcore.mapping.tensor_parallel import map_tensor_parallel
@@ -18,6 +20,8 @@ Mapper = Callable[[LogicalPass, Placement, ExecutionPlan], Program]
 MAPPERS: dict[str, Mapper] = {
     "tensor": map_tensor_parallel,
     "pipeline": map_pipeline,
+    "kv-offload": map_kv_offload,
+    "expert": map_expert_parallel,
 }
 
 

@@ -36,6 +36,8 @@ class ExecutionPlan:
     devices: tuple[str, ...] = ()  # names or patterns of the accelerators to use, in order
     offload_weights: bool = False
     precision: PrecisionPlan = field(default_factory=PrecisionPlan)
+    kv_devices: tuple[str, ...] = ()  # where the KV cache lives (offload.kv): one device, or a multiple of tp
+    kv_attention: str = "near"  # near: decode attention runs on the KV device; stream: KV copied in per step
 
     @property
     def dtype(self) -> str:
@@ -44,6 +46,10 @@ class ExecutionPlan:
 
     @property
     def mapper(self) -> str:
+        if self.ep > 1:
+            return "expert"
+        if self.kv_devices:
+            return "kv-offload"
         return "pipeline" if self.pp > 1 else "tensor"
 
 
@@ -57,6 +63,7 @@ class Placement:
     layer_bounds: tuple[int, ...] = ()  # stage s runs layers [bounds[s], bounds[s + 1])
     #: hook for expert parallelism: the ranks that each hold a share of every MoE layer's experts
     expert_groups: tuple[tuple[str, ...], ...] = field(default=())
+    kv: tuple[str, ...] = ()  # the devices holding the KV cache (offload.kv): rank r's are the r-th slice
 
     @property
     def tp(self) -> int:
@@ -101,6 +108,8 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
     """Choose and check the devices: every device of the placement must run every op kind of the
     workload in the plan's dtype (probed on a one-layer pass of the same model)."""
     pool = accelerators(system, plan.devices)
+    if plan.ep > 1:
+        return place_experts(system, spec, plan, pool)
     per_copy = len(pool) // (plan.pp * plan.dp)
     tp = plan.tp or per_copy
     need = tp * plan.pp * plan.dp
@@ -110,22 +119,68 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
     check_tp(spec, tp)
     if plan.pp > spec.layers:
         raise ConfigError(f"pp={plan.pp} exceeds {spec.name}'s {spec.layers} layers", key="parallelism.pp")
-    if plan.ep > 1:  # the hook MoE models will use; a dense model has no experts to split
-        raise ConfigError(f"expert parallelism needs a mixture-of-experts model; {spec.name} is dense",
-                          key="parallelism.ep")  # fmt: skip
     groups = [tuple(pool[i * tp : (i + 1) * tp]) for i in range(plan.pp * plan.dp)]
     replicas = tuple(tuple(groups[r * plan.pp : (r + 1) * plan.pp]) for r in range(plan.dp))
     blame = "parallelism.devices" if plan.devices else "hardware"
     for group in groups:
         check_group(system, group, probe_pass(spec, tp, plan.precision), blame)
     hosts = nearest_hosts(system, [d for g in groups for d in g]) if plan.offload_weights else None
-    return Placement(replicas[0], replicas, hosts, split_layers(spec.layers, plan.pp))
+    kv = (
+        kv_placement(system, plan, groups[0], probe_pass(spec, tp, plan.precision)) if plan.kv_devices else ()
+    )
+    return Placement(replicas[0], replicas, hosts, split_layers(spec.layers, plan.pp), kv=kv)
+
+
+def kv_placement(
+    system: System, plan: ExecutionPlan, group: tuple[str, ...], probe: LogicalPass
+) -> tuple[str, ...]:
+    """The KV devices of the ranks (offload.kv), rank r taking the r-th equal slice (its sequences split
+    over its slice), or one device for all, on a single-stage plan; with attention near the KV, each must
+    run the workload's decode attention."""
+    devs = list(dict.fromkeys(d for pat in plan.kv_devices for d in fnmatch.filter(system.devices, pat)))
+    if set(devs) & set(group):
+        raise ConfigError(f"offload.kv names {sorted(set(devs) & set(group))[0]!r}, which runs the GEMMs: name "
+                          "the devices that hold the KV cache apart from it", key="offload.kv")  # fmt: skip
+    if not devs or plan.pp > 1 or plan.dp > 1 or (len(devs) > 1 and len(devs) % len(group)):
+        raise ConfigError(f"offload.kv names {len(devs)} device(s) of {system.name!r} for {len(group)} rank(s) "
+                          "(need one, or a multiple of the ranks, and pp = dp = 1)", key="offload.kv")  # fmt: skip
+    kv = tuple(devs) if len(devs) > 1 else tuple(devs) * len(group)
+    attn = [lop.op for lop in probe.ops if lop.op.kind == "attention"]
+    for d in dict.fromkeys(kv) if plan.kv_attention == "near" else ():
+        comp = system.devices[d]
+        try:
+            for op in attn:
+                comp.op_cost(op)
+        except ConfigError as e:
+            raise ConfigError(f"{comp.type_name} {d!r} cannot run the decode attention near the KV cache: "
+                              f"{e.message}", key="offload.kv") from None  # fmt: skip
+    return kv
+
+
+def place_experts(system: System, spec: LLMSpec, plan: ExecutionPlan, pool: list[str]) -> Placement:
+    """Expert parallelism: `ep` ranks of one device each (attention data-parallel, E/ep experts per rank),
+    the first `ep` accelerators; each rank is a replica of the whole pass and an expert group."""
+    if spec.moe is None:
+        raise ConfigError(f"expert parallelism needs a mixture-of-experts model; {spec.name} is dense",
+                          key="parallelism.ep")  # fmt: skip
+    if (plan.tp or 1) != 1 or plan.pp != 1 or plan.dp != 1 or plan.offload_weights or plan.kv_devices:
+        raise ConfigError(f"expert parallelism (ep={plan.ep}) runs one device per rank with tp = pp = dp = 1 and "
+                          "nothing offloaded; combining it with those is not modelled yet", key="parallelism.ep")  # fmt: skip
+    if spec.moe.experts % plan.ep or plan.ep > len(pool):
+        raise ConfigError(f"ep={plan.ep} needs {plan.ep} devices ({system.name!r} offers {len(pool)}) and must "
+                          f"divide {spec.name}'s {spec.moe.experts} experts", key="parallelism.ep")  # fmt: skip
+    ranks = tuple((d,) for d in pool[: plan.ep])
+    probe = probe_pass(spec, 1, plan.precision)
+    for group in ranks:
+        check_group(system, group, probe, "parallelism.devices" if plan.devices else "hardware")
+    return Placement((ranks[0],), tuple((g,) for g in ranks), None, split_layers(spec.layers, 1), expert_groups=ranks)
 
 
 @lru_cache(maxsize=64)
 def probe_pass(spec: LLMSpec, tp: int, precision: PrecisionPlan) -> LogicalPass:
-    """A one-token pass of a one-layer copy of the model: every op kind and format it has, cheaply."""
-    return build_pass(replace(spec, layers=1), tp, 1, 1, 2, precision)
+    """A one-token pass of the model's first layers, one of each kind (dense, MoE): every op kind and
+    format it has, cheaply."""
+    return build_pass(replace(spec, layers=spec.probe_layers), tp, 1, 1, 2, precision)
 
 
 def check_group(system: System, group: Iterable[str], probe: LogicalPass, blame: str) -> None:
@@ -168,17 +223,19 @@ def nearest_hosts(system: System, gpus: Iterable[str]) -> dict[str, str]:
 
 
 def weight_bytes(spec: LLMSpec, placement: Placement, stage: int, precision: PrecisionPlan) -> float:
-    """Weights one rank of `stage` holds: its layers split tp ways (only two layer buffers when weights
-    stream from the host), the embedding on the first stage, final norm and LM head on the last."""
+    """Weights one rank of `stage` holds: its layers split tp ways (only two layer buffers, each the size
+    of the largest layer, when weights stream from the host), the embedding on the first stage, final
+    norm and LM head on the last. An MoE layer holds all its experts."""
     tp = placement.tp
     lo, hi = placement.layer_bounds[stage], placement.layer_bounds[stage + 1]
-    layers = hi - lo if placement.hosts is None else min(2, hi - lo)
+    ep = len(placement.expert_groups) or 1  # an expert-parallel rank holds 1/ep of the routed experts
+    blocks = spec.layers_params(lo, hi, ep=ep) if placement.hosts is None else min(2, hi - lo) * spec.layer_params
     if len(placement.stages) == 1:  # one stage holds everything; tied embeddings counted once
-        return precision.weight_bytes(spec.params - (spec.layers - layers) * spec.layer_params) / tp
+        return precision.weight_bytes(spec.outer_params + blocks) / tp
     h = spec.hidden
     outer = 0.0
     if stage == 0:
         outer += spec.vocab * h + (spec.max_positions * h if spec.family in ("opt", "gpt3") else 0)
     if stage == len(placement.stages) - 1:
         outer += spec.vocab * h + h  # a pipeline's last stage keeps its own LM head, tied or not
-    return precision.weight_bytes(layers * spec.layer_params + outer) / tp
+    return precision.weight_bytes(blocks + outer) / tp

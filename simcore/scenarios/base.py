@@ -17,6 +17,7 @@ import simpy
 
 from models.llm import LLMSpec, SeqGroup, build_pass
 from simcore.engine import Engine
+from simcore.errors import ConfigError
 from simcore.ledger import Ledger
 from simcore.mapping import ExecutionPlan, Placement, map_pass, place
 from simcore.mapping.plan import weight_bytes
@@ -59,6 +60,10 @@ class LLMScenario(Scenario):
         raise NotImplementedError
 
     def run(self, system: System, model: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> Result:
+        batch = getattr(self, "batch", None)
+        if plan.ep > 1 and isinstance(batch, int) and batch % plan.ep:
+            raise ConfigError(f"batch {batch} does not split over ep={plan.ep} expert-parallel ranks (each runs "
+                              "its share of the sequences)", key="scenario.batch")  # fmt: skip
         llm = LLMRun(system, model, plan, keep_records)
         llm.allocate_weights()
         env = llm.engine.env
@@ -67,6 +72,7 @@ class LLMScenario(Scenario):
         summary: dict[str, Any] = proc.value
         tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
         summary.update(model=model.name, params=model.params, tp=llm.tp, dtype=plan.dtype)
+        summary.update(llm.moe_figures())
         if not plan.precision.is_uniform:
             summary["precision"] = plan.precision.as_dict()
         if plan.pp > 1 or plan.dp > 1:
@@ -90,9 +96,8 @@ def _mapped(spec: LLMSpec, key: tuple, placement: Placement, plan: ExecutionPlan
         if template is not None and template in _MAPPED:
             prog = decode_step(_MAPPED[template], kv_len)
         else:
-            logical = build_pass(
-                spec, placement.tp, batch, q_len, kv_len, plan.precision, phase, kv_alloc_tokens, groups
-            )
+            logical = build_pass(spec, placement.tp, batch, q_len, kv_len, plan.precision, phase,
+                                 kv_alloc_tokens, groups, plan.ep)  # fmt: skip
             prog = map_pass(logical, placement, plan)
             if template is not None:
                 _MAPPED[template] = prog
@@ -118,7 +123,12 @@ class LLMRun:
         self, batch: int, q_len: int, kv_len: int, phase: str, kv_alloc_tokens: int = 0
     ) -> list[Program]:
         """One program per data-parallel replica for a pass over `batch` sequences (each replica's share
-        split into the plan's micro-batches; the batch splits evenly, checked at load)."""
+        split into the plan's micro-batches; the batch splits evenly, checked at load). Expert parallelism
+        is one program over every rank, each running its 1/ep of the batch."""
+        if self.plan.ep > 1:
+            per = batch // self.plan.ep
+            return [_mapped(self.spec, self._key, self.placement, self.plan, per, q_len, kv_len, phase,
+                            kv_alloc_tokens)]  # fmt: skip
         per = batch // (self.plan.microbatches * self.plan.dp)
         out = []
         for stages in self.placement.replicas:
@@ -131,12 +141,29 @@ class LLMRun:
         """The programs of one ragged pass (a serving iteration): every group's tokens through the GEMMs
         at once, an attention kernel per group. The plan's data-parallel replicas each run it whole (a
         serving scenario routes requests to replicas itself); micro-batches do not apply."""
+        if self.plan.ep > 1:
+            raise ConfigError(
+                "a serving iteration with expert parallelism is not modelled yet", key="parallelism.ep"
+            )
         return [
             _mapped(self.spec, self._key + (stages,),
                     self.placement if stages == self.placement.stages else replace(self.placement, stages=stages),
                     self.plan, 0, 0, 0, phase, 0, groups)
             for stages in self.placement.replicas
         ]  # fmt: skip
+
+    def moe_figures(self) -> dict[str, Any]:
+        """An MoE model's summary figures: parameters one token uses, and `expert_hit_rate`, the share of
+        expert-weight reads served from device memory without a copy: 1.0 with every expert resident; 0.0
+        when weights stream from the host, as each layer (every expert) is copied in before it runs. Empty
+        for a dense model."""
+        if self.spec.moe is None:
+            return {}
+        out = {
+            "active_params": self.spec.active_params,
+            "expert_hit_rate": 0.0 if self.placement.hosts else 1.0,
+        }
+        return {**out, "ep": self.plan.ep} if self.plan.ep > 1 else out
 
     def allocate_weights(self) -> None:
         precision = self.plan.precision
@@ -154,10 +181,10 @@ class LLMRun:
         """A KV cache for `tokens` tokens of `batch` sequences, on every rank that holds the layers."""
         total = (
             batch
-            / self.plan.dp
+            / (self.plan.dp * self.plan.ep)
             * tokens
             * self.plan.precision.kv_bytes(self.spec.kv_elements_per_token)
-            / self.tp
+            / self.spec.kv_split(self.tp)
         )
         bounds = self.placement.layer_bounds
         for stages in self.placement.replicas:
