@@ -32,7 +32,8 @@ from simcore.mapping.plan import SCHEDULES
 from simcore.ops import DTYPE_BYTES
 from simcore.precision import PRECISION_SCHEMA, PrecisionPlan, plan_from
 from simcore.results import Result
-from simcore.scenarios import SCENARIOS, Decode, Generate, Inference, Prefill, Scenario, Serve
+from simcore.scenarios import SCENARIOS, Decode, Generate, Inference, Prefill, Scenario
+from simcore.scenarios.base import LLMScenario
 from simcore.system import System, load_system
 
 __all__ = ["Decode", "Experiment", "Generate", "Inference", "Prefill", "load_experiment", "run", "simulate",
@@ -57,18 +58,9 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
 
 
 def check_context(spec: LLMSpec, scenario: Scenario) -> None:
-    """Refuse a scenario whose sequences outgrow the model's maximum context (`max_position_embeddings`):
-    a prefill's prompt, a generation's prompt + new tokens, a decode step's context + the new token."""
-    if isinstance(scenario, Generate):
-        p, n = scenario.prompt_len, scenario.new_tokens
-        spec.check_positions(p + n, f"prompt {p} + {n} new tokens needs {p + n}", "scenario.prompt_len")
-    elif isinstance(scenario, Prefill):
-        p = scenario.prompt_len
-        spec.check_positions(p, f"a prompt of {p} tokens is longer", "scenario.prompt_len")
-    elif isinstance(scenario, Decode):
-        c = scenario.context_len
-        spec.check_positions(c + 1, f"context {c} + 1 new token needs {c + 1}", "scenario.context_len")
-    elif isinstance(scenario, Serve):
+    """Refuse a scenario whose sequences outgrow the model's maximum context (each scenario says how its
+    sequences add up)."""
+    if isinstance(scenario, LLMScenario):
         scenario.check_context(spec)
 
 
@@ -245,13 +237,8 @@ def _onnx_path(doc: Doc, model: str) -> str:
 
 
 def _check_batch(scenario: Scenario, plan: ExecutionPlan) -> None:
-    if isinstance(scenario, Serve):  # no batch: requests arrive; one replica
+    if isinstance(scenario, LLMScenario):
         scenario.check_plan(plan)
-        return
-    batch = getattr(scenario, "batch", 1)
-    if batch % (plan.microbatches * plan.dp):
-        raise ConfigError(f"batch {batch} does not split into {plan.microbatches} micro-batches × {plan.dp} "
-                          "replicas", key="parallelism.microbatches")  # fmt: skip
 
 
 def run(

@@ -59,6 +59,17 @@ class LLMScenario(Scenario):
     def drive(self, run: LLMRun) -> Process:
         raise NotImplementedError
 
+    def check_context(self, spec: LLMSpec) -> None:
+        """Refuse sequences longer than the model's maximum context (`max_position_embeddings`)."""
+
+    def check_plan(self, plan: ExecutionPlan) -> None:
+        """Refuse a plan the scenario cannot run: by default, a batch that does not split into the plan's
+        micro-batches x data-parallel replicas."""
+        batch = getattr(self, "batch", 1)
+        if batch % (plan.microbatches * plan.dp):
+            raise ConfigError(f"batch {batch} does not split into {plan.microbatches} micro-batches × {plan.dp} "
+                              "replicas", key="parallelism.microbatches")  # fmt: skip
+
     def run(self, system: System, model: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> Result:
         batch = getattr(self, "batch", None)
         if plan.ep > 1 and isinstance(batch, int) and batch % plan.ep:

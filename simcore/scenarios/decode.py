@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.llm import LLMSpec
 from simcore.config import param_field, positive
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, register
 
@@ -13,6 +14,10 @@ from simcore.scenarios.base import LLMRun, LLMScenario, Process, register
 class Decode(LLMScenario):
     batch: int = param_field(positive("sequences in the batch", type=int, default=1))
     context_len: int = param_field(positive("tokens in the KV cache", type=int, default=512))
+
+    def check_context(self, spec: LLMSpec) -> None:
+        c = self.context_len
+        spec.check_positions(c + 1, f"context {c} + 1 new token needs {c + 1}", "scenario.context_len")
 
     def drive(self, run: LLMRun) -> Process:
         env = run.engine.env

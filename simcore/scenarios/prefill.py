@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.llm import LLMSpec
 from simcore.config import param_field, positive
 from simcore.progress import bar
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, decode_step, register
@@ -14,6 +15,10 @@ from simcore.scenarios.base import LLMRun, LLMScenario, Process, decode_step, re
 class Prefill(LLMScenario):
     batch: int = param_field(positive("sequences in the batch", type=int, default=1))
     prompt_len: int = param_field(positive("prompt tokens", type=int, default=512))
+
+    def check_context(self, spec: LLMSpec) -> None:
+        p = self.prompt_len
+        spec.check_positions(p, f"a prompt of {p} tokens is longer", "scenario.prompt_len")
 
     def drive(self, run: LLMRun) -> Process:
         return prefill_then_decode(run, self.batch, self.prompt_len, 1)
