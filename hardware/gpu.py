@@ -144,8 +144,9 @@ GPU_SCHEMA: dict[str, Any] = {
 }
 
 
-#: (GPU parameters but memory bandwidth, op signature) -> the GEMM plans to choose from (see gemm_plan)
-_GEMM_CANDIDATES: dict[tuple[str, tuple], list[GemmPlan]] = {}
+#: (GPU parameters but memory bandwidth, op signature) -> the GEMM plans to choose from, each with its
+#: latency-bound DRAM time and its power-capped time floor (see gemm_plan)
+_GEMM_CANDIDATES: dict[tuple[str, tuple], list[tuple[GemmPlan, float, float]]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,15 +349,20 @@ class GPU(Component):
         if cands is None:
             if len(_GEMM_CANDIDATES) >= 1024:
                 _GEMM_CANDIDATES.clear()
-            cands = _GEMM_CANDIDATES[key] = self._gemm_candidates(op)
+            # as the part runs them: an autotuner times kernels under the power limit, so each candidate
+            # takes at least its dynamic energy / the power headroom (bandwidth-free too)
+            headroom_W = self.power_headroom_W
+            cands = _GEMM_CANDIDATES[key] = [
+                (plan, latency_bound_s,
+                 self.dynamic_J(self._gemm_actions(op, plan)) / headroom_W - self.launch_s if headroom_W else 0.0)
+                for plan, latency_bound_s in self._gemm_candidates(op)
+            ]  # fmt: skip
         bw = self.memory_bandwidth_Bps
-        headroom_W = self.power_headroom_W
         best, best_t, best_dram = cands[0][0], math.inf, 0.0
-        for plan, latency_bound_s in cands:  # the first fastest, in the library's order
+        for plan, latency_bound_s, power_floor_s in cands:  # the first fastest, in the library's order
             t_dram = max(plan.dram_bytes / bw, latency_bound_s)
             t = max(plan.t_compute_s + plan.t_dequant_s, t_dram, plan.t_l2_s, plan.t_smem_s) + plan.t_fixed_s
-            if headroom_W:  # as the part runs it: an autotuner times kernels under the power limit
-                t = max(t, self.dynamic_J(self._gemm_actions(op, plan)) / headroom_W - self.launch_s)
+            t = max(t, power_floor_s)
             if t < best_t:
                 best, best_t, best_dram = plan, t, t_dram
         return replace(best, t_dram_s=best_dram)
