@@ -726,12 +726,14 @@ def load_llm(ref: str | Path) -> LLMSpec:
     if str(ref) in model_names():  # a shipped name may contain a dot (phi-3.5-moe)
         p = CONFIG_DIR / f"{ref}.json"
     elif not p.suffix:
-        p = CONFIG_DIR / f"{ref}.json"
-        if not p.exists():
-            raise ConfigError(
-                f"unknown model {str(ref)!r} (shipped: {', '.join(model_names())}; or give a config.json path)"
-            )
-    if not p.is_file():
+        raise ConfigError(
+            f"unknown model {str(ref)!r} (shipped: {', '.join(model_names())}; or give a config.json path)"
+        )
+    try:
+        is_file = p.is_file()
+    except OSError as e:  # a name the file system refuses (too long, ...)
+        raise ConfigError(f"cannot read model config: {e.strerror}", str(ref)[:200]) from None
+    if not is_file:
         raise ConfigError("no such file", str(ref))
     try:
         text = p.read_text()
