@@ -111,6 +111,16 @@ GPU_SCHEMA: dict[str, Any] = {
         "efficiency": fraction(
             "fraction of the links' achievable rate a collective's protocol delivers", default=1.0
         ),  # fmt: skip
+        "custom_latency": nonneg(
+            "fixed latency of a framework's one-shot peer-to-peer all-reduce kernel (no value: none)",
+            "time", default=None,
+        ),  # fmt: skip
+        "custom_efficiency": fraction(
+            "fraction of the links' achievable rate that kernel delivers (bus bandwidth / link rate)", default=None
+        ),  # fmt: skip
+        "custom_max": positive(
+            "largest buffer the framework hands that kernel (larger ones go to NCCL)", "bytes", default=8388608.0
+        ),  # fmt: skip
     },
     "dram_inflight_per_cta": positive(
         "DRAM load bytes one CTA keeps outstanding: by Little's law a kernel draws min(bandwidth, unique "
@@ -671,9 +681,16 @@ class GPU(Component):
         dram = 2.0 * op.bytes_per_device
         actions = {"flop.fp32": op.flops, "dram.byte": dram}
         coll = self.params["collective"]
-        return OpCost(
-            self.launch_s + coll["latency"], "network", dram, actions, {"wire_efficiency": coll["efficiency"]}
-        )
+        # the algorithms on offer: (name, fixed seconds, share of the link rate); the engine takes the fastest
+        nccl = self.launch_s + coll["latency"]
+        algorithms: tuple[tuple[str, float, float], ...] = (("ring", nccl, coll["efficiency"]),)
+        if op.kind == "allreduce":
+            algorithms += (("tree", nccl, coll["efficiency"]),)
+            if (op.library == "custom" and coll["custom_latency"] is not None
+                    and op.bytes_per_device <= coll["custom_max"]):  # fmt: skip
+                custom = self.launch_s + coll["custom_latency"]
+                algorithms += (("one-shot", custom, coll["custom_efficiency"] or 1.0),)
+        return OpCost(nccl, "network", dram, actions, {"algorithms": algorithms})
 
     # ---------------------------------------------------------------------------------------- energy
     def energy_per_action_J(self) -> dict[str, float]:

@@ -10,6 +10,15 @@ tensor, device, needed and free bytes.
 
 A program that nothing else can contend with (one lane, nothing in flight, nothing scheduled) runs as a
 single event whose duration is the closed-form sum of its steps; its bytes are booked directly.
+
+A program may be submitted on a partition of its devices' SMs (`partition=(name, fraction)`: Nexus,
+NanoFlow and semi-PD run prefill and decode side by side that way). Its kernels then use a compute
+resource of their own with `fraction` of the device's compute instead of the device's time-sliced one, and
+still share its memory through the flow model: alone, a kernel takes max(t_sm / fraction, t_mem), where
+t_sm is the part of its time the SMs set and t_mem the part its DRAM traffic sets (`partition_times`).
+Coarse-event choice: a one-lane program on a partition runs as two flows, its SM-limited kernels then its
+memory-limited ones (each pooled: bytes, SM time, memory time summed), after a delay for its collectives;
+alone this is exactly the sum of its kernels' times, at two events instead of one per kernel.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import Counter
+from collections.abc import Callable
 
 import simpy
 
@@ -24,10 +34,21 @@ from simcore.component import Component, OpCost
 from simcore.errors import OutOfMemory
 from simcore.flows import FlowNetwork, Resource
 from simcore.ledger import Compiled, Ledger, Plan, ResourceTally, RunRecord, Tally
-from simcore.ops import AllReduce, Collective, Transfer
+from simcore.ops import Collective, Transfer
 from simcore.program import Program, Step
 from simcore.system import System
 
+
+
+#: collective algorithms: name -> (latency steps, bytes each rank puts on its busiest link)
+ALGORITHMS: dict[str, Callable[[Collective], tuple[int, float]]] = {
+    "ring": lambda op: (op.ring_steps, op.wire_bytes_per_device),
+    # reduce up and broadcast down a binary tree (NCCL's double binary tree): ~2x the buffer
+    "tree": lambda op: (op.tree_steps, 2.0 * op.bytes_per_device),  # type: ignore[attr-defined]
+    # every rank reads its peers' buffers over NVLink and reduces locally, in one synchronised step; the
+    # bytes are counted as a ring's, at the kernel's measured share of the link rate
+    "one-shot": lambda op: (1, op.wire_bytes_per_device),
+}
 
 class Engine:
     """Runs programs on a System and books what they did into a ledger."""
@@ -80,6 +101,9 @@ class Engine:
         self.costs: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
         self.dma_bytes: Counter[str] = Counter()
         self.busy_group: Counter[tuple[str, ...]] = Counter()
+        self._partitioned: dict[tuple, Plan] = {}  # (devices, cost, partition) -> plan on the partition
+        #: program -> partition -> (delay, pooled flows) of a one-lane program on a partition
+        self._pooled: weakref.WeakKeyDictionary[Program, dict] = weakref.WeakKeyDictionary()
         self.in_flight = 0
         self.steps_run = 0
         self.solo_events = 0
@@ -168,16 +192,14 @@ class Engine:
         """How a step occupies shared resources: a fixed delay, then `nbytes` over `path` (capped)."""
         op = step.op
         if isinstance(op, Collective) and len(step.devices) > 1:
-            # the protocol's efficiency is modelled as more bytes on the wire at the links' rate
+            # the protocol's efficiency is modelled as more bytes on the wire at the links' rate; an
+            # all-reduce takes the fastest algorithm its library offers (NCCL: ring or tree)
             path, lat = self.ring_path(step.devices)
-            eff = cost.detail.get("wire_efficiency", 1.0)
-            ring = Plan.make(cost.duration_s + op.ring_steps * lat, path, op.wire_bytes_per_device / eff,
-                             math.inf, self.bw_Bps)  # fmt: skip
-            if isinstance(op, AllReduce):  # like NCCL, take the faster of ring and tree
-                tree = Plan.make(cost.duration_s + op.tree_steps * lat, path, 2.0 * op.bytes_per_device / eff,
-                                 math.inf, self.bw_Bps)  # fmt: skip
-                return min(ring, tree, key=lambda p: p.solo_s)
-            return ring
+            plans = []
+            for name, fixed_s, eff in cost.detail.get("algorithms", (("ring", cost.duration_s, 1.0),)):
+                steps, wire_B = ALGORITHMS[name](op)
+                plans.append(Plan.make(fixed_s + steps * lat, path, wire_B / eff, math.inf, self.bw_Bps))
+            return min(plans, key=lambda p: p.solo_s)
         # A kernel occupies its devices' compute for its whole duration (two kernels on one device at once
         # progress at half speed each, as time-sliced streams do) and moves its DRAM bytes through their
         # memories: one unit of its flow is a byte, taking duration/bytes seconds of compute.
@@ -189,6 +211,74 @@ class Engine:
                 0.0, path, cost.dram_bytes, cost.dram_bytes / cost.duration_s, self.bw_Bps, weights
             )
         return Plan.make(0.0, compute, cost.duration_s, math.inf, self.bw_Bps)
+
+    def partition_plan(self, step: Step, cost: OpCost, plan: Plan, partition: tuple[str, float]) -> Plan:
+        """`plan` of a kernel run on a partition of its devices' SMs: its compute time scaled by the share,
+        its DRAM bytes still over the shared memories (collectives and transfers keep their plans)."""
+        if isinstance(step.op, Collective) and len(step.devices) > 1:
+            return plan
+        key = (step.devices, cost, partition)
+        out = self._partitioned.get(key)
+        if out is None:
+            sms = list(self._sm_resources(step.devices, partition))
+            t_sm, t_mem = partition_times(cost)
+            if cost.dram_bytes > 0 and step.devices[0] in self.mem:
+                if t_sm <= 0.0:  # the SMs set none of its time: only its memory traffic is shared
+                    sms = []
+                path = tuple(self.mem[d] for d in step.devices) + tuple(sms)
+                weights = (1.0,) * len(step.devices) + (t_sm / cost.dram_bytes,) * len(sms)
+                cap = cost.dram_bytes / t_mem if t_mem > 0 else math.inf
+                out = Plan.make(0.0, path, cost.dram_bytes, cap, self.bw_Bps, weights)
+            else:
+                out = Plan.make(0.0, tuple(sms), cost.duration_s, math.inf, self.bw_Bps)
+            self._partitioned[key] = out
+        return out
+
+    def _sm_resources(self, devices: tuple[str, ...], partition: tuple[str, float]) -> tuple[str, ...]:
+        name, share = partition
+        out = []
+        for d in devices:
+            r = f"{d}.sm[{name}]"
+            if r not in self.res:
+                self.res[r] = Resource(r, share, kind="compute")
+                self.bw_Bps[r] = share
+            out.append(r)
+        return tuple(out)
+
+    def pooled_flows(self, c: Compiled, partition: tuple[str, float]) -> tuple[float, list[Plan]]:
+        """A one-lane program on a partition as (delay, flows): its collectives' and copies'
+        solo time, then one flow for its SM-limited kernels and one for its memory-limited kernels."""
+        per = self._pooled.setdefault(c.program, {})
+        if partition in per:
+            return per[partition]
+        share = partition[1]
+        delay = 0.0
+        pools = {True: [0.0, 0.0, 0.0], False: [0.0, 0.0, 0.0]}  # sm-limited? -> [t_sm, t_mem, bytes]
+        devices: tuple[str, ...] = ()
+        for step, cost, plan in zip(c.program.steps, c.costs, c.plans, strict=True):
+            if cost is None or (isinstance(step.op, Collective) and len(step.devices) > 1):
+                delay += plan.solo_s
+                continue
+            devices = step.devices
+            t_sm, t_mem = partition_times(cost)
+            pool = pools[t_sm / share >= t_mem]
+            pool[0] += t_sm
+            pool[1] += t_mem
+            pool[2] += cost.dram_bytes if devices[0] in self.mem else 0.0
+        flows = []
+        sms = self._sm_resources(devices, partition) if devices else ()
+        for sm_limited in (True, False):
+            t_sm, t_mem, nbytes = pools[sm_limited]
+            if nbytes > 0:
+                use = sms if t_sm > 0 else ()
+                path = tuple(self.mem[d] for d in devices) + use
+                weights = (1.0,) * len(devices) + (t_sm / nbytes,) * len(use)
+                cap = nbytes / t_mem if not sm_limited and t_mem > 0 else math.inf
+                flows.append(Plan.make(0.0, path, nbytes, cap, self.bw_Bps, weights))
+            elif t_sm > 0:
+                flows.append(Plan.make(0.0, sms, t_sm, math.inf, self.bw_Bps))
+        per[partition] = (delay, flows)
+        return per[partition]
 
     def _price(self, step: Step) -> tuple[OpCost | None, Plan]:
         if isinstance(step.op, Transfer):
@@ -256,14 +346,17 @@ class Engine:
         return c
 
     # -------------------------------------------------------------------------------- execution
-    def submit(self, program: Program) -> simpy.Event:
-        """Start `program` now; the returned event fires with its RunRecord when its last step ends."""
+    def submit(self, program: Program, partition: tuple[str, float] | None = None) -> simpy.Event:
+        """Start `program` now; the returned event fires with its RunRecord when its last step ends.
+        `partition` = (name, fraction): run its kernels on that named share of their devices' SMs."""
         compiled = self.compile(program)
+        if partition is not None and not 0.0 < partition[1] <= 1.0:
+            raise ValueError(f"an SM partition is a fraction in (0, 1], got {partition[1]!r}")
         self._reserve_workspace(program, +1)
         for dev, tensor, nbytes in compiled.allocs:
             self.allocate(dev, tensor, nbytes)
         self.in_flight += 1
-        return self.env.process(self._run(compiled))
+        return self.env.process(self._run(compiled, partition))
 
     def run(self, program: Program) -> float:
         """Submit `program` and advance time until it ends; returns its makespan in seconds."""
@@ -272,14 +365,27 @@ class Engine:
         rec: RunRecord = done.value
         return rec.end_s - rec.start_s
 
-    def _run(self, c: Compiled):
+    def _run(self, c: Compiled, partition: tuple[str, float] | None = None):
         env, program = self.env, c.program
         start = env.now
         # Alone for sure: one lane, no flow, no other program, and nothing else scheduled that could
-        # start one before this program ends.
-        solo = program.single_lane and not self.net.active and self.in_flight == 1 and env.peek() == math.inf
+        # start one before this program ends (and on the whole device: a partition's times differ).
+        solo = (partition is None and program.single_lane and not self.net.active and self.in_flight == 1
+                and env.peek() == math.inf)  # fmt: skip
         rec = RunRecord(c, start, start, solo)
-        if solo:
+        if partition is not None and program.single_lane:
+            delay, flows = self.pooled_flows(c, partition)
+            if delay:
+                yield env.timeout(delay)
+            for f in flows:
+                path = self._res_tuple.get(f.path)
+                if path is None:
+                    path = self._res_tuple[f.path] = tuple(self.res[n] for n in f.path)
+                yield self.net.start(path, f.nbytes, f.cap_Bps, f.weights)
+            group = next((s.devices for s, cost in zip(program.steps, c.costs, strict=True) if cost), None)
+            if group is not None:  # its share of the device, for the time its kernels ran
+                self.busy_group[group] += (env.now - start - delay) * partition[1]
+        elif solo:
             yield env.timeout(c.solo_s)
             self.solo_events += 1
             for (path, weights), nbytes in c.tally.path_bytes.items():
@@ -288,7 +394,9 @@ class Engine:
             self.busy_group.update(c.tally.busy)
         else:
             done = {i: env.event() for i in program.signals}
-            lanes = [env.process(self._lane(c, idxs, done, rec)) for idxs in program.lanes.values()]
+            lanes = [
+                env.process(self._lane(c, idxs, done, rec, partition)) for idxs in program.lanes.values()
+            ]
             yield env.all_of(lanes)
         self.steps_run += len(program.steps)
         self.costs.update(c.tally.costs)
@@ -300,7 +408,8 @@ class Engine:
         self._reserve_workspace(program, -1)
         return rec
 
-    def _lane(self, c: Compiled, idxs: tuple[int, ...], done: dict[int, simpy.Event], rec: RunRecord):
+    def _lane(self, c: Compiled, idxs: tuple[int, ...], done: dict[int, simpy.Event], rec: RunRecord,
+              partition: tuple[str, float] | None = None):  # fmt: skip
         """Execute one lane's steps in order, each a flow over the resources its plan names."""
         env, steps, plans, keep = self.env, c.program.steps, c.plans, self.keep_records
         busy_s = 0.0
@@ -312,6 +421,8 @@ class Engine:
                     yield ev
             start = env.now
             plan = plans[i]
+            if partition is not None and c.costs[i] is not None:
+                plan = self.partition_plan(step, c.costs[i], plan, partition)
             if plan.delay_s:
                 yield env.timeout(plan.delay_s)
             if plan.path:
@@ -320,8 +431,8 @@ class Engine:
                     path = self._res_tuple[plan.path] = tuple(self.res[n] for n in plan.path)
                 yield self.net.start(path, plan.nbytes, plan.cap_Bps, plan.weights)
             self.step_events += 1
-            if c.costs[i] is not None:
-                busy_s += env.now - start
+            if c.costs[i] is not None:  # a partition's kernel keeps its share of the device busy
+                busy_s += (env.now - start) * (partition[1] if partition is not None else 1.0)
             if keep:
                 rec.steps.append((i, start, env.now))
             ev = done.get(i)
@@ -347,3 +458,14 @@ class Engine:
         peak = {d: self.peak_B[m] for d, m in self.store.items()}  # per device: the memory it uses
         return Ledger(self.system, self.env.now, list(self.runs), Counter(self.costs), Counter(self.dma_bytes),
                       busy, resources, peak, self.events, self.steps_run)  # fmt: skip
+
+
+def partition_times(cost: OpCost) -> tuple[float, float]:
+    """(t_sm, t_mem) of a kernel on its whole device: the time its SMs set and the time its DRAM traffic
+    sets, max(t_sm, t_mem) being its duration. A memory-bound kernel's SM time is its compute time where
+    the model states one (`t_compute_s`), else none; any other kernel's is its duration, its DRAM time
+    the model's `t_dram_s` (else none)."""
+    d = cost.duration_s
+    if cost.bound == "memory":
+        return min(float(cost.detail.get("t_compute_s", 0.0)), d), d
+    return d, min(float(cost.detail.get("t_dram_s", 0.0)), d)

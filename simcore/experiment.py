@@ -28,6 +28,7 @@ from simcore.config import (
 )
 from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan, place
+from simcore.mapping.frameworks import FRAMEWORKS
 from simcore.mapping.plan import SCHEDULES
 from simcore.ops import DTYPE_BYTES
 from simcore.precision import PRECISION_SCHEMA, PrecisionPlan, plan_from
@@ -43,17 +44,20 @@ __all__ = ["Decode", "Experiment", "Generate", "Inference", "Prefill", "load_exp
 def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
              tp: int | None = None, keep_records: bool = True, offload_weights: bool = False,
              pp: int = 1, microbatches: int = 1, dp: int = 1,
-             precision: Mapping[str, str] | None = None) -> Result:  # fmt: skip
+             precision: Mapping[str, str] | None = None, framework: str = "pytorch") -> Result:  # fmt: skip
     """Simulate `scenario` of `model` on `system`: tensor parallelism over `tp` accelerators (default:
     all of them), `pp` pipeline stages fed `microbatches` micro-batches, `dp` replicas. With
     `offload_weights`, layer weights live in the nearest host CPU's memory and stream to the GPUs layer by
     layer, overlapped with compute (two layer buffers per GPU). `precision` overrides `dtype` per tensor
-    class: {weights, activations, kv_cache, communication} (e.g. weights: int4, kv_cache: fp8)."""
+    class: {weights, activations, kv_cache, communication} (e.g. weights: int4, kv_cache: fp8). `framework`
+    names the inference framework whose collective kernels the pass calls (simcore.mapping.FRAMEWORKS)."""
     system = load_system(system) if isinstance(system, str) else system
     spec = load_llm(model) if isinstance(model, str) else model
     check_context(spec, scenario)
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})", key="framework")
     plan = ExecutionPlan(tp=tp, pp=pp, dp=dp, microbatches=microbatches, offload_weights=offload_weights,
-                         precision=plan_from(dtype, precision))  # fmt: skip
+                         precision=plan_from(dtype, precision), framework=framework)  # fmt: skip
     return scenario.run(system, spec, plan, keep_records)
 
 
@@ -97,6 +101,11 @@ EXPERIMENT_SCHEMA = {
         choices=tuple(DTYPE_BYTES),
     ),
     "precision": {k: Param(**v) for k, v in PRECISION_SCHEMA.items()},
+    "framework": Param(
+        "inference framework: which collective kernels the pass calls (pytorch: NCCL; vllm, sglang, "
+        "tensorrt-llm: their one-shot all-reduce for small messages)", type=str, default="pytorch",
+        choices=tuple(FRAMEWORKS),
+    ),  # fmt: skip
     "parallelism": {
         "tp": positive(
             "tensor-parallel degree (default: every accelerator over pp × dp)", type=int, default=None
@@ -188,7 +197,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
                          schedule=par["schedule"], devices=tuple(map(str, par["devices"] or ())),
                          offload_weights=p["offload"]["weights"], precision=precision,
                          kv_devices=tuple(map(str, p["offload"]["kv"] or ())),
-                         kv_attention=p["offload"]["attention"])  # fmt: skip
+                         kv_attention=p["offload"]["attention"], framework=p["framework"])  # fmt: skip
     model: LLMSpec | str
     if is_onnx(p["model"]):
         if cls.workload != "vision":

@@ -338,6 +338,9 @@ class Collective(Op):
 
     bytes_per_device: float = 0.0
     group: int = 1
+    #: the implementation the framework calls: "nccl" (ring or tree, whichever is faster) or "custom" (the
+    #: one-shot peer-to-peer all-reduce kernels of inference frameworks, for small messages on NVLink)
+    library: str = "nccl"
     kind: ClassVar[str] = "collective"
     pattern: ClassVar[str] = ""
 

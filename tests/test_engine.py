@@ -5,7 +5,7 @@ import math
 import pytest
 
 from simcore.engine import Engine
-from simcore.errors import OutOfMemory
+from simcore.errors import ConfigError, OutOfMemory
 from simcore.experiment import Decode, Generate, Prefill, simulate
 from simcore.ops import Elementwise, Gemm, OpGraph, Transfer
 from simcore.program import Program
@@ -257,3 +257,54 @@ def test_offloaded_tensor_parallel_ranks_share_their_pcie_switch_uplink():
     assert res["utilization"]["pcie:pcie-sw0->gpu0"] == pytest.approx(
         0.5 * res["utilization"]["pcie:cpu0->pcie-sw0"], rel=0.01
     )
+
+
+def test_a_frameworks_one_shot_all_reduce_is_its_fixed_latency_one_hop_and_its_bus_bandwidth():
+    # vLLM-style custom all-reduce (library "custom"): launch + custom_latency + one NVSwitch hop + the ring's
+    # bytes at custom_efficiency of the link rate; the engine takes it only while it beats NCCL's ring/tree.
+    # The constants come from SGLang PR #2904's H100 table (9.1 us at tp4 for 512 B, 40.2 us for 1 MiB).
+    from simcore.ops import AllReduce
+
+    system = load_system("dgx-h100-8")
+    group = tuple(f"gpu{i}" for i in range(4))
+    gpu = system.devices["gpu0"]
+    coll = gpu.params["collective"]
+    _, hop = Engine(system).ring_path(group)
+    bw = system.graph.edges["gpu0", "nvswitch"]["link"].bw_Bps
+
+    def run(nbytes: float, library: str) -> float:
+        g = OpGraph("ar")
+        g.add(AllReduce("ar", "bf16", bytes_per_device=nbytes, group=4, library=library), (), group)
+        return Engine(system).run(Program.from_graph(g))
+
+    wire = 2 * 3 / 4 * 512
+    one_shot = gpu.launch_s + coll["custom_latency"] + hop + wire / (bw * coll["custom_efficiency"])
+    assert run(512, "custom") == pytest.approx(one_shot, rel=1e-9)
+    assert run(512, "custom") == pytest.approx(9.1e-6, rel=0.15)  # the measured figure, within the fit's spread
+    assert run(512, "nccl") > 3 * run(512, "custom")
+    # 64 MiB: beyond custom_max, and NCCL's ring is faster anyway: the framework falls back to it
+    assert run(64 * 2**20, "custom") == pytest.approx(run(64 * 2**20, "nccl"), rel=1e-12)
+
+
+def test_an_experiment_names_its_framework_and_its_all_reduces_call_that_library():
+    from simcore.experiment import load_experiment
+
+    doc = {"name": "f", "hardware": "dgx-h100-8", "model": "llama-3-8b", "parallelism": {"tp": 4},
+           "scenario": {"kind": "decode", "batch": 8, "context_len": 512}}  # fmt: skip
+    plain = load_experiment(doc).run(keep_records=False).summary["latency_s"]
+    vllm = load_experiment({**doc, "framework": "vllm"}).run(keep_records=False).summary["latency_s"]
+    # the pass is a chain: the step is shorter by 2 all-reduces per layer x (NCCL's time - the one-shot's)
+    # for a message of 8 tokens x 4096 x 2 B (closed form: the same all-reduce run alone both ways)
+    from simcore.ops import AllReduce
+
+    system = load_system("dgx-h100-8")
+    group = tuple(f"gpu{i}" for i in range(4))
+
+    def alone(library: str) -> float:
+        g = OpGraph("ar")
+        g.add(AllReduce("ar", "bf16", bytes_per_device=8 * 4096 * 2, group=4, library=library), (), group)
+        return Engine(system).run(Program.from_graph(g))
+
+    assert plain - vllm == pytest.approx(2 * 32 * (alone("nccl") - alone("custom")), rel=1e-6)
+    with pytest.raises(ConfigError, match="framework"):
+        load_experiment({**doc, "framework": "nope"})

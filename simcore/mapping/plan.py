@@ -36,6 +36,7 @@ class ExecutionPlan:
     devices: tuple[str, ...] = ()  # names or patterns of the accelerators to use, in order
     offload_weights: bool = False
     precision: PrecisionPlan = field(default_factory=PrecisionPlan)
+    framework: str = "pytorch"  # a key of simcore.mapping.frameworks.FRAMEWORKS
     kv_devices: tuple[str, ...] = ()  # where the KV cache lives (offload.kv): one device, or a multiple of tp
     kv_attention: str = "near"  # near: decode attention runs on the KV device; stream: KV copied in per step
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from simcore.mapping.frameworks import FRAMEWORKS
 from simcore.validate.rows import SYSTEMS, Row, Simulator, _approx, _Fields, csv_format, map_device
 
 #: published model names -> shipped model configs
@@ -98,12 +99,18 @@ def e2e_row(f: _Fields, sim: Simulator) -> Row:
     elif devices > 1 and preset not in SYSTEMS:
         row.reason = f"no multi-GPU system preset of {preset}"
     if not row.reason and run is not None and model is not None and weights is not None:
-        row.predict = lambda: _simulate(sim, preset, devices, model[0], weights, run)
+        row.predict = lambda: _simulate(sim, preset, devices, model[0], weights, run, framework_of(framework))
     return row
 
 
+def framework_of(text: str) -> str:
+    """The registered framework a published framework name is (plain PyTorch + NCCL when none is)."""
+    text = text.lower().replace("tensorrt_llm", "tensorrt-llm")
+    return next((name for name in FRAMEWORKS if name in text), "pytorch")
+
+
 def _simulate(sim: Simulator, preset: str, devices: int, model: str, weights: tuple[str, str | None],
-              run: tuple[str, int, int, int]) -> tuple[float, str]:  # fmt: skip
+              run: tuple[str, int, int, int], framework: str) -> tuple[float, str]:  # fmt: skip
     from simcore.experiment import Generate, Prefill, simulate
 
     kind, batch, prompt, new = run
@@ -112,7 +119,7 @@ def _simulate(sim: Simulator, preset: str, devices: int, model: str, weights: tu
     scenario = Prefill(batch=batch, prompt_len=prompt) if kind == "prefill" else Generate(
         batch=batch, prompt_len=prompt, new_tokens=new)  # fmt: skip
     summary = simulate(system, model, scenario, dtype=dtype, tp=devices, keep_records=False,
-                       precision={"weights": fmt} if fmt else None).summary  # fmt: skip
+                       precision={"weights": fmt} if fmt else None, framework=framework).summary  # fmt: skip
     return summary["latency_s"], kind  # -n N: a 1-token prefill and N - 1 decode steps, N evaluations
 
 
@@ -170,7 +177,8 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
                   preset)  # fmt: skip
         row.reason = reason
         if not reason and model is not None and prompt is not None and batch_m and out_m:
-            state = (sim, preset, devices, model[0], float(batch_m.group(1)), prompt, float(out_m.group(1)))
+            state = (sim, preset, devices, model[0], float(batch_m.group(1)), prompt, float(out_m.group(1)),
+                     framework_of(f.text("framework")))  # fmt: skip
             row.predict = _serving_figure(state, quantity)
         rows.append(row)
     return rows
@@ -188,7 +196,7 @@ _STATES: dict[tuple[Any, ...], dict[str, float]] = {}
 
 
 def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
-                  output: float) -> dict[str, float]:  # fmt: skip
+                  output: float, framework: str) -> dict[str, float]:  # fmt: skip
     """Continuous batching in steady state at `batch` running sequences: each iteration decodes one token
     of every sequence (context: the prompt plus half the average output) and, as batch / output requests
     finish per iteration, prefills as many new prompts' tokens (chunked prefill spreads them over the
@@ -200,7 +208,7 @@ def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: 
     from simcore.precision import plan_from
     from simcore.scenarios.base import LLMRun
 
-    key = (id(sim), preset, devices, model, batch, prompt, output)
+    key = (id(sim), preset, devices, model, batch, prompt, output, framework)
     if key in _STATES:
         return _STATES[key]
     system = sim.system(preset if devices == 1 else SYSTEMS[preset])
@@ -212,7 +220,8 @@ def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: 
                                SeqGroup(1, part, prompt) if part else None) if g)  # fmt: skip
 
     def iteration(extra: tuple[SeqGroup, ...]) -> tuple[float, float]:
-        run = LLMRun(system, load_llm(model), ExecutionPlan(tp=devices, precision=plan_from("bf16")), False)
+        plan = ExecutionPlan(tp=devices, precision=plan_from("bf16"), framework=framework)
+        run = LLMRun(system, load_llm(model), plan, False)
         run.allocate_weights()
         (program,) = run.iteration((decode, *extra))
         t = run.engine.run(program)
