@@ -29,15 +29,16 @@ TRACES = {
         (1020, "median", 0.5),
         (129, "median", 1.0),
         "Azure LLM inference trace 2023, conversation: median prompt 1020 tokens, median output 129 tokens "
-        "(Patel et al., Splitwise, ISCA 2024)",
+        "(Patel et al., Splitwise, ISCA 2024, Sec. III; AzureLLMInferenceTrace_conv.csv)",
     ),
     "azure_code_2023": (
         2,
         2.0,
         (1500, "median", 0.8),
         (13, "median", 1.2),
-        "Azure LLM inference trace 2023, coding: median prompt 1500 tokens, median output 13 tokens "
-        "(Patel et al., Splitwise, ISCA 2024)",
+        "Azure LLM inference trace 2023, coding: median prompt 1500 tokens (rounded; 1469 recomputed from "
+        "the CSV), median output 13 tokens (Patel et al., Splitwise, ISCA 2024, Sec. III; "
+        "AzureLLMInferenceTrace_code.csv)",
     ),
     "sharegpt": (
         3,
@@ -45,7 +46,7 @@ TRACES = {
         (161, "mean", 1.0),
         (338, "mean", 1.0),
         "ShareGPT: mean input 161 tokens, mean output 338 tokens (Kwon et al., vLLM/PagedAttention, SOSP "
-        "2023)",
+        "2023, Sec. 6.1 and Fig. 11: 161.31 / 337.99)",
     ),
     "lmsys_chat": (
         4,
@@ -53,7 +54,7 @@ TRACES = {
         (69.5, "mean", 1.0),
         (214.5, "mean", 1.0),
         "LMSYS-Chat-1M: 69.5 tokens per prompt, 214.5 tokens per response on average (Zheng et al., "
-        "LMSYS-Chat-1M, ICLR 2024)",
+        "LMSYS-Chat-1M, ICLR 2024, Table 1, Llama-2 tokenizer)",
     ),
 }
 

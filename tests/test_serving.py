@@ -372,12 +372,11 @@ def test_bad_serve_input_is_one_line_naming_file_line_and_key(tmp_path, capsys, 
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_data_parallel_serving_is_refused_with_a_pointer_to_split(tmp_path):
+def test_disaggregation_needs_a_decode_replica(tmp_path):
     exp = tmp_path / "e.yaml"
-    exp.write_text(
-        f"hardware: dgx-h100-8\nmodel: {MODEL}\nparallelism: {{tp: 4, dp: 2}}\nscenario: {{kind: serve}}\n"
-    )
-    with pytest.raises(ConfigError, match="parallelism.dp: serve simulates one replica"):
+    exp.write_text(f"hardware: dgx-h100-8\nmodel: {MODEL}\nparallelism: {{tp: 4, dp: 2}}\n"
+                   "scenario: {kind: serve, disaggregation: {prefill_replicas: 2}}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="e.yaml:4.*prefill_replicas 2 leaves no decode replica"):
         load_experiment(exp)
 
 
@@ -424,7 +423,8 @@ def test_nested_blocks_declare_their_schema_and_build_their_dataclasses():
     from simcore.serving import KVCacheSpec
 
     schema = dataclass_schema(Serve)
-    assert set(schema) == {"requests", "scheduler", "kv_cache", "slo"}
+    assert set(schema) == {"requests", "scheduler", "kv_cache", "slo", "speculative", "sharing", "disaggregation",
+                           "router", "usd_per_gpu_hour"}
     assert schema["requests"]["rate_per_s"].default == 1.0 and schema["slo"]["ttft"].unit == "time"
     built = build_dataclass(Serve, {"kv_cache": {"block_size": 32, "other": 1}, "unrelated": 2})
     assert built.kv_cache == KVCacheSpec(block_size=32) and built.requests == RequestSpec()

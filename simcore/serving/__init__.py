@@ -8,6 +8,8 @@ from simcore.serving.kv_cache import KVCacheSpec, PagedKVCache
 from simcore.serving.metrics import RequestRecord, SLOSpec, summarize
 from simcore.serving.requests import Lengths, Request, RequestSpec, load_trace
 from simcore.serving.schedulers import POLICIES, SCHEDULERS, Batch, Scheduler, SchedulerSpec, Seq
+from simcore.serving.speculative import SpeculativeSpec, expected_tokens
 
 __all__ = ["POLICIES", "SCHEDULERS", "Batch", "KVCacheSpec", "Lengths", "PagedKVCache", "Request", "RequestRecord",
-           "RequestSpec", "SLOSpec", "Scheduler", "SchedulerSpec", "Seq", "load_trace", "summarize"]  # fmt: skip
+           "RequestSpec", "SLOSpec", "Scheduler", "SchedulerSpec", "Seq", "SpeculativeSpec", "expected_tokens",
+           "load_trace", "summarize"]  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -31,7 +31,9 @@ MAX_REQUESTS = 1 << 20
 class Request:
     """One request: `prompt_tokens` in, `output_tokens` out (the first from the prefill). Requests with the
     same `prefix_id` share their first `prefix_tokens` prompt tokens (a system prompt, a conversation's
-    history), which a prefix cache computes once. Under `policy: priority` a lower `priority` goes first."""
+    history), which a prefix cache computes once. Under `policy: priority` a lower `priority` goes first.
+    `acceptance`: the probability that the target accepts a drafted token of this request under
+    speculative decoding (None: the scenario's)."""
 
     id: int
     arrival_s: float
@@ -40,6 +42,7 @@ class Request:
     prefix_id: int | None = None
     prefix_tokens: int = 0
     priority: int = 0
+    acceptance: float | None = None
 
 
 # ------------------------------------------------------------------------------------------ lengths
@@ -153,7 +156,7 @@ class RequestSpec:
     priorities: int = param_field(count_param("priority levels requests are drawn from, uniformly (0 goes first "
                                         "under policy: priority)", default=1, maximum=1 << 16))  # fmt: skip
     trace: str | None = param_field(Param("CSV to replay (arrival_s, prompt_tokens, output_tokens, optional "
-                                          "prefix_id, prefix_tokens, priority): a shipped trace's name "
+                                          "prefix_id, prefix_tokens, priority, acceptance): a shipped trace's name "
                                           "(traces/README.md) or a path", type=str, default=None))  # fmt: skip
     seed: int = param_field(nonneg("seed of the random draws: the same seed gives the same stream",
                                    type=int, default=0, maximum=2**32 - 1))  # fmt: skip
@@ -232,7 +235,15 @@ ARRIVALS: dict[str, Callable[[RequestSpec, np.random.Generator, int], np.ndarray
 
 # ------------------------------------------------------------------------------------------- traces
 
-TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens", "prefix_id", "prefix_tokens", "priority")
+TRACE_COLUMNS = (
+    "arrival_s",
+    "prompt_tokens",
+    "output_tokens",
+    "prefix_id",
+    "prefix_tokens",
+    "priority",
+    "acceptance",
+)
 _REQUIRED = TRACE_COLUMNS[:3]
 _TRACES: dict[tuple[str, int, int, int], list[Request]] = {}
 
@@ -303,7 +314,8 @@ def _read_trace(path: Path, prefix_len: int) -> list[Request]:
             except ValueError:
                 v = math.nan
             if not (math.isfinite(v) and lo <= v <= hi):
-                what = "a time in seconds >= 0" if parse is float else f"an integer in [{lo:g}, {hi:g}]"
+                what = ("a time in seconds >= 0" if name == "arrival_s" else f"a fraction in [{lo:g}, {hi:g}]"
+                        if parse is float else f"an integer in [{lo:g}, {hi:g}]")  # fmt: skip
                 raise ConfigError(f"expected {what}, got {raw[:40]!r}", file, line, f"column {name}")
             return v
 
@@ -313,14 +325,16 @@ def _read_trace(path: Path, prefix_len: int) -> list[Request]:
         pid = cell("prefix_id", int, 0, 2**62, -1)
         ptok = cell("prefix_tokens", int, 0, MAX_TOKENS, -1)
         prio = int(cell("priority", int, 0, 1 << 16, 0))
+        accept = cell("acceptance", float, 0.0, 1.0, -1.0)
         if pid is None or pid < 0:
             pid, shared = None, 0
         else:
             shared = min(prompt, prefix_len if ptok is None or ptok < 0 else int(ptok))
             pid = int(pid) if shared else None
-        out.append((float(arrival), len(out), Request(0, float(arrival), prompt, output, pid, shared, prio)))
+        req = Request(0, float(arrival), prompt, output, pid, shared, prio,
+                      None if accept is None or accept < 0 else float(accept))  # fmt: skip
+        out.append((float(arrival), len(out), req))
         if len(out) > MAX_REQUESTS:
             raise ConfigError(f"more than {MAX_REQUESTS:,} requests", file, line)
     out.sort(key=lambda t: (t[0], t[1]))
-    return [Request(i, r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_id, r.prefix_tokens, r.priority)
-            for i, (_, _, r) in enumerate(out)]  # fmt: skip
+    return [replace(r, id=i) for i, (_, _, r) in enumerate(out)]

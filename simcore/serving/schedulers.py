@@ -21,6 +21,12 @@ prefill its prompt and the tokens it generated again; `swap` copies its blocks t
 moves the bytes over PCIe through the engine) and brings them back when blocks free up, falling back to
 recompute when the swap space is full. New prompts are admitted only while no sequence is swapped out, and
 only if they leave the cache's watermark free. A request that cannot fit in the whole cache is rejected.
+
+Two hooks serve the serving variants: `lookahead` KV slots a decode step reserves beyond its token, and
+`accept`, the tokens a decode step yields (speculative decoding: the k drafted positions, and the
+accepted ones); and `next_batch(phase)` hands out prefill work and decode work separately, so that two
+loops can run them at once on partitions of a GPU's SMs (a sequence in a batch not yet completed is in
+`inflight`: neither loop schedules it nor preempts it).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class Seq:
     preemptions: int = 0
     hit_tokens: int = 0  #: prompt tokens found in the prefix cache, over its admissions
     running: bool = False
+    credit: float = 0.0  #: speculative decoding: expected tokens accrued but not yet emitted (< 1)
 
     @property
     def decoding(self) -> bool:
@@ -102,6 +109,12 @@ class Scheduler:
         self.rejected: list[Seq] = []
         self.preemptions = self.swaps = 0
         self._preempted_now = False
+        self.lookahead = 0  #: KV slots a decode step reserves beyond its token (speculation's k)
+        self.accept: Callable[[Seq], int] | None = None  #: tokens a decode step yields (None: one)
+        self.concurrent = False  #: whether batches of two loops are in flight at once (SM partitions)
+        self.inflight: set[int] = set()  #: with `concurrent`: ids of the sequences in batches not completed
+        self.decode_steps = self.decode_tokens = 0
+        self.arriving = 0  #: sequences taken over whose KV is still on its way
 
     def default_budget(self) -> int:
         """max_num_batched_tokens when the YAML leaves it out."""
@@ -123,6 +136,11 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
 
+    @property
+    def load(self) -> int:
+        """Requests this replica holds (a router's measure): waiting, running, swapped, arriving."""
+        return len(self.waiting) + len(self.running) + len(self.swapped) + self.arriving
+
     # ------------------------------------------------------------------------------ iteration work
     def schedule(self) -> Batch:
         raise NotImplementedError
@@ -138,23 +156,28 @@ class Scheduler:
         seq.blocks += need
         return True
 
-    def _run_running(self, batch: Batch, budget: int, prefills: bool) -> int:
-        """The running sequences' next tokens, decodes first, then (with `prefills`) the next chunk of each
-        prompt being prefilled; preempts for KV blocks as needed. Returns the budget left."""
+    def _run_running(self, batch: Batch, budget: int, prefills: bool, decodes: bool = True) -> int:
+        """The running sequences' next tokens, decodes first (with `decodes`), then (with `prefills`) the
+        next chunk of each prompt being prefilled; preempts for KV blocks as needed. Returns the budget
+        left. A decode step takes 1 + lookahead of the budget and of the KV slots."""
         scheduled: set[int] = set()
-        order = [s for s in self.running if s.decoding]
+        free = [s for s in self.running if id(s) not in self.inflight] if self.inflight else self.running
+        order = [s for s in free if s.decoding] if decodes else []
         if prefills:
-            order += [s for s in self.running if not s.decoding]
+            order += [s for s in free if not s.decoding]
         for seq in order:
             if not seq.running:  # preempted earlier in this loop
                 continue
-            tokens = 1 if seq.decoding else min(seq.target - seq.computed, budget)
+            tokens = 1 + self.lookahead if seq.decoding else min(seq.target - seq.computed, budget)
             if tokens <= 0 or budget < tokens:
                 continue
             while not self._reserve(seq, tokens):
-                others = [s for s in self.running if s is not seq and id(s) not in scheduled]
+                others = [s for s in self.running
+                          if s is not seq and id(s) not in scheduled and id(s) not in self.inflight]  # fmt: skip
                 if not others and len(self.running) == 1:  # alone and still short: it can never fit
                     self._reject(seq)
+                    break
+                if not others and self.inflight:  # blocks come back when the batch in flight ends
                     break
                 victim = max(others, key=_key) if others else seq
                 self._preempt(victim)
@@ -249,13 +272,31 @@ class Scheduler:
         seq.target = seq.req.prompt_tokens + seq.generated
         bisect.insort(self.waiting, seq, key=_key)
 
-    def next_batch(self) -> Batch:
-        """The next iteration's work (empty when nothing can run now)."""
+    def schedule_phase(self, phase: str) -> Batch:
+        """Only prefill work (chunks of running prompts, then new prompts) or only decode work (and swaps
+        back in), for loops that run the two phases concurrently."""
+        batch = Batch()
+        if phase == "decode":
+            self._run_running(batch, self.budget, prefills=False)
+            if not self._preempted_now:
+                self._swap_in(batch)
+            return batch
+        budget = self._run_running(batch, self.budget, prefills=self.chunked, decodes=False)
+        if not self.swapped:
+            self._admit(batch, budget, whole=not self.chunked)
+        return batch
+
+    def next_batch(self, phase: str = "mixed") -> Batch:
+        """The next iteration's work (empty when nothing can run now): everything the scheduler chooses
+        (`mixed`), or only its `prefill` or `decode` work. Its sequences are in flight until `complete`."""
         self._preempted_now = False
         self._batch_swap_out = 0
-        batch = self.schedule()
+        batch = self.schedule() if phase == "mixed" else self.schedule_phase(phase)
         batch.swap_out += self._batch_swap_out
-        if not batch and not self.running and not batch.swap_in:
+        if self.concurrent:
+            self.inflight.update(map(id, batch.decodes))
+            self.inflight.update(id(s) for s, _ in batch.prefills)
+        if phase != "decode" and not batch and not self.running and not batch.swap_in and not self.inflight:
             # nothing runs and nothing will free blocks: the head of the queue cannot be served
             if self.swapped:
                 seq = self.swapped.pop(0)
@@ -267,16 +308,54 @@ class Scheduler:
                 self.rejected.append(self.waiting.pop(0))
         return batch
 
+    # ------------------------------------------------------------------------- disaggregated decode
+    def take_over(self, req: Request, first_token_s: float) -> Seq | None:
+        """Reserve a sequence slot and KV blocks for a request whose prompt was prefilled elsewhere (its KV
+        arrives by transfer, then `resume`); None while there is no room (it waits)."""
+        need = self.kv.blocks_for(req.prompt_tokens + 1 + self.lookahead)
+        if len(self.running) + self.arriving >= self.max_seqs or not self.kv.can_allocate(need):
+            return None
+        self.kv.allocate(need)
+        self.arriving += 1
+        return Seq(req, self.key(req), target=req.prompt_tokens, computed=req.prompt_tokens, generated=1,
+                   blocks=need, first_token_s=first_token_s, last_token_s=first_token_s)  # fmt: skip
+
+    def fits(self, req: Request) -> bool:
+        """Whether the whole cache could ever hold the request's prompt and next token."""
+        return self.kv.blocks_for(req.prompt_tokens + 1 + self.lookahead) <= self.kv.num_blocks
+
+    def resume(self, seq: Seq) -> None:
+        """A taken-over sequence whose KV has arrived starts decoding."""
+        self.arriving -= 1
+        seq.running = True
+        bisect.insort(self.running, seq, key=_key)
+
     # ------------------------------------------------------------------------------ bookkeeping
     def complete(self, batch: Batch, now_s: float, gaps: list[float]) -> list[Seq]:
         """Account an iteration that ended at `now_s`: new KV, tokens (inter-token gaps appended to `gaps`),
         prefixes the cache adopts; returns the sequences that finished (their blocks freed)."""
         done = []
         kv = self.kv
-        for seq in batch.decodes:
-            seq.computed += 1
-            if self._token(seq, now_s, gaps):
-                done.append(seq)
+        if self.concurrent:
+            self.inflight.difference_update(map(id, batch.decodes))
+            self.inflight.difference_update(id(s) for s, _ in batch.prefills)
+        self.decode_steps += len(batch.decodes)
+        if self.accept is None:
+            self.decode_tokens += len(batch.decodes)
+            for seq in batch.decodes:
+                seq.computed += 1
+                if self._token(seq, now_s, gaps):
+                    done.append(seq)
+        else:
+            for seq in batch.decodes:
+                n = min(self.accept(seq), seq.req.output_tokens - seq.generated)
+                self.decode_tokens += n
+                seq.computed += n
+                end = False
+                for _ in range(n):  # accepted tokens stream out together: the gaps after the first are 0
+                    end = self._token(seq, now_s, gaps)
+                if end:
+                    done.append(seq)
         for seq, n in batch.prefills:
             seq.computed += n
             req = seq.req
