@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import math
+from functools import cache
 from typing import Any
 
+import yaml
+
 from simcore.component import Component, OpCost
+from simcore.config import CONFIG_ROOT
 from simcore.energy import energy_breakdown
 from simcore.errors import ConfigError, OutOfMemory
 from simcore.ops import Op
 from simcore.system import System
+
+
+#: op kind -> the validation family whose residuals give its error bars (configs/validation/intervals.yaml)
+INTERVAL_FAMILY = {"gemm": "gemm", "softmax": "softmax", "norm": "layernorm", "elementwise": "gelu"}
+
+
+@cache
+def _intervals() -> dict[str, Any]:
+    path = CONFIG_ROOT / "validation" / "intervals.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def time_interval(op: Op, time_s: float) -> dict[str, Any]:
+    """The op's time with its error bars: the band of predicted/measured its family kept on the
+    validation rows (split conformal), turned around the prediction; {} for a family without rows."""
+    table = _intervals()
+    band = table.get("families", {}).get(INTERVAL_FAMILY.get(op.kind, ""))
+    if band is None:
+        return {}
+    return {"time_low_s": time_s / math.exp(band["hi"]), "time_high_s": time_s / math.exp(band["lo"]),
+            "interval_basis": f"{table['coverage']:.0%} band of {band['rows']} measured "
+                              f"{INTERVAL_FAMILY[op.kind]} rows (held-out coverage {band['held_out_coverage']:.0%})"}  # fmt: skip
 
 
 def device_for(system: System, op: Op) -> Component:
@@ -53,5 +80,6 @@ def op_report(system: System, op: Op) -> dict[str, Any]:
         "bound": cost.bound,
         "achieved_flops": op.flops / cost.duration_s if cost.duration_s else 0.0,
     }
+    out.update(time_interval(op, cost.duration_s))
     out.update({k: v for k, v in cost.detail.items() if k not in out})
     return out

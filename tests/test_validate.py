@@ -14,6 +14,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,31 @@ def test_measure_gpu_csvs_are_read_back_by_validate(tmp_path: Path) -> None:
         r.predicted, r.bound = r.predict()  # type: ignore[misc]
         assert r.predicted > 0
     assert {r.family for r in rows} == {"gemm", "attention"}
+
+
+def test_error_bars_are_the_conformal_band_of_the_residuals_and_cover_held_out_rows(tmp_path: Path) -> None:
+    from simcore.validate.intervals import fit_intervals
+    from simcore.validate.rows import Row
+
+    # residuals ln(pred/meas) spread evenly over [-0.2, 0.2]: an 80% band keeps the middle 80% of a half
+    rows = []
+    for i in range(401):
+        r = Row("f.csv", i, "d", "gemm", "fp16", "", "time", 1.0, False, "s", preset="a100-sxm4-80gb")
+        r.predict, r.predicted = (lambda: (0.0, "")), math.exp(-0.2 + 0.4 * i / 400)
+        rows.append(r)
+    band = fit_intervals(rows, 0.8)["gemm"]
+    assert band["lo"] == pytest.approx(-0.16, abs=0.01) and band["hi"] == pytest.approx(0.16, abs=0.01)
+    assert band["held_out_coverage"] == pytest.approx(0.8, abs=0.05)
+
+
+def test_simcore_op_reports_the_shipped_error_bars_around_its_prediction() -> None:
+    from simcore.oprun import _intervals, op_report
+    from simcore.ops import Gemm
+    from simcore.system import load_system
+
+    rep = op_report(load_system("a100-sxm4-80gb"), Gemm("g", "fp16", m=4096, n=4096, k=4096))
+    band = _intervals()["families"]["gemm"]
+    assert rep["time_low_s"] == pytest.approx(rep["time_s"] / math.exp(band["hi"]))
+    assert rep["time_high_s"] == pytest.approx(rep["time_s"] / math.exp(band["lo"]))
+    assert rep["time_low_s"] < rep["time_s"] < rep["time_high_s"]
+    assert 0.7 <= band["held_out_coverage"] <= 0.95  # an 80% band on held-out A100 GEMM rows

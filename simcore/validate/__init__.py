@@ -44,6 +44,8 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
         help="directory for predictions.csv and predicted_vs_measured.png (default: ./validation)",
     )
     d.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    d.add_argument("--intervals", metavar="FILE.yaml",
+                   help="write 80%% error bars per op family (split conformal) for `simcore op`")  # fmt: skip
     d.add_argument("--json", action="store_true", help="print one JSON object")
     h = sub.add_parser(
         "host", help="measure the native kernels on this machine and compare with the CPU model"
@@ -56,7 +58,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 def validate_cmd(args: argparse.Namespace) -> int:
     """Compare the model with measurements: published CSVs (data) or this machine (host)."""
     if args.action == "data":
-        run_data(args.files, args.out, args.json, plot=not args.no_plot)
+        run_data(args.files, args.out, args.json, plot=not args.no_plot, intervals=args.intervals)
     else:
         run_host(args.json, args.quick)
     return 0

@@ -17,7 +17,10 @@ from typing import Any
 from simcore.errors import ConfigError, SimError
 from simcore.tables import text_table
 from simcore.validate import e2e  # noqa: F401  (registers the end-to-end LLM format)
+from simcore.validate.intervals import fit_intervals, write_intervals
 from simcore.validate.rows import Row, Simulator, load_rows
+
+COVERAGE = 0.8  # the error bars `--intervals` writes
 
 # ------------------------------------------------------------------------------------- statistics
 
@@ -116,7 +119,8 @@ def unmapped_table(rows: Sequence[Row]) -> str:
 # ------------------------------------------------------------------------------------- validate data
 
 
-def run_data(files: Sequence[str], out_dir: str | None, as_json: bool, plot: bool = True) -> dict[str, Any]:
+def run_data(files: Sequence[str], out_dir: str | None, as_json: bool, plot: bool = True,
+             intervals: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Load, simulate and summarise; write the per-row CSV and the plot; return the JSON-able report."""
     sim = Simulator()
     rows: list[Row] = []
@@ -153,6 +157,10 @@ def run_data(files: Sequence[str], out_dir: str | None, as_json: bool, plot: boo
         "families": [g.record() for g in families],
         "convention": "error = predicted/measured - 1 (time for ops, bandwidth for links)",
     }
+    if intervals:
+        table = fit_intervals(rows, COVERAGE)
+        write_intervals(table, intervals, COVERAGE, list(files))
+        report["intervals"] = table
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
