@@ -36,6 +36,7 @@ from simcore.component import Component, OpCost, register
 from simcore.config import MapOf, Param, nonneg, positive
 from simcore.energy import energy_table
 from simcore.ops import Attention, Gemm, Op, Softmax, ceil_div, dtype_bytes
+from simcore.precision import DTYPE_BYTES
 
 DATAFLOWS = ("os", "ws", "is")
 MODES = ("scalesim", "physical")
@@ -360,7 +361,7 @@ class SystolicArray(Component):
         "filter_sram": positive("weight SRAM per array (double-buffered)", "bytes", default=64 * 1024),
         "ofmap_sram": positive("output / partial-sum SRAM per array (double-buffered)", "bytes", default=64 * 1024),
         "dtype": Param("datapath type; operands are converted to it, so element size and MAC energy follow it",
-                       default="int8", type=str),
+                       default="int8", type=str, choices=tuple(DTYPE_BYTES)),
         "acc_bytes": positive("bytes of a partial sum kept between K-folds", default=4.0),
         "double_buffered_pes": Param("physical mode: PEs hold a shadow copy of the stationary operand / result, "
                                      "so folds pipeline (max(T, R) each, fill/drain once)", default=True,
