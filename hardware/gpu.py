@@ -126,6 +126,10 @@ GPU_SCHEMA: dict[str, Any] = {
         "DRAM load bytes one CTA keeps outstanding: by Little's law a kernel draws min(bandwidth, unique "
         "bytes in flight / memory latency)", "bytes", default=16384,
     ),  # fmt: skip
+    "gemm_inflight_stages": positive(
+        "K steps of its A and B tiles a GEMM CTA's load pipeline keeps in flight (a cp.async pipeline of 3 "
+        "stages: 2; TMA pipelines are deeper)", type=int, default=PIPELINE_STAGES - 1,
+    ),  # fmt: skip
     "efficiency": {
         "tensor": fraction("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
         "vector": fraction("achievable fraction of vector peak", default=0.8),
@@ -248,9 +252,10 @@ class GPU(Component):
         return max(dram_B / self.memory_bandwidth_Bps, latency_bound)
 
     def gemm_inflight_B(self, tile_m: int, tile_n: int) -> float:
-        """Load bytes a GEMM CTA keeps outstanding: every pipeline stage but the one being computed holds a
-        K step of its A and B tiles (large tiles), at least `dram_inflight_per_cta`."""
-        return max(self.inflight_per_cta_B, (PIPELINE_STAGES - 1) * (tile_m + tile_n) * K_STEP_BYTES)
+        """Load bytes a GEMM CTA keeps outstanding: `gemm_inflight_stages` K steps of its A and B tiles (large
+        tiles), at least `dram_inflight_per_cta`."""
+        stages = self.params["gemm_inflight_stages"]
+        return max(self.inflight_per_cta_B, stages * (tile_m + tile_n) * K_STEP_BYTES)
 
     @property
     def peak_memory_bandwidth_Bps(self) -> float:
@@ -666,7 +671,10 @@ class GPU(Component):
         x_B = rows * cols * e
         reads = 1 if on_chip else passes
         dram = op.bytes + (reads - 1) * x_B
-        t_mem = self.mem_latency_s + self.dram_time_s(dram, ceil_div(ctas, self.sms), dram / ctas)
+        # each CTA loads its rows and the whole of what every row shares (a norm's weights)
+        shared_B = max(0.0, op.bytes - 2.0 * x_B)
+        cta_B = (dram - shared_B) / ctas + shared_B
+        t_mem = self.mem_latency_s + self.dram_time_s(dram, ceil_div(ctas, self.sms), cta_B)
         t_compute = op.flops / (self.vector_peak("fp32") * self.eff["vector"])
         bound = "memory" if t_mem >= t_compute else "compute"
         actions = {"flop.fp32": op.flops, "dram.byte": dram}
