@@ -121,6 +121,10 @@ GPU_SCHEMA: dict[str, Any] = {
         "custom_max": positive(
             "largest buffer the framework hands that kernel (larger ones go to NCCL)", "bytes", default=8388608.0
         ),  # fmt: skip
+        "nvls_efficiency": fraction(
+            "NVLink SHARP all-reduce (the NVSwitch reduces): share of the link rate each rank's buffer crosses "
+            "its link at, once each way (no value: the switches cannot reduce)", default=None,
+        ),  # fmt: skip
     },
     "dram_inflight_per_cta": positive(
         "DRAM load bytes one CTA keeps outstanding: by Little's law a kernel draws min(bandwidth, unique "
@@ -694,6 +698,8 @@ class GPU(Component):
         algorithms: tuple[tuple[str, float, float], ...] = (("ring", nccl, coll["efficiency"]),)
         if op.kind == "allreduce":
             algorithms += (("tree", nccl, coll["efficiency"]),)
+            if coll["nvls_efficiency"] is not None:  # offered; the engine takes it only on an NVSwitch
+                algorithms += (("nvls", nccl, coll["nvls_efficiency"]),)
             if (op.library == "custom" and coll["custom_latency"] is not None
                     and op.bytes_per_device <= coll["custom_max"]):  # fmt: skip
                 custom = self.launch_s + coll["custom_latency"]

@@ -48,7 +48,12 @@ ALGORITHMS: dict[str, Callable[[Collective], tuple[int, float]]] = {
     # every rank reads its peers' buffers over NVLink and reduces locally, in one synchronised step; the
     # bytes are counted as a ring's, at the kernel's measured share of the link rate
     "one-shot": lambda op: (1, op.wire_bytes_per_device),
+    # NVLink SHARP: each rank sends its buffer to the NVSwitch, which reduces, and receives the result: the
+    # buffer crosses each rank's link once each way, two hops of latency
+    "nvls": lambda op: (2, op.bytes_per_device),
 }
+#: algorithms that need every rank of the group on one switch over NVLink
+SWITCH_ALGORITHMS = frozenset({"nvls"})
 
 class Engine:
     """Runs programs on a System and books what they did into a ledger."""
@@ -175,6 +180,17 @@ class Engine:
         lat, path, cap = self._paths[key]
         return Plan.make(lat, path, op.nbytes, cap, self.bw_Bps)
 
+    def one_nvlink_switch(self, group: tuple[str, ...]) -> bool:
+        """Whether every rank of `group` reaches every other through one switch over NVLink links (what an
+        in-switch reduction needs)."""
+        key = ("switch", group)
+        if key not in self._paths:
+            hops = [self.system.route(a, b) for a, b in zip(group, group[1:] + group[:1], strict=True)]
+            ok = all(len(h) == 2 and all(link.type == "nvlink" for _, _, link in h) for h in hops)
+            mids = {h[0][1] for h in hops if h}
+            self._paths[key] = (ok and len(mids) == 1 and mids <= set(self.system.switches), 0.0)
+        return bool(self._paths[key][0])
+
     def ring_path(self, group: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
         """Every link direction a ring over `group` uses, and one hop's worst latency."""
         key = ("ring", group)
@@ -197,6 +213,8 @@ class Engine:
             path, lat = self.ring_path(step.devices)
             plans = []
             for name, fixed_s, eff in cost.detail.get("algorithms", (("ring", cost.duration_s, 1.0),)):
+                if name in SWITCH_ALGORITHMS and not self.one_nvlink_switch(step.devices):
+                    continue
                 steps, wire_B = ALGORITHMS[name](op)
                 plans.append(Plan.make(fixed_s + steps * lat, path, wire_B / eff, math.inf, self.bw_Bps))
             return min(plans, key=lambda p: p.solo_s)

@@ -308,3 +308,27 @@ def test_an_experiment_names_its_framework_and_its_all_reduces_call_that_library
     assert plain - vllm == pytest.approx(2 * 32 * (alone("nccl") - alone("custom")), rel=1e-6)
     with pytest.raises(ConfigError, match="framework"):
         load_experiment({**doc, "framework": "nope"})
+
+
+def test_nvlink_sharp_reduces_in_the_switch_on_hopper_and_not_on_ampere():
+    # NVLS: each rank's buffer crosses its link once each way at nvls_efficiency of the link rate, so the
+    # algorithm bandwidth is that rate whatever the group size (8x H100: ~275 GB/s algbw, ~480 GB/s busbw,
+    # NVIDIA/nccl issue #1455); NCCL keeps the ring where it is faster (2 GPUs). A100 switches cannot reduce.
+    from simcore.ops import AllReduce
+
+    def algbw(system_name: str, p: int) -> float:
+        system = load_system(system_name)
+        g = OpGraph("ar")
+        g.add(AllReduce("ar", "bf16", bytes_per_device=4 * 2**30, group=p), (), tuple(f"gpu{i}" for i in range(p)))
+        return 4 * 2**30 / Engine(system).run(Program.from_graph(g))
+
+    h100 = load_system("dgx-h100-8")
+    link = h100.graph.edges["gpu0", "nvswitch"]["link"].bw_Bps
+    coll = h100.devices["gpu0"].params["collective"]
+    assert algbw("dgx-h100-8", 8) == pytest.approx(link * coll["nvls_efficiency"], rel=0.01)
+    assert algbw("dgx-h100-8", 8) * 2 * 7 / 8 == pytest.approx(480e9, rel=0.05)  # the measured bus bandwidth
+    assert algbw("dgx-h100-8", 2) == pytest.approx(link * coll["efficiency"], rel=0.01)  # ring: 2(p-1)/p = 1
+    a100 = load_system("dgx-a100-8")
+    assert a100.devices["gpu0"].params["collective"]["nvls_efficiency"] is None
+    assert algbw("dgx-a100-8", 8) * 2 * 7 / 8 == pytest.approx(
+        a100.graph.edges["gpu0", "nvswitch"]["link"].bw_Bps * 0.855, rel=0.01)  # fmt: skip
