@@ -24,6 +24,9 @@ class Result:
 
     summary: dict[str, Any]
     ledger: Ledger | None = field(default=None, repr=False)
+    #: a serving run's per-request records (NamedTuples: id, arrival_s, first_token_s, finish_s, prompt_tokens,
+    #: output_tokens, ... with ttft_s, tpot_s and e2e_s); empty for other scenarios
+    requests: tuple[Any, ...] = field(default=(), repr=False)
 
     def check(self, records: bool = False) -> Result:
         """The run's invariants (simcore.invariants): the summary and the ledger's aggregates, and with
@@ -43,6 +46,13 @@ class Result:
         import pandas as pd  # optional dependency, imported only here
 
         return pd.DataFrame(list(self.records()))
+
+    def requests_dataframe(self) -> Any:
+        """One row per served request with its TTFT, TPOT and end-to-end latency (pandas)."""
+        import pandas as pd  # optional dependency, imported only here
+
+        return pd.DataFrame([{**r._asdict(), "ttft_s": r.ttft_s, "tpot_s": r.tpot_s, "e2e_s": r.e2e_s}
+                             for r in self.requests])  # fmt: skip
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.summary, indent=2, sort_keys=True, default=float)
@@ -108,10 +118,16 @@ class Result:
                 kept += len(events)
                 if len(buf) >= 4096:
                     flush()
+            if truncated_at is None and self.requests:
+                spans = [dumps(e) for e in _request_events(self.requests)]
+                buf += spans
+                kept += len(spans)
             flush()
             meta = [{"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}}
                     for name, tid in lanes.items()]  # fmt: skip
             meta.append({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "simcore"}})
+            if self.requests:
+                meta.append({"name": "process_name", "ph": "M", "pid": 2, "args": {"name": "requests"}})
             out.write((("" if first else ",") + ",".join(map(dumps, meta)) + "]").encode())
             other: dict[str, Any] = {"every": every, "events": kept}
             if truncated_at is not None:
@@ -132,6 +148,24 @@ class Result:
     def table(self) -> str:
         """The summary as an aligned two-column table with units."""
         return summary_table(self.summary)
+
+
+def _request_events(requests: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Each request as two spans on a lane of its own while it lives (lanes reused once free): waiting and
+    prefill up to its first token, then decode to its last."""
+    lane_free_s: list[float] = []
+    events = []
+    for r in sorted(requests, key=lambda r: (r.arrival_s, r.id)):
+        lane = next((i for i, t in enumerate(lane_free_s) if t <= r.arrival_s), len(lane_free_s))
+        if lane == len(lane_free_s):
+            lane_free_s.append(0.0)
+        lane_free_s[lane] = r.finish_s
+        args = {"id": r.id, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens}
+        spans = (("queue + prefill", r.arrival_s, r.first_token_s), ("decode", r.first_token_s, r.finish_s))
+        for name, t0, t1 in spans:
+            events.append({"name": f"request {r.id}: {name}", "cat": "request", "ph": "X", "pid": 2, "tid": lane + 1,
+                           "ts": t0 * 1e6, "dur": (t1 - t0) * 1e6, "args": args})  # fmt: skip
+    return events
 
 
 def _fmt_value(kind: str | None, value: Any) -> str:

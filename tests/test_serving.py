@@ -442,3 +442,24 @@ def test_nested_blocks_declare_their_schema_and_build_their_dataclasses():
 
     with pytest.raises(TypeError, match="is a block unlike"):
         dataclass_schema(Serve, OtherBlock)
+
+
+def test_a_serving_run_keeps_its_requests_as_a_dataframe_and_as_trace_lanes(tmp_path):
+    import json
+
+    from simcore.experiment import run
+
+    res = run("configs/experiments/serve-llama3-8b-h100.yaml", ["scenario.requests.count=20"])
+    df = res.requests_dataframe()
+    assert len(df) == 20 and {"ttft_s", "tpot_s", "e2e_s"} <= set(df.columns)
+    assert (df["e2e_s"] >= df["ttft_s"]).all()
+    assert df["ttft_s"].median() == pytest.approx(res.summary["ttft_p50_s"], rel=1e-9)
+    trace = json.loads(res.to_chrome_trace(tmp_path / "t.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e.get("pid") == 2 and e["ph"] == "X"]
+    assert len(spans) == 2 * 20  # queue + prefill, then decode, per request
+    by_lane: dict[int, list] = {}
+    for e in spans:
+        by_lane.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
+    for lane in by_lane.values():  # requests on one lane never overlap
+        lane.sort()
+        assert all(a_end <= b_start + 1e-6 for (_, a_end), (b_start, _) in zip(lane, lane[1:]))

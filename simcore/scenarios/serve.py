@@ -193,7 +193,7 @@ class Serve(LLMScenario):
         if plan.dp > 1:
             summary["dp"] = plan.dp
         res = account(llm.engine.ledger(), llm.placement.devices, summary, "token", summary["output_tokens"])
-        res.requests = server.records  # type: ignore[attr-defined]  # per-request records (serve only)
+        res.requests = tuple(server.records)
         return res
 
 
