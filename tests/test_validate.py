@@ -301,3 +301,13 @@ def test_simcore_op_reports_the_shipped_error_bars_around_its_prediction() -> No
     assert rep["time_high_s"] == pytest.approx(rep["time_s"] / math.exp(band["lo"]))
     assert rep["time_low_s"] < rep["time_s"] < rep["time_high_s"]
     assert 0.7 <= band["held_out_coverage"] <= 0.95  # an 80% band on held-out A100 GEMM rows
+
+
+def test_the_accuracy_tables_in_the_readme_and_docs_are_current(shared: list[Path]) -> None:
+    # scripts/validation_tables.py regenerates them from the shared measurements; --check fails if stale
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "validation_tables.py"), "--check"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
