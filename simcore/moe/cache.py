@@ -1,0 +1,116 @@
+"""Expert caches: which of a layer's experts sit in GPU memory, and which one a miss evicts.
+
+A cache holds `capacity` experts of one MoE layer. A decode step asks it for the experts the router chose
+(`lookup`); the misses that are copied to the GPU are admitted (`admit`), each evicting the policy's victim
+among the experts the current layer does not use. Policies form a registry (`POLICIES`), so a new one is a
+class and a line. State is plain Python: a cache is updated in trace order, independent of timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar
+
+from simcore.errors import ConfigError
+
+
+class ExpertCache:
+    """One layer's cache; subclasses choose the victim (`priority`: the lowest goes first)."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, capacity: int, experts: int, decay: float = 0.5) -> None:
+        if not 0 <= capacity <= experts:
+            raise ConfigError(f"an expert cache of {capacity} experts does not fit a layer of {experts}",
+                              key="scenario.moe.cache_ratio")  # fmt: skip
+        self.capacity, self.experts, self.decay = capacity, experts, decay
+        self.held: dict[int, str] = {e: "full" for e in range(capacity)}  # expert -> precision held in
+        self.last: dict[int, int] = {e: -1 for e in range(experts)}  # last access (a step counter)
+        self.count: dict[int, int] = {e: 0 for e in range(experts)}  # accesses so far
+        self.score: dict[int, float] = {e: 0.0 for e in range(experts)}  # decayed sum of gate scores
+        self.now = 0
+
+    def lookup(self, routed: Mapping[int, float]) -> tuple[list[int], list[int]]:
+        """(hits, misses) among the routed experts (expert -> gate score); records the access."""
+        self.now += 1
+        for e in range(self.experts):
+            self.score[e] *= self.decay
+        for e, s in routed.items():
+            self.last[e] = self.now
+            self.count[e] += 1
+            self.score[e] += s
+        hits = [e for e in routed if e in self.held]
+        return hits, [e for e in routed if e not in self.held]
+
+    def admit(self, expert: int, pinned: Iterable[int] = (), precision: str = "full") -> int | None:
+        """Put `expert` in the cache (held at `precision`); returns the expert it evicted, if any. Experts in
+        `pinned` (the current layer's) are never evicted; with no room left, nothing is admitted."""
+        if expert in self.held:
+            self.held[expert] = precision if precision == "full" else self.held[expert]
+            return None
+        if self.capacity == 0:
+            return None
+        victim = None
+        if len(self.held) >= self.capacity:
+            keep = set(pinned)
+            free = [e for e in self.held if e not in keep]
+            if not free:
+                return None
+            victim = min(free, key=lambda e: (self.priority(e), e))
+            del self.held[victim]
+        self.held[expert] = precision
+        return victim
+
+    def priority(self, expert: int) -> float:
+        raise NotImplementedError
+
+
+POLICIES: dict[str, type[ExpertCache]] = {}
+
+
+def register(name: str) -> Callable[[type[ExpertCache]], type[ExpertCache]]:
+    def deco(cls: type[ExpertCache]) -> type[ExpertCache]:
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return deco
+
+
+@register("lru")
+class LRU(ExpertCache):
+    """Least recently used goes first."""
+
+    def priority(self, expert: int) -> float:
+        return self.last[expert]
+
+
+@register("lfu")
+class LFU(ExpertCache):
+    """Least frequently used goes first (counts kept for every expert, evicted or not; ties: LRU)."""
+
+    def priority(self, expert: int) -> float:
+        return self.count[expert] + self.last[expert] / (self.now + 2)
+
+
+@register("mrs")
+class MRS(ExpertCache):
+    """HybriMoE's score-aware replacement: each expert's priority is a decayed sum of the gate scores it
+    received (S <- decay * S + s every lookup), so an expert routed recently *and* with a high score stays;
+    the lowest goes first."""
+
+    def priority(self, expert: int) -> float:
+        return self.score[expert]
+
+
+class LayerCaches:
+    """One cache per MoE layer, all of one policy and capacity."""
+
+    def __init__(self, policy: str, layers: int, capacity: int, experts: int, decay: float = 0.5) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown expert cache policy {policy!r} (known: {', '.join(POLICIES)})",
+                              key="scenario.moe.policy")  # fmt: skip
+        self.layers = [POLICIES[policy](capacity, experts, decay) for _ in range(layers)]
+
+    def __getitem__(self, layer: int) -> ExpertCache:
+        return self.layers[layer]

@@ -1,0 +1,447 @@
+"""MoE offload: decode steps of a mixture-of-experts model whose routed experts live in host memory (or on
+an NVMe drive), a per-layer cache of them in GPU memory, driven by a routing trace (traces/routing.py).
+
+Every step, each MoE layer looks up the experts the trace routes its tokens to. Hits run from the cache
+at once; misses are either copied to the GPU as one transfer per layer (issued when the layer's router has
+run; the copied experts' GEMMs wait for it) or run on the host CPU (HybriMoE / kTransformers), chosen per
+layer by `moe.misses`. Options, each a mechanism from a published system:
+
+- `prefetch: next-layer` (HOBBIT, Pre-gated MoE): when layer l's router has run, the experts predicted for
+  layer l + 1 (the trace's, each wrong with probability 1 - `prefetch_accuracy`) are copied while layer l
+  computes; a wrong guess costs its bytes and a cache slot.
+- `low_precision` with `low_score` (HOBBIT): a miss whose gate score is below `low_score` is loaded in a
+  low-precision copy (int8/int4: fewer bytes over PCIe) and its GEMMs read that format (dequantized inside
+  the GEMM); it is cached as such until fetched again in full precision.
+- `misses: balance` (HybriMoE): per layer, the misses sorted by gate score are split between the CPU queue
+  (lowest scores first) and the copy-then-GPU queue so that the later of the two finishes first, by the
+  closed-form costs of both; `cpu` sends every miss to the CPU (a kTransformers-like static split).
+
+Every copy is a flow over the source memory, the PCIe links and the GPU's memory, shared with whatever
+else is in flight. The cache state evolves in trace order; timing never changes what is cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from models.llm import ExpertGemm, LLMSpec, LogicalPass, build_pass
+from simcore.config import Param, block_field, param_field, positive
+from simcore.errors import ConfigError
+from simcore.mapping import ExecutionPlan
+from simcore.mapping.plan import nearest_hosts
+from simcore.moe import POLICIES, LayerCaches
+from simcore.ops import Attention, Elementwise, Op, Transfer
+from simcore.precision import bits
+from simcore.program import Program, Step
+from simcore.results import Result
+from simcore.scenarios.base import LLMRun, LLMScenario, Process, account, register
+from simcore.system import System
+from traces.routing import RoutingTrace, load_routing, synthetic
+
+MISS_PLACES = ("gpu", "cpu", "balance")
+PREFETCH = ("none", "next-layer")
+STORES = ("host", "nvme")
+
+
+def share(doc: str, default: float) -> Param:
+    """A share in [0, 1] (0 allowed: an empty cache, no locality)."""
+    return Param(doc, None, default, float, minimum=0, exclusive_min=False, maximum=1)
+
+
+@dataclass(frozen=True)
+class ExpertOffload:
+    """Where the routed experts live and how misses are served (the `moe:` block of `kind: moe-offload`)."""
+
+    trace: str | None = param_field(Param("routing trace: a shipped one (traces/README.md) or a .jsonl path; "
+                                          "none: a synthetic trace from zipf_s, locality and seed", type=str,
+                                          default=None))  # fmt: skip
+    zipf_s: float = param_field(Param("synthetic trace: Zipf exponent of expert popularity (0: uniform)",
+                                      None, 0.0, float, minimum=0, exclusive_min=False, maximum=8))  # fmt: skip
+    locality: float = param_field(share("synthetic trace: probability a token keeps its expert in a slot "
+                                        "from one step to the next", 0.15))  # fmt: skip
+    affinity: float = param_field(share("synthetic trace: probability a token's expert in a slot of layer l + 1 "
+                                        "is its layer-l expert's fixed successor", 0.0))  # fmt: skip
+    seed: int = param_field(Param("synthetic trace: random seed", type=int, default=0))
+    cache_ratio: float = param_field(
+        share("share of each MoE layer's routed experts cached in GPU memory", 0.5)
+    )
+    policy: str = param_field(Param("expert cache replacement policy", type=str, default="lru",
+                                    choices=tuple(POLICIES)))  # fmt: skip
+    decay: float = param_field(share("mrs: weight of an expert's past gate scores per lookup", 0.5))
+    prefetch: str = param_field(Param("copy the next layer's predicted experts while this layer computes",
+                                      type=str, default="none", choices=PREFETCH))  # fmt: skip
+    prefetch_accuracy: float = param_field(share("probability a prefetched expert is one the next layer uses",
+                                                 1.0))  # fmt: skip
+    low_precision: str | None = param_field(Param("format a low-score miss is loaded in (HOBBIT)", type=str,
+                                                  default=None, choices=("int8", "int4")))  # fmt: skip
+    low_score: float = param_field(share("a miss whose gate score is below this loads in low_precision", 0.0))
+    store: str = param_field(Param("where the routed experts live: host (CPU memory) or nvme (the system's "
+                                   "NVMe drive, copied to the GPU peer to peer or through the host as the "
+                                   "topology routes it)", type=str, default="host", choices=STORES))  # fmt: skip
+    misses: str = param_field(Param("where a missed expert runs: gpu (copied in), cpu (on the host), balance "
+                                    "(per layer, the split that finishes first)", type=str, default="gpu",
+                                    choices=MISS_PLACES))  # fmt: skip
+
+
+@dataclass
+class Tally:
+    """What a run's caches did, summed over steps and layers."""
+
+    accesses: int = 0
+    hits: int = 0
+    cached: int = 0  # hits on experts resident before this step's copies (not prefetched for it)
+    fetched: int = 0
+    fetched_B: float = 0.0
+    low_precision: int = 0
+    cpu: int = 0
+    prefetched: int = 0
+    prefetch_used: int = 0
+
+
+@register("moe-offload")
+@dataclass(frozen=True)
+class MoEOffload(LLMScenario):
+    """`steps` decode steps of `batch` sequences from `context_len` tokens, routed experts in host memory."""
+
+    batch: int = param_field(positive("sequences in the batch", type=int, default=1))
+    context_len: int = param_field(positive("tokens in the KV cache", type=int, default=512))
+    steps: int = param_field(positive("decode steps (a shorter routing trace wraps around)", type=int,
+                                      default=16, maximum=1024))  # fmt: skip
+    moe: ExpertOffload = block_field(ExpertOffload)
+
+    def check_context(self, spec: LLMSpec) -> None:
+        """Refuse, before time zero, a dense model, a context the model cannot hold and a routing trace
+        that does not fit the model or the batch."""
+        if spec.moe is None:
+            raise ConfigError(
+                f"moe-offload needs a mixture-of-experts model; {spec.name} is dense", key="model"
+            )
+        if self.moe.store == "nvme" and self.moe.misses != "gpu":
+            raise ConfigError("experts on NVMe are copied to the GPU (misses: gpu); the host CPU does not hold "
+                              "them", key="scenario.moe.misses")  # fmt: skip
+        c = self.context_len + self.steps
+        spec.check_positions(
+            c, f"context {self.context_len} + {self.steps} steps needs {c}", "scenario.steps"
+        )
+        self.trace(spec, sum(spec.moe.is_moe(i) for i in range(spec.layers)))
+
+    def check_plan(self, plan: ExecutionPlan) -> None:
+        """One GPU, nothing else offloaded: the expert cache is this scenario's offload."""
+        if (plan.tp or 1) != 1 or plan.pp != 1 or plan.dp != 1 or plan.ep != 1 or plan.offload_weights \
+                or plan.kv_devices:  # fmt: skip
+            raise ConfigError("moe-offload runs on one GPU (tp = pp = dp = ep = 1, no other offload)",
+                              key="parallelism")  # fmt: skip
+
+    def run(self, system: System, model: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> Result:
+        self.check_context(model)
+        self.check_plan(plan)
+        llm = LLMRun(system, model, replace(plan, tp=1), keep_records)
+        env = llm.engine.env
+        proc = env.process(self.drive(llm))
+        env.run()
+        summary: dict[str, Any] = proc.value
+        summary.update(model=model.name, params=model.params, active_params=model.active_params, tp=1,
+                       dtype=plan.dtype)  # fmt: skip
+        if not plan.precision.is_uniform:
+            summary["precision"] = plan.precision.as_dict()
+        return account(llm.engine.ledger(), llm.placement.devices, summary, "token", summary["output_tokens"])
+
+    def trace(self, spec: LLMSpec, moe_layers: int) -> RoutingTrace:
+        """The routing trace, checked against the model and batch."""
+        assert spec.moe is not None
+        m, e, k = self.moe, spec.moe.experts, spec.moe.top_k
+        if m.trace is None:
+            tr = synthetic(moe_layers, e, k, min(self.steps, 4096), self.batch, zipf_s=m.zipf_s,
+                           locality=m.locality, affinity=m.affinity, seed=m.seed)  # fmt: skip
+        else:
+            tr = load_routing(m.trace)
+            tr.check(moe_layers, e, k)
+        if tr.tokens != self.batch:
+            raise ConfigError(f"routing trace {tr.name!r} routes {tr.tokens} tokens per step; scenario.batch is "
+                              f"{self.batch}", key="scenario.moe.trace")  # fmt: skip
+        return tr
+
+    def drive(self, run: LLMRun) -> Process:
+        spec, plan, eng = run.spec, run.plan, run.engine
+        assert spec.moe is not None
+        moe, m = spec.moe, self.moe
+        gpu = run.placement.stages[0][0]
+        try:
+            host = nearest_hosts(run.system, [gpu])[gpu]
+        except ConfigError as e:
+            raise ConfigError(e.message, key="hardware") from None
+        store = host
+        if m.store == "nvme":
+            drives = run.system.of_type("nvme")
+            if not drives:
+                raise ConfigError(f"moe.store: nvme needs an NVMe drive; {run.system.name!r} has none",
+                                  key="scenario.moe.store")  # fmt: skip
+            store = min(drives, key=lambda d: (sum(k.latency_s for _, _, k in run.system.route(gpu, d)), d))
+        layers = [i for i in range(spec.layers) if moe.is_moe(i)]
+        trace = self.trace(spec, len(layers))
+        capacity = round(m.cache_ratio * moe.experts)
+        # weights: everything but the routed experts on the GPU, plus the cached ones; all experts on the host
+        expert_params = moe.expert_params(spec.hidden)
+        routed = len(layers) * moe.experts * expert_params
+        prec = plan.precision
+        eng.allocate(gpu, f"{spec.name} weights", prec.weight_bytes(spec.params - routed))
+        eng.allocate(
+            gpu, f"{spec.name} expert cache", prec.weight_bytes(len(layers) * capacity * expert_params)
+        )
+        eng.allocate(store, f"{spec.name} experts ({m.store} copy)", prec.weight_bytes(routed))
+        run.allocate_kv(self.batch, self.context_len + self.steps)
+        logical = build_pass(spec, 1, self.batch, 1, self.context_len + 1, prec, "decode")
+        writer = StepProgram(self, run, logical, trace, layers, gpu, host, store, capacity)
+        t0, busy0 = eng.env.now, eng.busy_group[(gpu,)]
+        for s in range(self.steps):
+            yield eng.submit(writer.program(s, self.context_len + 1 + s))
+        t = eng.env.now - t0
+        stall = max(0.0, t - (eng.busy_group[(gpu,)] - busy0))  # the GPU waiting: for copies, for the CPU
+        tally = writer.tally
+        tokens = self.batch * self.steps
+        return {"latency_s": t, "time_per_output_token_s": t / self.steps, "tokens_per_s": tokens / t,
+                "output_tokens": tokens, "expert_hit_rate": tally.hits / max(1, tally.accesses),
+                "cache_hit_rate": tally.cached / max(1, tally.accesses),
+                "gpu_stall_s_per_token": stall / tokens,
+                "experts_cached_per_layer": capacity, "cache_policy": m.policy,
+                "experts_fetched": tally.fetched, "expert_bytes_fetched_per_token_B": tally.fetched_B / tokens,
+                "experts_low_precision": tally.low_precision, "experts_on_cpu": tally.cpu,
+                "experts_prefetched": tally.prefetched,
+                "prefetch_hit_rate": tally.prefetch_used / tally.prefetched if tally.prefetched else 0.0,
+                "routing_trace": trace.name}  # fmt: skip
+
+
+class StepProgram:
+    """Writes one decode step's program: the decode pass on the GPU with each MoE layer's expert GEMMs
+    split by where their weights are (cached, copied in, low precision, on the CPU) and the copies."""
+
+    def __init__(self, sc: MoEOffload, run: LLMRun, logical: LogicalPass, trace: RoutingTrace,
+                 layers: list[int], gpu: str, host: str, store: str, capacity: int) -> None:  # fmt: skip
+        spec = run.spec
+        assert spec.moe is not None
+        self.sc, self.run, self.logical, self.trace = sc, run, logical, trace
+        self.gpu, self.host, self.store = gpu, host, store
+        self.moe_index = {layer: j for j, layer in enumerate(layers)}
+        self.layers = layers
+        self.caches = LayerCaches(sc.moe.policy, len(layers), capacity, spec.moe.experts, sc.moe.decay)
+        self.tally = Tally()
+        self.rng = np.random.default_rng(sc.moe.seed + 1)
+        self.expert_params = spec.moe.expert_params(spec.hidden)
+        self.full = run.plan.precision.weights
+        self.dtype = logical.ops[0].op.dtype
+        #: per MoE layer: the logical indices of its router top-k and of its three expert ops
+        self.ops: dict[int, dict[str, int]] = {}
+        for k, lop in enumerate(logical.ops):
+            tail = (lop.name or lop.op.name).rsplit(".", 1)[-1]
+            if lop.block in self.moe_index and tail in ("router_topk", "experts_gate_up", "experts_act_mul",
+                                                          "experts_down"):  # fmt: skip
+                self.ops.setdefault(lop.block, {})[tail] = k
+        self._cost: dict[tuple, float] = {}
+
+    # ------------------------------------------------------------------------------------------ costs
+
+    def expert_B(self, fmt: str, n: int = 1) -> float:
+        """Bytes of `n` experts' weights stored in `fmt`."""
+        return n * self.expert_params * bits(fmt) / 8
+
+    def expert_ops(self, layer: int, n: int, rows: int, fmt: str | None) -> list[Op]:
+        """The layer's three expert ops over `n` experts of `rows` token rows each, weights stored in `fmt`
+        (`Gemm.weight_dtype`; None: the activations' dtype)."""
+        idx = self.ops[layer]
+        gate_up: ExpertGemm = self.logical.ops[idx["experts_gate_up"]].op  # type: ignore[assignment]
+        act: Elementwise = self.logical.ops[idx["experts_act_mul"]].op  # type: ignore[assignment]
+        down: ExpertGemm = self.logical.ops[idx["experts_down"]].op  # type: ignore[assignment]
+        ef = gate_up.n // 2
+        w = {} if fmt is None else {"weight_dtype": fmt}
+        return [replace(gate_up, batch=n, m=rows, **w), replace(act, elements=n * rows * ef),
+                replace(down, batch=n, m=rows, **w)]  # fmt: skip
+
+    def seconds(self, key: tuple, make: Callable[[], float]) -> float:
+        if key not in self._cost:
+            self._cost[key] = make()
+        return self._cost[key]
+
+    def compute_s(self, device: str, layer: int, n: int, rows: int, fmt: str | None) -> float:
+        """Closed-form seconds of `n` experts' GEMMs on `device` (what the balancing scheduler weighs)."""
+        comp = self.run.system.devices[device]
+        return self.seconds(("c", device, layer, n, rows, fmt), lambda: sum(
+            comp.op_cost(op).duration_s for op in self.expert_ops(layer, n, rows, fmt)))  # fmt: skip
+
+    def copy_s(self, nbytes: float) -> float:
+        """Closed-form seconds of one host -> GPU copy of `nbytes` (latency + bytes at the path's rate)."""
+        op = Transfer("probe", self.dtype, nbytes=nbytes, src=self.store, dst=self.gpu)
+        return self.run.engine.transfer_plan(op).solo_s
+
+    def fmt_of(self, score: float) -> str:
+        m = self.sc.moe
+        return m.low_precision if m.low_precision is not None and score < m.low_score else self.full
+
+    def split(self, layer: int, misses: list[tuple[int, float]], rows: int, ready: int) -> int:
+        """How many of the misses (lowest gate score first) run on the CPU: the split whose later queue ends
+        first, the CPU queue being its experts' GEMMs, the GPU queue the `ready` cached experts' GEMMs
+        overlapped with the copy of the rest, then theirs (closed-form costs, no contention)."""
+        place = self.sc.moe.misses
+        if place == "gpu" or not misses:
+            return 0
+        if place == "cpu":
+            return len(misses)
+        t_ready = (
+            self.compute_s(self.gpu, layer, ready, rows, self.weight_dtype(layer, self.full))
+            if ready
+            else 0.0
+        )
+        best, best_s = 0, math.inf
+        for n_cpu in range(len(misses) + 1):
+            gpu_part = misses[n_cpu:]
+            cpu_s = self.compute_s(self.host, layer, n_cpu, rows, None) if n_cpu else 0.0
+            gpu_s = t_ready
+            if gpu_part:
+                fmts = [self.fmt_of(sc) for _, sc in gpu_part]
+                gpu_s = max(t_ready, self.copy_s(sum(self.expert_B(f) for f in fmts))) + sum(
+                    self.compute_s(self.gpu, layer, 1, rows, self.weight_dtype(layer, f)) for f in fmts)  # fmt: skip
+            if max(cpu_s, gpu_s) < best_s - 1e-15:
+                best, best_s = n_cpu, max(cpu_s, gpu_s)
+        return best
+
+    # ---------------------------------------------------------------------------------------- program
+
+    def program(self, s: int, kv_len: int) -> Program:
+        """Decode step `s` (trace step s mod its length) with `kv_len` tokens of context."""
+        ts = s % self.trace.steps
+        steps: list[Step] = []
+        placed: dict[int, int] = {}
+        staged: dict[int, tuple[set[int], int]] = {}  # MoE layer -> (prefetched experts, their copy step)
+        after: tuple[int, ...] = ()
+        skip: set[int] = set()
+
+        def add(step: Step) -> int:
+            steps.append(step)
+            return len(steps) - 1
+
+        for k, lop in enumerate(self.logical.ops):
+            if k in skip:
+                continue
+            idx = self.ops.get(lop.block)
+            if idx is not None and k == idx["experts_gate_up"]:
+                assert len(after) == 1
+                prefix = (lop.name or lop.op.name).rsplit(".", 1)[0]
+                after = self.moe_layer(ts, lop.block, after[0], add, staged, prefix)
+                skip.update((idx["experts_act_mul"], idx["experts_down"]))
+                continue
+            op = lop.op.with_kv_len(kv_len) if isinstance(lop.op, Attention) else lop.op
+            twin = placed.get(lop.twin if lop.twin >= 0 else k, -1)
+            after = (add(Step(op, (self.gpu,), after, "decode", lop.allocs, twin, lop.name or op.name)),)
+            placed.setdefault(k, after[0])
+        return Program.compile(f"{self.logical.name}-step{s}", steps)
+
+    def copy(self, add: Callable[[Step], int], name: str, nbytes: float, src: str, dst: str,
+             deps: tuple[int, ...]) -> int:  # fmt: skip
+        return add(Step(Transfer(name, self.dtype, nbytes=nbytes, src=src, dst=dst), (src,), deps, "decode"))
+
+    def prefetch(self, ts: int, layer: int, after: int, add: Callable[[Step], int],
+                 staged: dict[int, tuple[set[int], int]]) -> None:  # fmt: skip
+        """Copy the experts predicted for the next MoE layer once this layer's router has run (queued
+        behind this layer's own copy on the link's DMA lane)."""
+        j = self.moe_index[layer] + 1
+        if j >= len(self.caches.layers):
+            return
+        nxt = self.layers[j]
+        truth = self.trace.routed(ts, j)
+        predicted: dict[int, float] = {}
+        for e, score in truth.items():
+            if self.rng.random() >= self.sc.moe.prefetch_accuracy:
+                wrong = [x for x in range(self.trace.num_experts) if x not in truth and x not in predicted]
+                e = int(self.rng.choice(wrong)) if wrong else e
+            predicted[e] = score
+        cache = self.caches[j]
+        fetch = {e: sc for e, sc in predicted.items() if e not in cache.held}
+        if not fetch:
+            return
+        nbytes = 0.0
+        for e, sc in fetch.items():
+            fmt = self.fmt_of(sc)
+            nbytes += self.expert_B(fmt)
+            cache.admit(e, predicted, "full" if fmt == self.full else "low")
+            self.tally.low_precision += fmt != self.full
+        self.tally.prefetched += len(fetch)
+        self.tally.fetched += len(fetch)
+        self.tally.fetched_B += nbytes
+        step = self.copy(add, f"L{nxt}.prefetch_experts", nbytes, self.store, self.gpu, (after,))
+        staged[j] = (set(fetch), step)
+
+    def weight_dtype(self, layer: int, fmt: str) -> str | None:
+        """`Gemm.weight_dtype` of experts held in `fmt` (the plan's own format: as the pass has it)."""
+        if fmt == self.full:
+            return self.logical.ops[self.ops[layer]["experts_gate_up"]].op.weight_dtype  # type: ignore[attr-defined]
+        return fmt
+
+    def moe_layer(self, ts: int, layer: int, last: int, add: Callable[[Step], int],
+                  staged: dict[int, tuple[set[int], int]], p: str) -> tuple[int, ...]:  # fmt: skip
+        """The expert part of MoE layer `layer` after its permute (step `last`): the steps the combine
+        waits for."""
+        j = self.moe_index[layer]
+        cache, m = self.caches[j], self.sc.moe
+        routed = self.trace.routed(ts, j)
+        total_rows = sum(self.trace.rows(ts, j).values())
+        rows = -(-total_rows // len(routed))
+        pre, pre_step = staged.pop(j, (set(), -1))
+        hits, misses = cache.lookup(routed)
+        hits += [e for e in misses if e in pre]  # prefetched into a staging buffer (an empty cache)
+        misses = [e for e in misses if e not in pre]
+        self.tally.accesses += len(routed)
+        self.tally.hits += len(hits)
+        self.tally.cached += sum(e not in pre for e in hits)
+        self.tally.prefetch_used += len(pre & set(routed))
+        ranked = sorted(((e, routed[e]) for e in misses), key=lambda x: (x[1], x[0]))
+        n_cpu = self.split(layer, ranked, rows, sum(e not in pre for e in hits))
+        on_cpu, fetched = ranked[:n_cpu], ranked[n_cpu:]
+        waits = {last}
+        if pre_step >= 0 and pre & set(routed):
+            waits.add(pre_step)
+        low = m.low_precision or self.full
+        #: (waits for a copy, weight format) -> experts run on the GPU: cached ones first, then those
+        #: copied in this step (this layer's misses, the previous layer's prefetch)
+        groups: dict[tuple[bool, str], int] = {}
+        for e in hits:
+            key = (e in pre, self.full if cache.held.get(e, "full") == "full" else low)
+            groups[key] = groups.get(key, 0) + 1
+        if fetched:
+            nbytes = 0.0
+            for e, sc in fetched:
+                fmt = self.fmt_of(sc)
+                nbytes += self.expert_B(fmt)
+                groups[(True, fmt)] = groups.get((True, fmt), 0) + 1
+                cache.admit(e, routed, "full" if fmt == self.full else "low")
+                self.tally.low_precision += fmt != self.full
+            self.tally.fetched += len(fetched)
+            self.tally.fetched_B += nbytes
+            waits.add(self.copy(add, f"{p}.experts_to_gpu", nbytes, self.store, self.gpu, (last,)))
+        ends: list[int] = []
+        if on_cpu:  # the tokens to the host, the experts there, their outputs back
+            self.tally.cpu += len(on_cpu)
+            h_B = self.logical.activation_B
+            c = self.copy(add, f"{p}.tokens_to_cpu", h_B, self.gpu, self.host, (last,))
+            for op in self.expert_ops(layer, len(on_cpu), rows, None):
+                name = f"{p}.{op.name.rsplit('.', 1)[-1]}_cpu"
+                c = add(Step(op, (self.host,), (c,), "decode", (), -1, name))
+            ends.append(self.copy(add, f"{p}.experts_out_to_gpu", h_B * len(on_cpu) * rows / total_rows,
+                                  self.host, self.gpu, (c,)))  # fmt: skip
+        if m.prefetch != "none":  # one DMA queue per direction: behind this layer's own copies
+            self.prefetch(ts, layer, last, add, staged)
+        prev = -1
+        for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != self.full)):
+            tag = ("_copied" if copied else "") + ("" if fmt == self.full else f"_{fmt}")
+            for q, op in enumerate(self.expert_ops(layer, n, rows, self.weight_dtype(layer, fmt))):
+                deps = {prev} if prev >= 0 else {last}
+                if copied and q == 0:
+                    deps |= waits
+                name = f"{p}.{op.name.rsplit('.', 1)[-1]}{tag}"
+                prev = add(Step(op, (self.gpu,), tuple(sorted(deps)), "decode", (), -1, name))
+        if prev >= 0:
+            ends.append(prev)
+        return tuple(sorted(ends))
