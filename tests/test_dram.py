@@ -33,7 +33,7 @@ def test_streaming_peak_is_pins_times_data_rate(name):
 @pytest.mark.parametrize("name", sorted(PEAKS_GBPS))
 def test_streaming_reads_lose_only_refresh(name):
     # every preset's column spacing tCCD_S is one burst, and a row holds enough bursts to hide tFAW: the
-    # bus is busy but for all-bank refresh, 1 - tRFC / tREFI of the peak (within 5 % as the issue asks;
+    # bus is busy but for all-bank refresh, 1 - tRFC / tREFI of the peak (within 5 %, the promised tolerance;
     # the presets round tCCD_S to 4 digits, hence 0.2 %)
     d = dram(name)
     t = d.params["timing"]
