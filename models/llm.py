@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -708,8 +709,10 @@ def check_keys(model_type: str, cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"unsupported config key {key!r}{why}", key=key)
 
 
-def model_names() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+@cache
+def model_names() -> tuple[str, ...]:
+    """The shipped models (read once: every load of a model by name asks)."""
+    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 
 
 def _line_of(text: str, key: str | None) -> int | None:
