@@ -13,9 +13,9 @@ reduction when the row does not stay on chip). Everything else streams bytes thr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
-from collections.abc import Mapping
 from typing import Any
 
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
@@ -113,26 +113,35 @@ GPU_SCHEMA: dict[str, Any] = {
         ),  # fmt: skip
         "custom_latency": nonneg(
             "fixed latency of a framework's one-shot peer-to-peer all-reduce kernel (no value: none)",
-            "time", default=None,
+            "time",
+            default=None,
         ),  # fmt: skip
         "custom_efficiency": fraction(
-            "fraction of the links' achievable rate that kernel delivers (bus bandwidth / link rate)", default=None
+            "fraction of the links' achievable rate that kernel delivers (bus bandwidth / link rate)",
+            default=None,
         ),  # fmt: skip
         "custom_max": positive(
-            "largest buffer the framework hands that kernel (larger ones go to NCCL)", "bytes", default=8388608.0
+            "largest buffer the framework hands that kernel (larger ones go to NCCL)",
+            "bytes",
+            default=8388608.0,
         ),  # fmt: skip
         "nvls_efficiency": fraction(
             "NVLink SHARP all-reduce (the NVSwitch reduces): share of the link rate each rank's buffer crosses "
-            "its link at, once each way (no value: the switches cannot reduce)", default=None,
+            "its link at, once each way (no value: the switches cannot reduce)",
+            default=None,
         ),  # fmt: skip
     },
     "dram_inflight_per_cta": positive(
         "DRAM load bytes one CTA keeps outstanding: by Little's law a kernel draws min(bandwidth, unique "
-        "bytes in flight / memory latency)", "bytes", default=16384,
+        "bytes in flight / memory latency)",
+        "bytes",
+        default=16384,
     ),  # fmt: skip
     "gemm_inflight_stages": positive(
         "K steps of its A and B tiles a GEMM CTA's load pipeline keeps in flight (a cp.async pipeline of 3 "
-        "stages: 2; TMA pipelines are deeper)", type=int, default=PIPELINE_STAGES - 1,
+        "stages: 2; TMA pipelines are deeper)",
+        type=int,
+        default=PIPELINE_STAGES - 1,
     ),  # fmt: skip
     "efficiency": {
         "tensor": fraction("achievable fraction of tensor peak in a large GEMM's main loop", default=0.85),
@@ -151,7 +160,8 @@ GPU_SCHEMA: dict[str, Any] = {
         ),
         "active_share": fraction(
             "share of (TDP - idle) drawn whenever a kernel runs, whatever it computes (active clocks and "
-            "voltage, clock tree, schedulers); 0 prices only actions and idle power", default=None,
+            "voltage, clock tree, schedulers); 0 prices only actions and idle power",
+            default=None,
         ),  # fmt: skip
         "l2_per_byte": nonneg("L2 access energy", "energy_per_byte", default=None),
         "smem_per_byte": nonneg("shared-memory/register-file access energy", "energy_per_byte", default=None),
@@ -245,15 +255,19 @@ class GPU(Component):
     def memory_bandwidth_Bps(self) -> float:
         return self.mem_bw_Bps * self.eff["memory"]
 
-    def dram_time_s(self, dram_B: float, rounds: int, cta_B: float, inflight_B: float | None = None) -> float:
-        """DRAM time of a kernel moving `dram_B` distinct bytes: the achievable bandwidth's, or, when too few
-        CTAs are in flight to saturate it, Little's law's: a CTA with `inflight_B` bytes of loads outstanding
-        (default `dram_inflight_per_cta`) takes cta_B / inflight_B latencies for its `cta_B` bytes, and the
-        busiest SM runs `rounds` CTAs one after another. No SM count enters (more SMs never slow a kernel);
-        CTAs re-reading another's panel through L2 add loads but no DRAM bytes (misses to a line merge in L2)."""
+    def latency_bound_s(self, rounds: int, cta_B: float, inflight_B: float | None = None) -> float:
+        """DRAM time when too few CTAs are in flight to saturate it (Little's law): a CTA with `inflight_B`
+        bytes of loads outstanding (default `dram_inflight_per_cta`) takes cta_B / inflight_B latencies for
+        its `cta_B` bytes, and the busiest SM runs `rounds` CTAs one after another. No SM count enters (more
+        SMs never slow a kernel); CTAs re-reading another's panel through L2 add loads but no DRAM bytes
+        (misses to a line merge in L2)."""
         inflight = self.inflight_per_cta_B if inflight_B is None else inflight_B
-        latency_bound = rounds * cta_B * self.mem_latency_s / inflight
-        return max(dram_B / self.memory_bandwidth_Bps, latency_bound)
+        return rounds * cta_B * self.mem_latency_s / inflight
+
+    def dram_time_s(self, dram_B: float, rounds: int, cta_B: float) -> float:
+        """DRAM time of a kernel moving `dram_B` distinct bytes: the achievable bandwidth's, or the latency
+        bound's when its CTAs cannot saturate DRAM."""
+        return max(dram_B / self.memory_bandwidth_Bps, self.latency_bound_s(rounds, cta_B))
 
     def gemm_inflight_B(self, tile_m: int, tile_n: int) -> float:
         """Load bytes a GEMM CTA keeps outstanding: `gemm_inflight_stages` K steps of its A and B tiles (large
@@ -285,7 +299,9 @@ class GPU(Component):
         """Above its TDP a GPU lowers its clock until it fits (power capping): the op's dynamic energy is
         spent at TDP - idle - active power, so it takes longer and costs the same dynamic joules."""
         headroom_W = self.power_headroom_W
-        if not headroom_W or cost.duration_s <= 0 or cost.bound == "network":  # the engine adds a collective's
+        if (
+            not headroom_W or cost.duration_s <= 0 or cost.bound == "network"
+        ):  # the engine adds a collective's
             return cost  # wire time: its device-side duration is not the op's
         dynamic_J = self.dynamic_J(cost.actions)
         if dynamic_J <= headroom_W * cost.duration_s:
@@ -394,7 +410,7 @@ class GPU(Component):
 
     def _gemm_candidates(self, op: Gemm) -> list[tuple[GemmPlan, float]]:
         """Every tile shape and split-K the library could pick, each with the DRAM time it needs whatever
-        the bandwidth (Little's law on its busiest SM: see dram_time_s)."""
+        the bandwidth (Little's law on its busiest SM: see latency_bound_s)."""
         m, n, k, batch, e = op.m, op.n, op.k, op.batch, op.elem_bytes
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
@@ -438,8 +454,8 @@ class GPU(Component):
                     dram += 2 * batch * m * n * 4 * split
                 # too few CTAs in flight (a small grid) cannot keep enough loads outstanding to saturate DRAM
                 # (a CTA's loads: A and B panels; stores and split-K partials need no round trip)
-                latency_bound = self.dram_time_s(0.0, ceil_div(busiest, per_sm), (tm * e + tn * eb) * k_cta,
-                                                 self.gemm_inflight_B(tm, tn))  # fmt: skip
+                latency_bound = self.latency_bound_s(ceil_div(busiest, per_sm), (tm * e + tn * eb) * k_cta,
+                                                     self.gemm_inflight_B(tm, tn))  # fmt: skip
                 l2_B = ctas * (tm * e + tn * eb) * k_cta / self.params["l2_multicast"]
                 t_l2 = l2_B / self.l2_bw_Bps
                 smem_B = (tm * warps_n * e + tn * warps_m * eb) * k_cta
@@ -490,7 +506,9 @@ class GPU(Component):
         dram = self._panel_dram(
             a_B, b_B, c_B, tiles, min(tiles, active), grid_m, grid_n, tm, tn, e * k, eb * k
         )
-        latency_bound = self.dram_time_s(0.0, 1, busiest * (tm * e + tn * eb) * k, self.gemm_inflight_B(tm, tn))
+        latency_bound = self.latency_bound_s(
+            1, busiest * (tm * e + tn * eb) * k, self.gemm_inflight_B(tm, tn)
+        )
         # a stripe boundary inside a tile (the busiest share is not whole tiles) splits it between two SMs
         per_sm_units = ceil_div(units, self.sms)
         reduce_B = 2.0 * active * tm * tn * 4 if active > 1 and per_sm_units % k_iters else 0.0

@@ -38,8 +38,6 @@ from simcore.ops import Collective, Transfer
 from simcore.program import Program, Step
 from simcore.system import System
 
-
-
 #: collective algorithms: name -> (latency steps, bytes each rank puts on its busiest link)
 ALGORITHMS: dict[str, Callable[[Collective], tuple[int, float]]] = {
     "ring": lambda op: (op.ring_steps, op.wire_bytes_per_device),
@@ -54,6 +52,7 @@ ALGORITHMS: dict[str, Callable[[Collective], tuple[int, float]]] = {
 }
 #: algorithms that need every rank of the group on one switch over NVLink
 SWITCH_ALGORITHMS = frozenset({"nvls"})
+
 
 class Engine:
     """Runs programs on a System and books what they did into a ledger."""

@@ -55,7 +55,9 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
     spec = load_llm(model) if isinstance(model, str) else model
     check_context(spec, scenario)
     if framework not in FRAMEWORKS:
-        raise ConfigError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})", key="framework")
+        raise ConfigError(
+            f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})", key="framework"
+        )
     plan = ExecutionPlan(tp=tp, pp=pp, dp=dp, microbatches=microbatches, offload_weights=offload_weights,
                          precision=plan_from(dtype, precision), framework=framework)  # fmt: skip
     return scenario.run(system, spec, plan, keep_records)
@@ -103,7 +105,9 @@ EXPERIMENT_SCHEMA = {
     "precision": {k: Param(**v) for k, v in PRECISION_SCHEMA.items()},
     "framework": Param(
         "inference framework: which collective kernels the pass calls (pytorch: NCCL; vllm, sglang, "
-        "tensorrt-llm: their one-shot all-reduce for small messages)", type=str, default="pytorch",
+        "tensorrt-llm: their one-shot all-reduce for small messages)",
+        type=str,
+        default="pytorch",
         choices=tuple(FRAMEWORKS),
     ),  # fmt: skip
     "parallelism": {

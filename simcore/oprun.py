@@ -15,7 +15,6 @@ from simcore.errors import ConfigError, OutOfMemory
 from simcore.ops import Op
 from simcore.system import System
 
-
 #: op kind -> the validation family whose residuals give its error bars (configs/validation/intervals.yaml)
 INTERVAL_FAMILY = {"gemm": "gemm", "softmax": "softmax", "norm": "layernorm", "elementwise": "gelu"}
 

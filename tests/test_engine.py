@@ -280,7 +280,9 @@ def test_a_frameworks_one_shot_all_reduce_is_its_fixed_latency_one_hop_and_its_b
     wire = 2 * 3 / 4 * 512
     one_shot = gpu.launch_s + coll["custom_latency"] + hop + wire / (bw * coll["custom_efficiency"])
     assert run(512, "custom") == pytest.approx(one_shot, rel=1e-9)
-    assert run(512, "custom") == pytest.approx(9.1e-6, rel=0.15)  # the measured figure, within the fit's spread
+    assert run(512, "custom") == pytest.approx(
+        9.1e-6, rel=0.15
+    )  # the measured figure, within the fit's spread
     assert run(512, "nccl") > 3 * run(512, "custom")
     # 64 MiB: beyond custom_max, and NCCL's ring is faster anyway: the framework falls back to it
     assert run(64 * 2**20, "custom") == pytest.approx(run(64 * 2**20, "nccl"), rel=1e-12)
@@ -319,7 +321,11 @@ def test_nvlink_sharp_reduces_in_the_switch_on_hopper_and_not_on_ampere():
     def algbw(system_name: str, p: int) -> float:
         system = load_system(system_name)
         g = OpGraph("ar")
-        g.add(AllReduce("ar", "bf16", bytes_per_device=4 * 2**30, group=p), (), tuple(f"gpu{i}" for i in range(p)))
+        g.add(
+            AllReduce("ar", "bf16", bytes_per_device=4 * 2**30, group=p),
+            (),
+            tuple(f"gpu{i}" for i in range(p)),
+        )
         return 4 * 2**30 / Engine(system).run(Program.from_graph(g))
 
     h100 = load_system("dgx-h100-8")

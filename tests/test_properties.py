@@ -13,7 +13,6 @@ waves) are listed with their sizes in docs/validation.md, "Steps that remain".
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +26,6 @@ from simcore.system import load_system
 
 GPUS = ("a100-sxm4-80gb", "h100-sxm5-80gb", "rtx-4090", "t4", "v100-sxm2-32gb")
 REL = 1e-9  # float noise allowed between two evaluations of one closed form
-
 
 
 def _settings(n: int):
@@ -143,7 +141,6 @@ def test_adding_sms_with_per_sm_peaks_held_never_slows_a_gpu(step, op):
     assert _t(preset, op, _with_sms(preset, more)) <= _t(preset, op, _with_sms(preset, fewer)) * (1 + REL)
 
 
-
 # ------------------------------------------------------------------------- a bigger workload is not faster
 LLMS = (("a100-sxm4-80gb", "llama-2-7b"), ("h100-sxm5-80gb", "llama-3-8b"), ("rtx-4090", "llama-2-7b"))
 
@@ -189,7 +186,6 @@ def test_decode_latency_is_non_decreasing_in_batch_up_to_the_memory_limit(pair, 
     _batch_step(pair, batches)
 
 
-
 def _prefill_step(pair, batch, prompts, overrides: list[str] = ()) -> None:
     short, long = (_latency(*pair, Prefill(batch=batch, prompt_len=p), overrides) for p in prompts)
     if short is None:
@@ -206,7 +202,6 @@ prompt_pairs = st.lists(st.integers(1, 4000), min_size=2, max_size=2, unique=Tru
 @example(("a100-sxm4-80gb", "llama-2-7b"), 1, [1, 2])
 def test_prefill_latency_is_non_decreasing_in_prompt_length(pair, batch, prompts):
     _prefill_step(pair, batch, prompts)
-
 
 
 def test_padding_ctas_that_share_a_panel_add_no_dram_bandwidth():

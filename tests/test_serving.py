@@ -423,8 +423,17 @@ def test_nested_blocks_declare_their_schema_and_build_their_dataclasses():
     from simcore.serving import KVCacheSpec
 
     schema = dataclass_schema(Serve)
-    assert set(schema) == {"requests", "scheduler", "kv_cache", "slo", "speculative", "sharing", "disaggregation",
-                           "router", "usd_per_gpu_hour"}
+    assert set(schema) == {
+        "requests",
+        "scheduler",
+        "kv_cache",
+        "slo",
+        "speculative",
+        "sharing",
+        "disaggregation",
+        "router",
+        "usd_per_gpu_hour",
+    }
     assert schema["requests"]["rate_per_s"].default == 1.0 and schema["slo"]["ttft"].unit == "time"
     built = build_dataclass(Serve, {"kv_cache": {"block_size": 32, "other": 1}, "unrelated": 2})
     assert built.kv_cache == KVCacheSpec(block_size=32) and built.requests == RequestSpec()
@@ -462,4 +471,4 @@ def test_a_serving_run_keeps_its_requests_as_a_dataframe_and_as_trace_lanes(tmp_
         by_lane.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
     for lane in by_lane.values():  # requests on one lane never overlap
         lane.sort()
-        assert all(a_end <= b_start + 1e-6 for (_, a_end), (b_start, _) in zip(lane, lane[1:]))
+        assert all(a_end <= b_start + 1e-6 for (_, a_end), (b_start, _) in zip(lane, lane[1:], strict=False))

@@ -174,7 +174,9 @@ def place_experts(system: System, spec: LLMSpec, plan: ExecutionPlan, pool: list
     probe = probe_pass(spec, 1, plan.precision)
     for group in ranks:
         check_group(system, group, probe, "parallelism.devices" if plan.devices else "hardware")
-    return Placement((ranks[0],), tuple((g,) for g in ranks), None, split_layers(spec.layers, 1), expert_groups=ranks)
+    return Placement(
+        (ranks[0],), tuple((g,) for g in ranks), None, split_layers(spec.layers, 1), expert_groups=ranks
+    )
 
 
 @lru_cache(maxsize=64)
@@ -230,7 +232,9 @@ def weight_bytes(spec: LLMSpec, placement: Placement, stage: int, precision: Pre
     tp = placement.tp
     lo, hi = placement.layer_bounds[stage], placement.layer_bounds[stage + 1]
     ep = len(placement.expert_groups) or 1  # an expert-parallel rank holds 1/ep of the routed experts
-    blocks = spec.layers_params(lo, hi, ep=ep) if placement.hosts is None else min(2, hi - lo) * spec.layer_params
+    blocks = (
+        spec.layers_params(lo, hi, ep=ep) if placement.hosts is None else min(2, hi - lo) * spec.layer_params
+    )
     if len(placement.stages) == 1:  # one stage holds everything; tied embeddings counted once
         return precision.weight_bytes(spec.outer_params + blocks) / tp
     h = spec.hidden

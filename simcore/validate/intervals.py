@@ -55,7 +55,9 @@ def fit_intervals(rows: Iterable[Row], coverage: float = 0.8, seed: int = 0) -> 
     return out
 
 
-def write_intervals(table: dict[str, dict[str, Any]], path: str | Path, coverage: float, files: list[str]) -> None:
+def write_intervals(
+    table: dict[str, dict[str, Any]], path: str | Path, coverage: float, files: list[str]
+) -> None:
     header = (f"# {coverage:.0%} error bars per op family from validation residuals (split conformal: band of\n"
               f"# ln(predicted / measured) fitted on half of each family's measured rows, held_out_coverage on\n"
               f"# the other half). Written by `simcore validate data ... --intervals` from:\n"

@@ -378,7 +378,9 @@ FORMATS: list[CsvFormat] = []
 
 
 def csv_format(name: str, marks: Sequence[str], *needs: tuple[str, ...]) -> Callable:
-    def deco(parse: Callable[[_Fields, Simulator], Row | list[Row]]) -> Callable[[_Fields, Simulator], Row | list[Row]]:
+    def deco(
+        parse: Callable[[_Fields, Simulator], Row | list[Row]],
+    ) -> Callable[[_Fields, Simulator], Row | list[Row]]:
         FORMATS.append(CsvFormat(name, frozenset(marks), needs, parse))
         return parse
 
