@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -543,17 +544,22 @@ def test_damaged_store_entries_are_recomputed_with_a_warning_never_served(tmp_pa
     files = _stored(out)
     good = {b: json.loads(f.read_text()) for b, f in files.items()}
     assert all(r["checksum"] == store_mod.checksum(r) for r in good.values())
-    files[1].write_text(files[1].read_text()[:100])  # truncated
-    files[2].write_text(files[3].read_text())  # another point's record
-    files[3].unlink()
-    files[3].mkdir()  # a directory where the record should be
-    (files[3] / "x").write_text("")
-    tampered = json.loads(files[4].read_text())
+    # records sit in directories named by their key's first two hex digits: the directory replaced by a
+    # file below must hold one record only (else two points go at once, with one warning)
+    per_dir = Counter(f.parent for f in files.values())
+    lone = next(b for b in sorted(files) if per_dir[files[b].parent] == 1)
+    b1, b2, b3, b4, b5 = (b for b in sorted(files) if b != lone)
+    files[b1].write_text(files[b1].read_text()[:100])  # truncated
+    files[b2].write_text(files[b3].read_text())  # another point's record
+    files[b3].unlink()
+    files[b3].mkdir()  # a directory where the record should be
+    (files[b3] / "x").write_text("")
+    tampered = json.loads(files[b4].read_text())
     tampered["summary"]["tokens_per_s"] *= 10  # a tampered value with the old checksum
-    files[4].write_text(json.dumps(tampered))
+    files[b4].write_text(json.dumps(tampered))
     del tampered["checksum"]  # and one without a checksum at all
-    files[5].write_text(json.dumps({**tampered, "key": good[5]["key"]}))
-    sub = files[6].parent
+    files[b5].write_text(json.dumps({**tampered, "key": good[b5]["key"]}))
+    sub = files[lone].parent
     shutil.rmtree(sub)
     sub.write_text("")  # a file where a record directory should be
 
