@@ -52,6 +52,14 @@ with tempfile.TemporaryDirectory() as out:
 print(json.dumps({"wall_s": wall, "points_per_min": 60 * df.attrs["stats"]["computed"] / wall,
                   "rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """,
+    "mixtral_offload_decode_256": """
+import json, resource, time
+from simcore.experiment import run
+t = time.perf_counter()
+run("configs/experiments/moe-offload-mixtral-rtx4090.yaml", ["scenario.steps=256"], keep_records=False)
+wall = time.perf_counter() - t
+print(json.dumps({"wall_s": wall, "rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""",
 }
 
 

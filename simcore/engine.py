@@ -18,7 +18,11 @@ still share its memory through the flow model: alone, a kernel takes max(t_sm / 
 t_sm is the part of its time the SMs set and t_mem the part its DRAM traffic sets (`partition_times`).
 Coarse-event choice: a one-lane program on a partition runs as two flows, its SM-limited kernels then its
 memory-limited ones (each pooled: bytes, SM time, memory time summed), after a delay for its collectives;
-alone this is exactly the sum of its kernels' times, at two events instead of one per kernel.
+alone this is exactly the sum of its kernels' times, at two events instead of one per kernel. A program
+compiled `coarse` pools the same way each run of kernels in a lane between synchronisation points (a wait
+for another lane, a step another lane waits for, a transfer or collective): a scenario that writes a
+program per decode step with copies beside it (expert offload) pays a few events per segment, not one per
+kernel. Its steps keep their records, laid out in each segment in proportion to their times alone.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import simpy
 from simcore.component import Component, OpCost
 from simcore.errors import OutOfMemory
 from simcore.flows import FlowNetwork, Resource
-from simcore.ledger import Compiled, Ledger, Plan, ResourceTally, RunRecord, Tally
+from simcore.ledger import Compiled, Ledger, Plan, ResourceTally, RunRecord, Segment, Tally
 from simcore.ops import Collective, Transfer
 from simcore.program import Program, Step
 from simcore.system import System
@@ -108,6 +112,7 @@ class Engine:
         self._partitioned: dict[tuple, Plan] = {}  # (devices, cost, partition) -> plan on the partition
         #: program -> partition -> (delay, pooled flows) of a one-lane program on a partition
         self._pooled: weakref.WeakKeyDictionary[Program, dict] = weakref.WeakKeyDictionary()
+        self._pools: dict[tuple, tuple[Plan, ...]] = {}  # ([partition,] devices, *costs) -> a segment's flows
         self.in_flight = 0
         self.steps_run = 0
         self.solo_events = 0
@@ -262,28 +267,27 @@ class Engine:
             out.append(r)
         return tuple(out)
 
-    def pooled_flows(self, c: Compiled, partition: tuple[str, float]) -> tuple[float, list[Plan]]:
-        """A one-lane program on a partition as (delay, flows): its collectives' and copies'
-        solo time, then one flow for its SM-limited kernels and one for its memory-limited kernels."""
-        per = self._pooled.setdefault(c.program, {})
-        if partition in per:
-            return per[partition]
-        share = partition[1]
-        delay = 0.0
+    def pool(
+        self, devices: tuple[str, ...], costs: list[OpCost], partition: tuple[str, float] | None
+    ) -> list[Plan]:
+        """Kernels on `devices` as at most two flows: the SM-limited ones, then the memory-limited ones (each
+        pooled: bytes, SM time and memory time summed), on the devices' compute or on `partition`'s share of
+        their SMs. Alone, exactly the sum of the kernels' durations."""
+        share = partition[1] if partition is not None else 1.0
+        has_mem = devices[0] in self.mem
         pools = {True: [0.0, 0.0, 0.0], False: [0.0, 0.0, 0.0]}  # sm-limited? -> [t_sm, t_mem, bytes]
-        devices: tuple[str, ...] = ()
-        for step, cost, plan in zip(c.program.steps, c.costs, c.plans, strict=True):
-            if cost is None or (isinstance(step.op, Collective) and len(step.devices) > 1):
-                delay += plan.solo_s
-                continue
-            devices = step.devices
+        for cost in costs:
             t_sm, t_mem = partition_times(cost)
             pool = pools[t_sm / share >= t_mem]
             pool[0] += t_sm
             pool[1] += t_mem
-            pool[2] += cost.dram_bytes if devices[0] in self.mem else 0.0
+            pool[2] += cost.dram_bytes if has_mem else 0.0
+        sms = (
+            self._sm_resources(devices, partition)
+            if partition is not None
+            else tuple(self.compute[d] for d in devices)
+        )
         flows = []
-        sms = self._sm_resources(devices, partition) if devices else ()
         for sm_limited in (True, False):
             t_sm, t_mem, nbytes = pools[sm_limited]
             if nbytes > 0:
@@ -292,10 +296,55 @@ class Engine:
                 weights = (1.0,) * len(devices) + (t_sm / nbytes,) * len(use)
                 cap = nbytes / t_mem if not sm_limited and t_mem > 0 else math.inf
                 flows.append(Plan.make(0.0, path, nbytes, cap, self.bw_Bps, weights))
-            elif t_sm > 0:
-                flows.append(Plan.make(0.0, sms, t_sm, math.inf, self.bw_Bps))
-        per[partition] = (delay, flows)
+            elif max(t_sm, t_mem) > 0:  # no memory resource to share: the time alone, on the SMs
+                flows.append(Plan.make(0.0, sms, max(t_sm, t_mem * share), math.inf, self.bw_Bps))
+        return flows
+
+    def pooled_flows(self, c: Compiled, partition: tuple[str, float]) -> tuple[float, list[Plan]]:
+        """A one-lane program on a partition as (delay, flows): its collectives' and copies'
+        solo time, then its kernels pooled (`pool`)."""
+        per = self._pooled.setdefault(c.program, {})
+        if partition not in per:
+            delay, kernels, devices = 0.0, [], ()
+            for step, cost, plan in zip(c.program.steps, c.costs, c.plans, strict=True):
+                if cost is None or (isinstance(step.op, Collective) and len(step.devices) > 1):
+                    delay += plan.solo_s
+                else:
+                    kernels.append(cost)
+                    devices = step.devices
+            per[partition] = (delay, self.pool(devices, kernels, partition) if kernels else [])
         return per[partition]
+
+    def _segments(
+        self, program: Program, costs: list[OpCost | None], plans: list[Plan]
+    ) -> dict[int, Segment]:
+        """A coarse program's runs of two or more kernels in a lane, cut where the lane waits for another,
+        after a step another lane waits for, and at transfers and collectives (which keep their own plans)."""
+        out: dict[int, Segment] = {}
+        steps, signals = program.steps, program.signals
+        for idxs in program.lanes.values():
+            mine = set(idxs)
+            run: list[int] = []
+            for i in (*idxs, -1):
+                step = steps[i] if i >= 0 else None
+                kernel = (
+                    step is not None
+                    and costs[i] is not None
+                    and not (isinstance(step.op, Collective) and len(step.devices) > 1)
+                )
+                if run and (not kernel or run[-1] in signals or any(d not in mine for d in step.deps)):  # type: ignore[union-attr]
+                    if len(run) > 1:
+                        key = (steps[run[0]].devices, *(costs[j] for j in run))
+                        flows = self._pools.get(key)
+                        if flows is None:
+                            flows = self._pools[key] = tuple(
+                                self.pool(steps[run[0]].devices, [costs[j] for j in run], None)  # type: ignore[misc]
+                            )
+                        out[run[0]] = Segment(tuple(run), flows, tuple(plans[j].solo_s for j in run))
+                    run = []
+                if kernel:
+                    run.append(i)
+        return out
 
     def _price(self, step: Step) -> tuple[OpCost | None, Plan]:
         if isinstance(step.op, Transfer):
@@ -357,7 +406,8 @@ class Engine:
                 (dev, t.name, t.bytes) for step in program.steps for t in step.allocs for dev in step.devices
             )
         )
-        c = Compiled(program, costs, plans, tally, solo, allocs)
+        segments = self._segments(program, costs, plans) if program.coarse else {}
+        c = Compiled(program, costs, plans, tally, solo, allocs, segments)
         if program.base is None:  # derived programs are one-offs; their bases are the templates
             self._compiled[program] = c
         return c
@@ -427,36 +477,65 @@ class Engine:
 
     def _lane(self, c: Compiled, idxs: tuple[int, ...], done: dict[int, simpy.Event], rec: RunRecord,
               partition: tuple[str, float] | None = None):  # fmt: skip
-        """Execute one lane's steps in order, each a flow over the resources its plan names."""
+        """Execute one lane's steps in order, each a flow over the resources its plan names (a coarse
+        program's segments: their pooled flows, one after the other)."""
         env, steps, plans, keep = self.env, c.program.steps, c.plans, self.keep_records
         busy_s = 0.0
-        for i in idxs:
+        k = 0
+        while k < len(idxs):
+            i = idxs[k]
             step = steps[i]
             for d in step.deps:
                 ev = done.get(d)
                 if ev is not None and not ev.triggered:
                     yield ev
             start = env.now
-            plan = plans[i]
-            if partition is not None and c.costs[i] is not None:
-                plan = self.partition_plan(step, c.costs[i], plan, partition)
-            if plan.delay_s:
-                yield env.timeout(plan.delay_s)
-            if plan.path:
-                path = self._res_tuple.get(plan.path)
-                if path is None:
-                    path = self._res_tuple[plan.path] = tuple(self.res[n] for n in plan.path)
-                yield self.net.start(path, plan.nbytes, plan.cap_Bps, plan.weights)
+            seg = c.segments.get(i)
+            if seg is not None:
+                flows = seg.flows if partition is None else self._segment_flows(seg, c, partition)
+                k += len(seg.steps)
+                last = seg.steps[-1]
+            else:
+                plan = plans[i]
+                if partition is not None and c.costs[i] is not None:
+                    plan = self.partition_plan(step, c.costs[i], plan, partition)
+                flows = (plan,)
+                k += 1
+                last = i
+            for plan in flows:
+                if plan.delay_s:
+                    yield env.timeout(plan.delay_s)
+                if plan.path:
+                    path = self._res_tuple.get(plan.path)
+                    if path is None:
+                        path = self._res_tuple[plan.path] = tuple(self.res[n] for n in plan.path)
+                    yield self.net.start(path, plan.nbytes, plan.cap_Bps, plan.weights)
             self.step_events += 1
             if c.costs[i] is not None:  # a partition's kernel keeps its share of the device busy
                 busy_s += (env.now - start) * (partition[1] if partition is not None else 1.0)
             if keep:
-                rec.steps.append((i, start, env.now))
-            ev = done.get(i)
+                if seg is None:
+                    rec.steps.append((i, start, env.now))
+                else:  # each step's share of the segment's time, in proportion to its time alone
+                    scale = (env.now - start) / (sum(seg.solo_s) or 1.0)
+                    t = start
+                    for j, solo in zip(seg.steps, seg.solo_s, strict=True):
+                        rec.steps.append((j, t, t + solo * scale))
+                        t += solo * scale
+            ev = done.get(last)
             if ev is not None:
                 ev.succeed()
         if busy_s:
             self.busy_group[steps[idxs[0]].devices] += busy_s
+
+    def _segment_flows(self, seg: Segment, c: Compiled, partition: tuple[str, float]) -> tuple[Plan, ...]:
+        """A segment's flows on a partition of its devices' SMs."""
+        key = (partition, c.program.steps[seg.steps[0]].devices, *(c.costs[j] for j in seg.steps))
+        flows = self._pools.get(key)
+        if flows is None:
+            costs = [c.costs[j] for j in seg.steps]
+            flows = self._pools[key] = tuple(self.pool(key[1], costs, partition))  # type: ignore[arg-type]
+        return flows
 
     # --------------------------------------------------------------------------------- the ledger
     @property

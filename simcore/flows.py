@@ -40,6 +40,7 @@ class Flow:
     rate_Bps: float = 0.0
     updated_at: float = 0.0
     generation: int = 0
+    solo_Bps: float = 0.0  # its rate alone: its cap or its tightest resource
 
 
 class FlowNetwork:
@@ -60,15 +61,14 @@ class FlowNetwork:
             return done
         now = self.env.now
         flow = Flow(path, nbytes, cap_Bps, done, weights or (1.0,) * len(path), updated_at=now)
+        flow.solo_Bps = min(cap_Bps, min(r.capacity_Bps / w for r, w in zip(path, flow.weights, strict=True)))
         for r in path:
             if not r.flows:
                 r._busy_since = now
             r.flows.add(flow)
         self.active.add(flow)
         if all(len(r.flows) == 1 for r in path):  # alone: no one else's rate changes
-            flow.rate_Bps = min(
-                cap_Bps, min(r.capacity_Bps / w for r, w in zip(path, flow.weights, strict=True))
-            )
+            flow.rate_Bps = flow.solo_Bps
             self._schedule(flow)
         else:
             self._reallocate(self._component(flow))
@@ -103,6 +103,16 @@ class FlowNetwork:
         `flows` is a closed component (every flow on its resources is in it), so a resource's users are
         simply its flows."""
         self._advance(flows)
+        load: dict[Resource, float] = {}  # what each resource would carry with every flow at its solo rate
+        for f in flows:
+            for r, w in zip(f.path, f.weights, strict=True):
+                load[r] = load.get(r, 0.0) + w * f.solo_Bps
+        if all(x <= r.capacity_Bps * (1 + 1e-12) for r, x in load.items()):  # nothing saturates: all solo
+            for f in flows:
+                if f.rate_Bps != f.solo_Bps or f.generation == 0:
+                    f.rate_Bps = f.solo_Bps
+                    self._schedule(f)
+            return
         users: dict[Resource, float] = {}  # weight of the unfrozen flows on each resource
         for f in flows:
             for r, w in zip(f.path, f.weights, strict=True):

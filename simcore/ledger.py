@@ -55,6 +55,17 @@ class Plan:
         return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0), weights)
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Consecutive kernels of one lane of a coarse program, run as pooled flows (engine.pool): `steps` in
+    order, `flows` their plans, `solo_s` each step's duration alone (their records are laid out in
+    proportion to it)."""
+
+    steps: tuple[int, ...]
+    flows: tuple[Plan, ...]
+    solo_s: tuple[float, ...]
+
+
 @dataclass
 class Tally:
     """How often each (device group, cost) occurs, the bytes each resource path carries, and the DMA bytes
@@ -92,6 +103,8 @@ class Compiled:
     tally: Tally
     solo_s: float
     allocs: tuple[tuple[str, str, float], ...]  # (device, tensor, bytes) the program makes resident
+    #: a coarse program's pooled kernel runs, by their first step
+    segments: Mapping[int, Segment] = field(default_factory=dict)
 
 
 @dataclass

@@ -54,6 +54,9 @@ class Program:
     group_workspace: Mapping[tuple[str, ...], tuple[float, str]] = field(default_factory=dict)
     base: Program | None = None  # the program this one was derived from by replace_ops
     changed: tuple[int, ...] = ()  # the steps that differ from `base`
+    #: run each lane's kernels between synchronisation points (a wait on another lane, a step another lane
+    #: waits for, a transfer or collective) as pooled flows: a few events per segment instead of one per kernel
+    coarse: bool = False
 
     @classmethod
     def from_graph(cls, graph: OpGraph, default_devices: tuple[str, ...] = ()) -> Program:
@@ -72,7 +75,7 @@ class Program:
         return cls.compile(graph.name, steps)
 
     @classmethod
-    def compile(cls, name: str, steps: Sequence[Step]) -> Program:
+    def compile(cls, name: str, steps: Sequence[Step], coarse: bool = False) -> Program:
         """Group steps (already in a valid order) into lanes and find the cross-lane signals."""
         lane_of = [s.lane for s in steps]
         lanes: dict[Lane, list[int]] = {}
@@ -83,7 +86,8 @@ class Program:
         for s in steps:
             if s.twin < 0:
                 _grow_workspace(workspace, s)
-        return cls(name, tuple(steps), {k: tuple(v) for k, v in lanes.items()}, signals, workspace)
+        return cls(name, tuple(steps), {k: tuple(v) for k, v in lanes.items()}, signals, workspace,
+                   coarse=coarse)  # fmt: skip
 
     def replace_ops(self, fn: Callable[[Op], Op | None], name: str | None = None,
                     only: Iterable[int] | None = None, uniform: bool = False) -> Program:  # fmt: skip
@@ -120,7 +124,7 @@ class Program:
         if self.base is not None:  # keep one level: changed steps relative to the root
             changed = sorted(set(changed) | set(self.changed))
         return Program(name or self.name, tuple(steps), self.lanes, self.signals, workspace, root,
-                       tuple(changed))  # fmt: skip
+                       tuple(changed), self.coarse)  # fmt: skip
 
     def indices_of(self, kind: str) -> list[int]:
         """Steps whose op is of `kind` (e.g. every attention of a decode step)."""

@@ -338,3 +338,43 @@ def test_nvlink_sharp_reduces_in_the_switch_on_hopper_and_not_on_ampere():
     assert a100.devices["gpu0"].params["collective"]["nvls_efficiency"] is None
     assert algbw("dgx-a100-8", 8) * 2 * 7 / 8 == pytest.approx(
         a100.graph.edges["gpu0", "nvswitch"]["link"].bw_Bps * 0.855, rel=0.01)  # fmt: skip
+
+
+def _two_lane_program(coarse: bool) -> Program:
+    """gpu0 runs three kernels, then a 2 GB host copy lands in its HBM while it runs two more that do not
+    wait for it, then two that do (a step another lane waits for cuts a segment; so does a wait)."""
+    from simcore.program import Step
+
+    ks = [Gemm("g", m=2048, n=2048, k=2048), Elementwise("e", elements=1 << 26, inputs=2),
+          Gemm("v", m=1, n=8192, k=8192)]  # fmt: skip
+    steps = [Step(ks[0], ("gpu0",), (), "x"), Step(ks[1], ("gpu0",), (0,), "x"), Step(ks[2], ("gpu0",), (1,), "x"),
+             Step(Transfer("h2d", nbytes=2e9, src="cpu0", dst="gpu0"), ("cpu0",), (2,), "x"),
+             Step(ks[0], ("gpu0",), (2,), "x"), Step(ks[2], ("gpu0",), (4,), "x"),
+             Step(ks[1], ("gpu0",), (3, 5), "x"), Step(ks[0], ("gpu0",), (6,), "x")]  # fmt: skip
+    return Program.compile("two-lane", steps, coarse=coarse)
+
+
+def test_a_coarse_program_pools_kernels_between_synchronisation_points_and_keeps_their_timing():
+    # Nothing saturates a resource here (the copy's 25 GB/s and the kernels' DRAM traffic fit the HBM),
+    # so every flow runs at its solo rate and pooling cannot change a time: the makespans agree to
+    # round-off, while the coarse program needs fewer events (one per segment's pool, not per kernel).
+    system = load_system("dgx-a100-8")
+    fine, coarse = Engine(system), Engine(system)
+    program = _two_lane_program(True)
+    t_fine, t_coarse = fine.run(_two_lane_program(False)), coarse.run(program)
+    assert t_coarse == pytest.approx(t_fine, rel=1e-9)
+    assert coarse.events < fine.events
+    # lane gpu0: [0, 1, 2] ends at the step the copy waits for; [4, 5] runs beside the copy; [6, 7] waits
+    assert sorted(seg.steps for seg in coarse.compile(program).segments.values()) == [
+        (0, 1, 2),
+        (4, 5),
+        (6, 7),
+    ]
+    # every step keeps a record, laid out inside its segment in proportion to its time alone
+    rows = coarse.runs[0].steps
+    assert sorted(i for i, _, _ in rows) == list(range(8))
+    gpu = system.devices["gpu0"]
+    for i, start, end in rows:
+        op = program.steps[i].op
+        if not isinstance(op, Transfer):
+            assert end - start == pytest.approx(gpu.op_cost(op).duration_s, rel=1e-9)

@@ -53,8 +53,9 @@ class RoutingTrace:
         """The distinct experts layer `layer` runs at `step`, each with its largest gate score over the
         tokens that chose it (its importance: HOBBIT loads a low-score miss in low precision)."""
         out: dict[int, float] = {}
-        for e, s in zip(self.experts[step, layer].ravel(), self.scores[step, layer].ravel(), strict=True):
-            out[int(e)] = max(out.get(int(e), 0.0), float(s))
+        for e, s in zip(self.experts[step, layer].ravel().tolist(), self.scores[step, layer].ravel().tolist(),
+                        strict=True):  # fmt: skip
+            out[e] = max(out.get(e, 0.0), s)
         return out
 
     def rows(self, step: int, layer: int) -> dict[int, int]:

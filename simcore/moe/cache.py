@@ -18,6 +18,7 @@ class ExpertCache:
     """One layer's cache; subclasses choose the victim (`priority`: the lowest goes first)."""
 
     name: ClassVar[str] = ""
+    scored: ClassVar[bool] = False  # whether the policy keeps the decayed gate-score sums (`score`)
 
     def __init__(self, capacity: int, experts: int, decay: float = 0.5) -> None:
         if not 0 <= capacity <= experts:
@@ -33,12 +34,14 @@ class ExpertCache:
     def lookup(self, routed: Mapping[int, float]) -> tuple[list[int], list[int]]:
         """(hits, misses) among the routed experts (expert -> gate score); records the access."""
         self.now += 1
-        for e in range(self.experts):
-            self.score[e] *= self.decay
-        for e, s in routed.items():
+        for e in routed:
             self.last[e] = self.now
             self.count[e] += 1
-            self.score[e] += s
+        if self.scored:
+            for e in range(self.experts):
+                self.score[e] *= self.decay
+            for e, s in routed.items():
+                self.score[e] += s
         hits = [e for e in routed if e in self.held]
         return hits, [e for e in routed if e not in self.held]
 
@@ -98,6 +101,8 @@ class MRS(ExpertCache):
     """HybriMoE's score-aware replacement: each expert's priority is a decayed sum of the gate scores it
     received (S <- decay * S + s every lookup), so an expert routed recently *and* with a high score stays;
     the lowest goes first."""
+
+    scored = True
 
     def priority(self, expert: int) -> float:
         return self.score[expert]

@@ -242,6 +242,13 @@ class StepProgram:
                                                           "experts_down"):  # fmt: skip
                 self.ops.setdefault(lop.block, {})[tail] = k
         self._cost: dict[tuple, float] = {}
+        self._ops: dict[tuple, list[Op]] = {}  # (layer op, n, rows, fmt) -> the expert ops
+        #: (trace step, MoE layer) -> (routed experts and their scores, token rows in all, rows per expert)
+        self._routes: dict[tuple[int, int], tuple[dict[int, float], int, int]] = {}
+        #: the pass in order, expert ops folded into their layer's first (k, logical op, is attention)
+        self.order = [(k, lop, isinstance(lop.op, Attention)) for k, lop in enumerate(logical.ops)
+                      if not any(k in (i["experts_act_mul"], i["experts_down"]) for i in self.ops.values())]  # fmt: skip
+        self.firsts = {i["experts_gate_up"]: layer for layer, i in self.ops.items()}
 
     # ------------------------------------------------------------------------------------------ costs
 
@@ -254,12 +261,16 @@ class StepProgram:
         (`Gemm.weight_dtype`; None: the activations' dtype)."""
         idx = self.ops[layer]
         gate_up: ExpertGemm = self.logical.ops[idx["experts_gate_up"]].op  # type: ignore[assignment]
-        act: Elementwise = self.logical.ops[idx["experts_act_mul"]].op  # type: ignore[assignment]
-        down: ExpertGemm = self.logical.ops[idx["experts_down"]].op  # type: ignore[assignment]
-        ef = gate_up.n // 2
-        w = {} if fmt is None else {"weight_dtype": fmt}
-        return [replace(gate_up, batch=n, m=rows, **w), replace(act, elements=n * rows * ef),
-                replace(down, batch=n, m=rows, **w)]  # fmt: skip
+        key = (id(gate_up), n, rows, fmt)  # identical layers share their ops
+        ops = self._ops.get(key)
+        if ops is None:
+            act: Elementwise = self.logical.ops[idx["experts_act_mul"]].op  # type: ignore[assignment]
+            down: ExpertGemm = self.logical.ops[idx["experts_down"]].op  # type: ignore[assignment]
+            ef = gate_up.n // 2
+            w = {} if fmt is None else {"weight_dtype": fmt}
+            ops = self._ops[key] = [replace(gate_up, batch=n, m=rows, **w),
+                                    replace(act, elements=n * rows * ef), replace(down, batch=n, m=rows, **w)]  # fmt: skip
+        return ops
 
     def seconds(self, key: tuple, make: Callable[[], float]) -> float:
         if key not in self._cost:
@@ -316,28 +327,38 @@ class StepProgram:
         steps: list[Step] = []
         placed: dict[int, int] = {}
         staged: dict[int, tuple[set[int], int]] = {}  # MoE layer -> (prefetched experts, their copy step)
+        attention: dict[int, Op] = {}  # id of the pass's attention op -> at this step's kv_len
         after: tuple[int, ...] = ()
-        skip: set[int] = set()
+        gpu = (self.gpu,)
 
         def add(step: Step) -> int:
             steps.append(step)
             return len(steps) - 1
 
-        for k, lop in enumerate(self.logical.ops):
-            if k in skip:
-                continue
-            idx = self.ops.get(lop.block)
-            if idx is not None and k == idx["experts_gate_up"]:
+        for k, lop, is_attention in self.order:
+            layer = self.firsts.get(k)
+            if layer is not None:
                 assert len(after) == 1
                 prefix = (lop.name or lop.op.name).rsplit(".", 1)[0]
-                after = self.moe_layer(ts, lop.block, after[0], add, staged, prefix)
-                skip.update((idx["experts_act_mul"], idx["experts_down"]))
+                after = self.moe_layer(ts, layer, after[0], add, staged, prefix)
                 continue
-            op = lop.op.with_kv_len(kv_len) if isinstance(lop.op, Attention) else lop.op
+            op = lop.op
+            if is_attention:
+                op = attention.get(id(lop.op)) or attention.setdefault(id(lop.op), op.with_kv_len(kv_len))  # type: ignore[attr-defined]
             twin = placed.get(lop.twin if lop.twin >= 0 else k, -1)
-            after = (add(Step(op, (self.gpu,), after, "decode", lop.allocs, twin, lop.name or op.name)),)
+            steps.append(Step(op, gpu, after, "decode", lop.allocs, twin, lop.name or op.name))
+            after = (len(steps) - 1,)
             placed.setdefault(k, after[0])
-        return Program.compile(f"{self.logical.name}-step{s}", steps)
+        return Program.compile(f"{self.logical.name}-step{s}", steps, coarse=True)
+
+    def route(self, ts: int, j: int) -> tuple[dict[int, float], int, int]:
+        """(routed experts -> gate score, token rows in all, rows per expert) at trace step `ts`, MoE layer `j`."""
+        r = self._routes.get((ts, j))
+        if r is None:
+            routed = self.trace.routed(ts, j)
+            total = self.trace.tokens * self.trace.top_k  # every token sends one row to each of its experts
+            r = self._routes[(ts, j)] = (routed, total, -(-total // len(routed)))
+        return r
 
     def copy(self, add: Callable[[Step], int], name: str, nbytes: float, src: str, dst: str,
              deps: tuple[int, ...]) -> int:  # fmt: skip
@@ -351,7 +372,7 @@ class StepProgram:
         if j >= len(self.caches.layers):
             return
         nxt = self.layers[j]
-        truth = self.trace.routed(ts, j)
+        truth = self.route(ts, j)[0]
         predicted: dict[int, float] = {}
         for e, score in truth.items():
             if self.rng.random() >= self.sc.moe.prefetch_accuracy:
@@ -386,9 +407,7 @@ class StepProgram:
         waits for."""
         j = self.moe_index[layer]
         cache, m = self.caches[j], self.sc.moe
-        routed = self.trace.routed(ts, j)
-        total_rows = sum(self.trace.rows(ts, j).values())
-        rows = -(-total_rows // len(routed))
+        routed, total_rows, rows = self.route(ts, j)
         pre, pre_step = staged.pop(j, (set(), -1))
         hits, misses = cache.lookup(routed)
         hits += [e for e in misses if e in pre]  # prefetched into a staging buffer (an empty cache)
