@@ -319,3 +319,27 @@ def test_hobbits_trend_the_gain_over_on_demand_offloading_grows_as_the_cache_shr
 
     empty, eighth = speedup(0.0), speedup(0.125)
     assert empty > eighth > 1.1
+
+
+def test_hobbits_score_keeps_what_is_recent_frequent_and_held_in_full_precision() -> None:
+    # Cache of 2 holding {0, 1} in full precision. Lookups 0, 0, 1 (all hits): after them, with n = 3
+    # lookups, expert 0 scores (last 2 + count 2 + full hits 2) / 3 = 2 and expert 1 (3 + 1 + 1) / 3 = 5/3,
+    # so LRU would evict 0 and HOBBIT evicts 1 when 2 arrives (lookup 4: expert 2 misses).
+    cache = POLICIES["hobbit"](2, 4)
+    for e in (0, 0, 1):
+        assert cache.lookup({e: 0.5}) == ([e], [])
+    lru = POLICIES["lru"](2, 4)
+    for e in (0, 0, 1):
+        lru.lookup({e: 0.5})
+    cache.lookup({2: 0.5})
+    lru.lookup({2: 0.5})
+    assert cache.admit(2, [2]) == 1 and lru.admit(2, [2]) == 0
+    # a hit on a low-precision copy earns no high-precision use; one on a full-precision copy does
+    one = POLICIES["hobbit"](1, 4)  # holds expert 0 in full precision
+    one.lookup({1: 0.5})
+    assert one.admit(1, [1], "low") == 0
+    one.lookup({1: 0.5})
+    one.lookup({0: 0.5})
+    assert one.admit(0, [0]) == 1
+    one.lookup({0: 0.5})
+    assert (one.full_uses[1], one.full_uses[0]) == (0, 1)

@@ -29,6 +29,7 @@ class ExpertCache:
         self.last: dict[int, int] = {e: -1 for e in range(experts)}  # last access (a step counter)
         self.count: dict[int, int] = {e: 0 for e in range(experts)}  # accesses so far
         self.score: dict[int, float] = {e: 0.0 for e in range(experts)}  # decayed sum of gate scores
+        self.full_uses: dict[int, int] = {e: 0 for e in range(experts)}  # hits on a full-precision copy
         self.now = 0
 
     def lookup(self, routed: Mapping[int, float]) -> tuple[list[int], list[int]]:
@@ -37,6 +38,8 @@ class ExpertCache:
         for e in routed:
             self.last[e] = self.now
             self.count[e] += 1
+            if self.held.get(e) == "full":
+                self.full_uses[e] += 1
         if self.scored:
             for e in range(self.experts):
                 self.score[e] *= self.decay
@@ -106,6 +109,19 @@ class MRS(ExpertCache):
 
     def priority(self, expert: int) -> float:
         return self.score[expert]
+
+
+@register("hobbit")
+class Hobbit(ExpertCache):
+    """HOBBIT's multidimensional score (Tang et al., 2024, sequence-level caching): recency (LRU), frequency
+    (LFU) and high-precision frequency (LHU: hits on a full-precision copy, so a cached low-precision copy
+    counts for less) each as a share of the lookups so far, summed with equal weights (HOBBIT weighs
+    them per model); the lowest goes first. Its fourth dimension, the layer distance to the next use, is
+    the same for every expert of a per-layer cache."""
+
+    def priority(self, expert: int) -> float:
+        n = max(1, self.now)
+        return (self.last[expert] + self.count[expert] + self.full_uses[expert]) / n
 
 
 class LayerCaches:
