@@ -343,3 +343,43 @@ def test_hobbits_score_keeps_what_is_recent_frequent_and_held_in_full_precision(
     assert one.admit(0, [0]) == 1
     one.lookup({0: 0.5})
     assert (one.full_uses[1], one.full_uses[0]) == (0, 1)
+
+
+def _prefill(context_len: int = 256, **moe):
+    """Prefill `context_len` tokens, then one decode step, of SMALL on one H100 with the `moe:` block."""
+    return load_experiment({"name": "t", "hardware": "dgx-h100-8", "model": SMALL, "dtype": "bf16",
+                            "parallelism": {"tp": 1},
+                            "scenario": {"kind": "moe-offload", "batch": 1, "context_len": context_len, "steps": 1,
+                                         "prefill": True, "moe": moe}}).run(keep_records=False).summary  # fmt: skip
+
+
+def test_prefill_with_an_empty_cache_waits_for_every_routed_experts_bytes() -> None:
+    from models.llm import load_llm
+    from simcore.scenarios import Prefill
+
+    spec = load_llm(SMALL)
+    expert_B = spec.moe.expert_params(spec.hidden) * 2  # bf16
+    layers = sum(spec.moe.is_moe(i) for i in range(spec.layers))
+    empty = _prefill(cache_ratio=0.0)
+    # 256 prompt tokens choose 6 of 64 experts each: nearly every expert of every layer is routed and,
+    # with nothing cached, copied before its GEMMs
+    assert layers * 56 < empty["prefill_experts_fetched"] <= layers * 64
+    copies = _copy_s("dgx-h100-8", empty["prefill_experts_fetched"] * expert_B)  # one copy of all the bytes
+    plain = simulate("dgx-h100-8", SMALL, Prefill(batch=1, prompt_len=256), tp=1, keep_records=False).summary
+    latency = _copy_s("dgx-h100-8", 0.0)
+    # the copies are the floor; at most the whole compute of the prompt and a latency per layer come on top
+    assert copies <= empty["prefill_s"] <= copies + layers * latency + plain["latency_s"]
+    # with every expert resident nothing moves and the prompt costs about the plain prefill (the trace's
+    # routed experts instead of the expected count of distinct experts)
+    full = _prefill(cache_ratio=1.0)
+    assert full["prefill_experts_fetched"] == 0
+    assert full["prefill_s"] == pytest.approx(plain["latency_s"], rel=0.1)
+
+
+def test_a_balanced_prefill_is_never_slower_than_either_side_alone() -> None:
+    # HybriMoE's prefill trend: a static split (every miss on the CPU, kTransformers-like) or every miss
+    # copied in are both beaten by the per-layer balance, which sends the lowest-scored misses to the CPU
+    runs = {m: _prefill(cache_ratio=0.25, misses=m) for m in ("gpu", "cpu", "balance")}
+    best_alone = min(runs["gpu"]["prefill_s"], runs["cpu"]["prefill_s"])
+    assert runs["balance"]["prefill_s"] <= best_alone * 1.001
+    assert 0 < runs["balance"]["prefill_experts_on_cpu"] < runs["cpu"]["prefill_experts_on_cpu"]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from models.llm import ExpertGemm, LLMSpec, LogicalPass, build_pass
+from models.llm import ExpertGemm, LLMSpec, LogicalOp, LogicalPass, build_pass
 from simcore.config import Param, block_field, param_field, positive
 from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan
@@ -112,6 +112,9 @@ class MoEOffload(LLMScenario):
     context_len: int = param_field(positive("tokens in the KV cache", type=int, default=512))
     steps: int = param_field(positive("decode steps (a shorter routing trace wraps around)", type=int,
                                       default=16, maximum=1024))  # fmt: skip
+    prefill: bool = param_field(Param("first prefill the prompts (context_len tokens each) through the same "
+                                      "expert cache and offload policy; their routing is the trace's first "
+                                      "context_len steps", type=bool, default=False))  # fmt: skip
     moe: ExpertOffload = block_field(ExpertOffload)
 
     def check_context(self, spec: LLMSpec) -> None:
@@ -156,7 +159,8 @@ class MoEOffload(LLMScenario):
         assert spec.moe is not None
         m, e, k = self.moe, spec.moe.experts, spec.moe.top_k
         if m.trace is None:
-            tr = synthetic(moe_layers, e, k, min(self.steps, 4096), self.batch, zipf_s=m.zipf_s,
+            span = max(self.steps, self.context_len if self.prefill else 1)  # the prompt reads its first steps
+            tr = synthetic(moe_layers, e, k, min(span, 4096), self.batch, zipf_s=m.zipf_s,
                            locality=m.locality, affinity=m.affinity, seed=m.seed)  # fmt: skip
         else:
             tr = load_routing(m.trace)
@@ -197,6 +201,16 @@ class MoEOffload(LLMScenario):
         run.allocate_kv(self.batch, self.context_len + self.steps)
         logical = build_pass(spec, 1, self.batch, 1, self.context_len + 1, prec, "decode")
         writer = StepProgram(self, run, logical, trace, layers, gpu, host, store, capacity)
+        prefill: dict[str, Any] = {}
+        if self.prefill:
+            ctx = self.context_len
+            lay = Layout.of(build_pass(spec, 1, self.batch, ctx, ctx, prec, "prefill"), set(layers))
+            t0 = eng.env.now
+            yield eng.submit(writer.write(lay.logical.name, lay, writer.prompt_route(ctx), None))
+            done = writer.tally
+            prefill = {"prefill_s": eng.env.now - t0, "prefill_tokens_per_s": self.batch * ctx / (eng.env.now - t0),
+                       "prefill_experts_fetched": done.fetched, "prefill_experts_on_cpu": done.cpu}  # fmt: skip
+            writer.tally = Tally()
         t0, busy0 = eng.env.now, eng.busy_group[(gpu,)]
         for s in range(self.steps):
             yield eng.submit(writer.program(s, self.context_len + 1 + s))
@@ -213,7 +227,31 @@ class MoEOffload(LLMScenario):
                 "experts_low_precision": tally.low_precision, "experts_on_cpu": tally.cpu,
                 "experts_prefetched": tally.prefetched,
                 "prefetch_hit_rate": tally.prefetch_used / tally.prefetched if tally.prefetched else 0.0,
-                "routing_trace": trace.name}  # fmt: skip
+                "routing_trace": trace.name, **prefill}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a logical pass's MoE pieces sit: per MoE layer the indices of its expert ops, and the pass in
+    order (index, op, whether an attention) with each layer's expert ops folded into its first."""
+
+    logical: LogicalPass
+    ops: dict[int, dict[str, int]]
+    order: list[tuple[int, LogicalOp, bool]]
+    firsts: dict[int, int]  # index of a layer's first expert op -> the layer
+
+    @classmethod
+    def of(cls, logical: LogicalPass, moe_layers: set[int]) -> Layout:
+        ops: dict[int, dict[str, int]] = {}
+        for k, lop in enumerate(logical.ops):
+            tail = (lop.name or lop.op.name).rsplit(".", 1)[-1]
+            if lop.block in moe_layers and tail in ("experts_gate_up", "experts_act_mul", "experts_down"):
+                ops.setdefault(lop.block, {})[tail] = k
+        folded = {i[t] for i in ops.values() for t in ("experts_act_mul", "experts_down")}
+        order = [
+            (k, lop, isinstance(lop.op, Attention)) for k, lop in enumerate(logical.ops) if k not in folded
+        ]
+        return cls(logical, ops, order, {i["experts_gate_up"]: layer for layer, i in ops.items()})
 
 
 class StepProgram:
@@ -224,7 +262,7 @@ class StepProgram:
                  layers: list[int], gpu: str, host: str, store: str, capacity: int) -> None:  # fmt: skip
         spec = run.spec
         assert spec.moe is not None
-        self.sc, self.run, self.logical, self.trace = sc, run, logical, trace
+        self.sc, self.run, self.trace = sc, run, trace
         self.gpu, self.host, self.store = gpu, host, store
         self.moe_index = {layer: j for j, layer in enumerate(layers)}
         self.layers = layers
@@ -234,21 +272,13 @@ class StepProgram:
         self.expert_params = spec.moe.expert_params(spec.hidden)
         self.full = run.plan.precision.weights
         self.dtype = logical.ops[0].op.dtype
-        #: per MoE layer: the logical indices of its router top-k and of its three expert ops
-        self.ops: dict[int, dict[str, int]] = {}
-        for k, lop in enumerate(logical.ops):
-            tail = (lop.name or lop.op.name).rsplit(".", 1)[-1]
-            if lop.block in self.moe_index and tail in ("router_topk", "experts_gate_up", "experts_act_mul",
-                                                          "experts_down"):  # fmt: skip
-                self.ops.setdefault(lop.block, {})[tail] = k
+        self.decode = self.lay = Layout.of(logical, set(layers))
         self._cost: dict[tuple, float] = {}
         self._ops: dict[tuple, list[Op]] = {}  # (layer op, n, rows, fmt) -> the expert ops
         #: (trace step, MoE layer) -> (routed experts and their scores, token rows in all, rows per expert)
         self._routes: dict[tuple[int, int], tuple[dict[int, float], int, int]] = {}
-        #: the pass in order, expert ops folded into their layer's first (k, logical op, is attention)
-        self.order = [(k, lop, isinstance(lop.op, Attention)) for k, lop in enumerate(logical.ops)
-                      if not any(k in (i["experts_act_mul"], i["experts_down"]) for i in self.ops.values())]  # fmt: skip
-        self.firsts = {i["experts_gate_up"]: layer for layer, i in self.ops.items()}
+        #: the routing of the pass being written: MoE layer -> (routed experts, rows in all, rows per expert)
+        self.routes: Callable[[int], tuple[dict[int, float], int, int]] = lambda j: self.route(0, j)
 
     # ------------------------------------------------------------------------------------------ costs
 
@@ -259,13 +289,13 @@ class StepProgram:
     def expert_ops(self, layer: int, n: int, rows: int, fmt: str | None) -> list[Op]:
         """The layer's three expert ops over `n` experts of `rows` token rows each, weights stored in `fmt`
         (`Gemm.weight_dtype`; None: the activations' dtype)."""
-        idx = self.ops[layer]
-        gate_up: ExpertGemm = self.logical.ops[idx["experts_gate_up"]].op  # type: ignore[assignment]
+        idx, logical = self.lay.ops[layer], self.lay.logical
+        gate_up: ExpertGemm = logical.ops[idx["experts_gate_up"]].op  # type: ignore[assignment]
         key = (id(gate_up), n, rows, fmt)  # identical layers share their ops
         ops = self._ops.get(key)
         if ops is None:
-            act: Elementwise = self.logical.ops[idx["experts_act_mul"]].op  # type: ignore[assignment]
-            down: ExpertGemm = self.logical.ops[idx["experts_down"]].op  # type: ignore[assignment]
+            act: Elementwise = logical.ops[idx["experts_act_mul"]].op  # type: ignore[assignment]
+            down: ExpertGemm = logical.ops[idx["experts_down"]].op  # type: ignore[assignment]
             ef = gate_up.n // 2
             w = {} if fmt is None else {"weight_dtype": fmt}
             ops = self._ops[key] = [replace(gate_up, batch=n, m=rows, **w),
@@ -280,7 +310,7 @@ class StepProgram:
     def compute_s(self, device: str, layer: int, n: int, rows: int, fmt: str | None) -> float:
         """Closed-form seconds of `n` experts' GEMMs on `device` (what the balancing scheduler weighs)."""
         comp = self.run.system.devices[device]
-        return self.seconds(("c", device, layer, n, rows, fmt), lambda: sum(
+        return self.seconds(("c", device, id(self.lay), layer, n, rows, fmt), lambda: sum(
             comp.op_cost(op).duration_s for op in self.expert_ops(layer, n, rows, fmt)))  # fmt: skip
 
     def copy_s(self, nbytes: float) -> float:
@@ -324,32 +354,57 @@ class StepProgram:
     def program(self, s: int, kv_len: int) -> Program:
         """Decode step `s` (trace step s mod its length) with `kv_len` tokens of context."""
         ts = s % self.trace.steps
+        return self.write(
+            f"{self.decode.logical.name}-step{s}", self.decode, lambda j: self.route(ts, j), kv_len
+        )
+
+    def write(self, name: str, lay: Layout, routes: Callable[[int], tuple[dict[int, float], int, int]],
+              kv_len: int | None) -> Program:  # fmt: skip
+        """The program of the pass `lay` routed by `routes`, its attention at `kv_len` (None: as built)."""
+        self.lay, self.routes = lay, routes
         steps: list[Step] = []
         placed: dict[int, int] = {}
         staged: dict[int, tuple[set[int], int]] = {}  # MoE layer -> (prefetched experts, their copy step)
         attention: dict[int, Op] = {}  # id of the pass's attention op -> at this step's kv_len
         after: tuple[int, ...] = ()
-        gpu = (self.gpu,)
+        gpu, phase = (self.gpu,), lay.logical.phase
 
         def add(step: Step) -> int:
             steps.append(step)
             return len(steps) - 1
 
-        for k, lop, is_attention in self.order:
-            layer = self.firsts.get(k)
+        for k, lop, is_attention in lay.order:
+            layer = lay.firsts.get(k)
             if layer is not None:
                 assert len(after) == 1
                 prefix = (lop.name or lop.op.name).rsplit(".", 1)[0]
-                after = self.moe_layer(ts, layer, after[0], add, staged, prefix)
+                after = self.moe_layer(layer, after[0], add, staged, prefix)
                 continue
             op = lop.op
-            if is_attention:
+            if is_attention and kv_len is not None:
                 op = attention.get(id(lop.op)) or attention.setdefault(id(lop.op), op.with_kv_len(kv_len))  # type: ignore[attr-defined]
             twin = placed.get(lop.twin if lop.twin >= 0 else k, -1)
-            steps.append(Step(op, gpu, after, "decode", lop.allocs, twin, lop.name or op.name))
+            steps.append(Step(op, gpu, after, phase, lop.allocs, twin, lop.name or op.name))
             after = (len(steps) - 1,)
             placed.setdefault(k, after[0])
-        return Program.compile(f"{self.logical.name}-step{s}", steps, coarse=True)
+        return Program.compile(name, steps, coarse=True)
+
+    def prompt_route(self, prompt_len: int) -> Callable[[int], tuple[dict[int, float], int, int]]:
+        """The routing of a prompt of `prompt_len` tokens per sequence: its tokens are the trace's first
+        `prompt_len` steps (wrapping), each expert with its largest gate score among them."""
+        out: dict[int, tuple[dict[int, float], int, int]] = {}
+
+        def routes(j: int) -> tuple[dict[int, float], int, int]:
+            if j not in out:
+                routed: dict[int, float] = {}
+                for s in range(prompt_len):
+                    for e, score in self.route(s % self.trace.steps, j)[0].items():
+                        routed[e] = max(routed.get(e, 0.0), score)
+                total = prompt_len * self.trace.tokens * self.trace.top_k
+                out[j] = (routed, total, -(-total // len(routed)))
+            return out[j]
+
+        return routes
 
     def route(self, ts: int, j: int) -> tuple[dict[int, float], int, int]:
         """(routed experts -> gate score, token rows in all, rows per expert) at trace step `ts`, MoE layer `j`."""
@@ -362,9 +417,10 @@ class StepProgram:
 
     def copy(self, add: Callable[[Step], int], name: str, nbytes: float, src: str, dst: str,
              deps: tuple[int, ...]) -> int:  # fmt: skip
-        return add(Step(Transfer(name, self.dtype, nbytes=nbytes, src=src, dst=dst), (src,), deps, "decode"))
+        op = Transfer(name, self.dtype, nbytes=nbytes, src=src, dst=dst)
+        return add(Step(op, (src,), deps, self.lay.logical.phase))
 
-    def prefetch(self, ts: int, layer: int, after: int, add: Callable[[Step], int],
+    def prefetch(self, layer: int, after: int, add: Callable[[Step], int],
                  staged: dict[int, tuple[set[int], int]]) -> None:  # fmt: skip
         """Copy the experts predicted for the next MoE layer once this layer's router has run (queued
         behind this layer's own copy on the link's DMA lane)."""
@@ -372,7 +428,7 @@ class StepProgram:
         if j >= len(self.caches.layers):
             return
         nxt = self.layers[j]
-        truth = self.route(ts, j)[0]
+        truth = self.routes(j)[0]
         predicted: dict[int, float] = {}
         for e, score in truth.items():
             if self.rng.random() >= self.sc.moe.prefetch_accuracy:
@@ -398,16 +454,16 @@ class StepProgram:
     def weight_dtype(self, layer: int, fmt: str) -> str | None:
         """`Gemm.weight_dtype` of experts held in `fmt` (the plan's own format: as the pass has it)."""
         if fmt == self.full:
-            return self.logical.ops[self.ops[layer]["experts_gate_up"]].op.weight_dtype  # type: ignore[attr-defined]
+            return self.lay.logical.ops[self.lay.ops[layer]["experts_gate_up"]].op.weight_dtype  # type: ignore[attr-defined]
         return fmt
 
-    def moe_layer(self, ts: int, layer: int, last: int, add: Callable[[Step], int],
+    def moe_layer(self, layer: int, last: int, add: Callable[[Step], int],
                   staged: dict[int, tuple[set[int], int]], p: str) -> tuple[int, ...]:  # fmt: skip
         """The expert part of MoE layer `layer` after its permute (step `last`): the steps the combine
         waits for."""
         j = self.moe_index[layer]
         cache, m = self.caches[j], self.sc.moe
-        routed, total_rows, rows = self.route(ts, j)
+        routed, total_rows, rows = self.routes(j)
         pre, pre_step = staged.pop(j, (set(), -1))
         hits, misses = cache.lookup(routed)
         hits += [e for e in misses if e in pre]  # prefetched into a staging buffer (an empty cache)
@@ -443,15 +499,15 @@ class StepProgram:
         ends: list[int] = []
         if on_cpu:  # the tokens to the host, the experts there, their outputs back
             self.tally.cpu += len(on_cpu)
-            h_B = self.logical.activation_B
+            h_B = self.lay.logical.activation_B
             c = self.copy(add, f"{p}.tokens_to_cpu", h_B, self.gpu, self.host, (last,))
             for op in self.expert_ops(layer, len(on_cpu), rows, None):
                 name = f"{p}.{op.name.rsplit('.', 1)[-1]}_cpu"
-                c = add(Step(op, (self.host,), (c,), "decode", (), -1, name))
+                c = add(Step(op, (self.host,), (c,), self.lay.logical.phase, (), -1, name))
             ends.append(self.copy(add, f"{p}.experts_out_to_gpu", h_B * len(on_cpu) * rows / total_rows,
                                   self.host, self.gpu, (c,)))  # fmt: skip
         if m.prefetch != "none":  # one DMA queue per direction: behind this layer's own copies
-            self.prefetch(ts, layer, last, add, staged)
+            self.prefetch(layer, last, add, staged)
         prev = -1
         for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != self.full)):
             tag = ("_copied" if copied else "") + ("" if fmt == self.full else f"_{fmt}")
@@ -460,7 +516,7 @@ class StepProgram:
                 if copied and q == 0:
                     deps |= waits
                 name = f"{p}.{op.name.rsplit('.', 1)[-1]}{tag}"
-                prev = add(Step(op, (self.gpu,), tuple(sorted(deps)), "decode", (), -1, name))
+                prev = add(Step(op, (self.gpu,), tuple(sorted(deps)), self.lay.logical.phase, (), -1, name))
         if prev >= 0:
             ends.append(prev)
         return tuple(sorted(ends))
