@@ -197,6 +197,9 @@ def test_with_an_empty_cache_each_layer_waits_for_its_experts_bytes_over_pcie() 
     k = spec.moe.top_k  # one token: top-k distinct experts per layer
     assert empty["expert_hit_rate"] == 0.0
     assert empty["expert_bytes_fetched_per_token_B"] == pytest.approx(layers * k * expert_B)
+    # every hop from host memory to the GPU carries exactly those bytes (one token: nothing else crosses)
+    hops = list(empty["link_bytes_per_token_B"].values())
+    assert hops and hops == pytest.approx([layers * k * expert_B] * len(hops))
     expected = full["latency_s"] + layers * _copy_s("dgx-h100-8", k * expert_B)
     assert empty["latency_s"] == pytest.approx(expected, rel=1e-9)
     # the GPU idles exactly while the copies run

@@ -152,7 +152,11 @@ class MoEOffload(LLMScenario):
                        dtype=plan.dtype)  # fmt: skip
         if not plan.precision.is_uniform:
             summary["precision"] = plan.precision.as_dict()
-        return account(llm.engine.ledger(), llm.placement.devices, summary, "token", summary["output_tokens"])
+        ledger = llm.engine.ledger()
+        # what each link direction carried per output token over the whole run (the prefill's too)
+        summary["link_bytes_per_token_B"] = {r.label: r.bytes_carried / summary["output_tokens"]
+                                             for r in ledger.resources if r.link is not None and r.bytes_carried}  # fmt: skip
+        return account(ledger, llm.placement.devices, summary, "token", summary["output_tokens"])
 
     def trace(self, spec: LLMSpec, moe_layers: int) -> RoutingTrace:
         """The routing trace, checked against the model and batch."""
