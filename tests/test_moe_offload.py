@@ -386,3 +386,13 @@ def test_a_balanced_prefill_is_never_slower_than_either_side_alone() -> None:
     best_alone = min(runs["gpu"]["prefill_s"], runs["cpu"]["prefill_s"])
     assert runs["balance"]["prefill_s"] <= best_alone * 1.001
     assert 0 < runs["balance"]["prefill_experts_on_cpu"] < runs["cpu"]["prefill_experts_on_cpu"]
+
+
+def test_on_unified_memory_every_expert_is_read_in_place() -> None:
+    # The M2 Max's CPU uses the GPU's memory: the "host copy" of the experts is the GPU's own, so nothing is
+    # cached or copied and a step is the plain decode to round-off, whatever the cache ratio says.
+    plain = simulate("mac-m2-max", SMALL, Decode(batch=1, context_len=512), tp=1, keep_records=False).summary
+    run = _offload(hardware="mac-m2-max", cache_ratio=0.25)
+    assert run["unified_memory"] is True and run["expert_hit_rate"] == 1.0 and run["experts_fetched"] == 0
+    assert run["latency_s"] == pytest.approx(plain["latency_s"], rel=1e-9)
+    assert not _offload(cache_ratio=0.25)["unified_memory"]

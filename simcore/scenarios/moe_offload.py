@@ -17,7 +17,10 @@ layer by `moe.misses`. Options, each a mechanism from a published system:
   closed-form costs of both; `cpu` sends every miss to the CPU (a kTransformers-like static split).
 
 Every copy is a flow over the source memory, the PCIe links and the GPU's memory, shared with whatever
-else is in flight. The cache state evolves in trace order; timing never changes what is cached.
+else is in flight. The cache state evolves in trace order; timing never changes what is cached. Where the
+host shares the GPU's memory (Jetson, Apple: unified memory), the GPU reads every expert in place: nothing
+is cached or copied and a step is the plain decode (`unified_memory` in the summary); experts on an NVMe
+drive are still copied in.
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ class MoEOffload(LLMScenario):
         assert spec.moe is not None
         m, e, k = self.moe, spec.moe.experts, spec.moe.top_k
         if m.trace is None:
-            span = max(self.steps, self.context_len if self.prefill else 1)  # the prompt reads its first steps
+            span = max(
+                self.steps, self.context_len if self.prefill else 1
+            )  # the prompt reads its first steps
             tr = synthetic(moe_layers, e, k, min(span, 4096), self.batch, zipf_s=m.zipf_s,
                            locality=m.locality, affinity=m.affinity, seed=m.seed)  # fmt: skip
         else:
@@ -192,15 +197,18 @@ class MoEOffload(LLMScenario):
             store = min(drives, key=lambda d: (sum(k.latency_s for _, _, k in run.system.route(gpu, d)), d))
         layers = [i for i in range(spec.layers) if moe.is_moe(i)]
         trace = self.trace(spec, len(layers))
-        capacity = round(m.cache_ratio * moe.experts)
+        # unified memory (Jetson, Apple): the store is the GPU's own memory, which reads every expert in place
+        unified = eng.store[store] == eng.store[gpu]
+        capacity = moe.experts if unified else round(m.cache_ratio * moe.experts)
         # weights: everything but the routed experts on the GPU, plus the cached ones; all experts on the host
         expert_params = moe.expert_params(spec.hidden)
         routed = len(layers) * moe.experts * expert_params
         prec = plan.precision
         eng.allocate(gpu, f"{spec.name} weights", prec.weight_bytes(spec.params - routed))
-        eng.allocate(
-            gpu, f"{spec.name} expert cache", prec.weight_bytes(len(layers) * capacity * expert_params)
-        )
+        if not unified:
+            eng.allocate(
+                gpu, f"{spec.name} expert cache", prec.weight_bytes(len(layers) * capacity * expert_params)
+            )
         eng.allocate(store, f"{spec.name} experts ({m.store} copy)", prec.weight_bytes(routed))
         run.allocate_kv(self.batch, self.context_len + self.steps)
         logical = build_pass(spec, 1, self.batch, 1, self.context_len + 1, prec, "decode")
@@ -231,7 +239,7 @@ class MoEOffload(LLMScenario):
                 "experts_low_precision": tally.low_precision, "experts_on_cpu": tally.cpu,
                 "experts_prefetched": tally.prefetched,
                 "prefetch_hit_rate": tally.prefetch_used / tally.prefetched if tally.prefetched else 0.0,
-                "routing_trace": trace.name, **prefill}  # fmt: skip
+                "routing_trace": trace.name, "unified_memory": unified, **prefill}  # fmt: skip
 
 
 @dataclass(frozen=True)
