@@ -371,20 +371,24 @@ _LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_k
 
 @family("llama", "yi", keys=_LLAMA_KEYS)
 @family("mistral", keys=(*_LLAMA_KEYS, "sliding_window"))
-@family("qwen2", keys=(*_LLAMA_KEYS, "sliding_window", "use_sliding_window", "max_window_layers"))
+@family("qwen2", "qwen3", keys=(*_LLAMA_KEYS, "sliding_window", "use_sliding_window", "max_window_layers"))
 def _llama_like(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    """Llama-like decoders: SwiGLU, RMSNorm, rotary positions, grouped-query attention. Qwen2 adds biases on
+    q, k, v; Qwen3 drops them and normalizes each head's q and k (qk_norm); Mistral and Qwen2 may slide a
+    window."""
     mt, h = c["model_type"], _pos(c, "hidden_size")
     heads, kv, d = _heads(c, h, "num_attention_heads", "num_key_value_heads")
     layers = _pos(c, "num_hidden_layers")
     window, start = None, 0
     if mt == "mistral":
         window = _window(c)
-    elif mt == "qwen2" and _flag(c, "use_sliding_window"):  # layers from max_window_layers on use the window
+    elif mt in ("qwen2", "qwen3") and _flag(c, "use_sliding_window"):  # layers from max_window_layers on
         window, start = _window(c), _pos(c, "max_window_layers", layers) if c.get("max_window_layers") else 0
     return LLMSpec(
         name, mt, h, layers, heads, kv, d, _pos(c, "intermediate_size"), _pos(c, "vocab_size"), True, "rmsnorm",
         c.get("hidden_act", "silu"), _flag(c, "tie_word_embeddings"), _pos(c, "max_position_embeddings", 4096),
         bias=mt == "qwen2" or _flag(c, "attention_bias") or _flag(c, "mlp_bias"), window=window, window_start=start,
+        qk_norm=mt == "qwen3",
     )  # fmt: skip
 
 

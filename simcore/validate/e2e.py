@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from models.llm import SeqGroup, load_llm, model_names
 from simcore.mapping.frameworks import FRAMEWORKS
 from simcore.validate.rows import SYSTEMS, Row, Simulator, _approx, _Fields, csv_format, map_device
 
@@ -49,6 +50,27 @@ _STATIC = re.compile(r"static batch")
 def _lookup(table: tuple[tuple[Any, ...], ...], text: str) -> tuple[Any, ...] | None:
     key = re.sub(r"^(meta-)", "", text.strip().lower().replace(" ", "-"))
     return next((entry[1:] for entry in table if re.search(entry[0], key)), None)
+
+
+#: published repository names whose shapes a shipped config already has (its model card says so)
+SAME_SHAPES: dict[str, str] = {
+    # Qwen3-Coder-30B-A3B-Instruct's model card: 30.5B total / 3.3B active, 48 layers, 32 query and 4 KV
+    # heads, 128 experts with 8 active: Qwen3-30B-A3B's shapes (a longer context only)
+    "qwen3-coder-30b-a3b": "qwen3-30b-a3b",
+}
+
+
+def shipped_model(text: str) -> str | None:
+    """The shipped config a published model name runs: the repository name without its organisation, in
+    lower case, without release and tuning suffixes (-Instruct, -Thinking, -2507, -it, -chat, -hf) or a
+    weight format (-FP8: the row's precision); Llama 3.1 and 3.3 keep Llama 3's shapes (their longer
+    context changes positions, not shapes)."""
+    key = re.sub(r"^meta-", "", text.split("/")[-1].strip().lower())
+    while (short := re.sub(r"-(instruct|thinking|chat|hf|it|fp8|\d{4})$", "", key)) != key:
+        key = short
+    key = SAME_SHAPES.get(key, key)
+    shipped = model_names()
+    return next((k for k in (key, re.sub(r"^llama-3\.[13]-", "llama-3-", key)) if k in shipped), None)
 
 
 @csv_format("llm_e2e_*.csv", ("output_throughput_tok_per_s", "weights_precision"), ("hardware",), ("model",),
@@ -146,8 +168,9 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
     steady state of continuous batching on that many GPUs (tensor parallel): see `_steady_state`."""
     config, workload = f.text("config"), f.text("workload")
     devices = f.integer("num_devices") or 1
-    model = _lookup(MODELS, f.text("model").split("/")[-1].replace("-Instruct", "").replace(".1-", "-")
-                    .replace(".3-", "-"))  # fmt: skip
+    name = shipped_model(f.text("model"))
+    model = (name,) if name else None
+    fp8 = bool(re.search(r"-fp8\b", f.text("model"), re.IGNORECASE))
     prompt = next((n for pattern, n in TASK_PROMPT_TOKENS if re.search(pattern, workload)), None)
     batch_m, out_m, tp_m = _BATCH.search(config), _OUTPUT.search(config), _TP.search(config)
     device = f.text("hardware")
@@ -160,6 +183,9 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
         reason = why
     elif model is None:
         reason = f"model {f.text('model')!r} is not shipped"
+    elif load_llm(model[0]).checkpoint_format is not None and not fp8:
+        reason = (f"{model[0]} ships its experts in {load_llm(model[0]).checkpoint_format}-sized blocks and its "
+                  "attention in bf16: a precision plan has one weight format")  # fmt: skip
     elif prompt is None:
         reason = f"no prompt length assumed for the task of {workload!r}"
     elif not (batch_m and out_m):
@@ -173,12 +199,12 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
         if value is None:
             continue
         shape = f"{f.text('model')} x{devices} {config[:48]}"
-        row = Row(f.file, f.line, device, family, "bf16", shape, quantity, value, _approx(f), f.text("source"),
-                  preset)  # fmt: skip
+        row = Row(f.file, f.line, device, family, "fp8" if fp8 else "bf16", shape, quantity, value, _approx(f),
+                  f.text("source"), preset)  # fmt: skip
         row.reason = reason
         if not reason and model is not None and prompt is not None and batch_m and out_m:
             state = (sim, preset, devices, model[0], float(batch_m.group(1)), prompt, float(out_m.group(1)),
-                     framework_of(f.text("framework")))  # fmt: skip
+                     framework_of(f.text("framework")), fp8)  # fmt: skip
             row.predict = _serving_figure(state, quantity)
         rows.append(row)
     return rows
@@ -196,19 +222,21 @@ _STATES: dict[tuple[Any, ...], dict[str, float]] = {}
 
 
 def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
-                  output: float, framework: str) -> dict[str, float]:  # fmt: skip
+                  output: float, framework: str, fp8: bool = False) -> dict[str, float]:  # fmt: skip
     """Continuous batching in steady state at `batch` running sequences: each iteration decodes one token
     of every sequence (context: the prompt plus half the average output) and, as batch / output requests
     finish per iteration, prefills as many new prompts' tokens (chunked prefill spreads them over the
     iterations). Energy per output token and power are the mean iteration's (joules of the GPUs used);
     the median inter-token latency is the mixed iteration's when most iterations carry prefill tokens
-    (batch / output >= 1/2), else a decode-only iteration's."""
-    from models.llm import SeqGroup, load_llm
+    (batch / output >= 1/2), else a decode-only iteration's. `fp8`: an FP8 checkpoint served as vLLM does:
+    weights and GEMM inputs in fp8, all-reduces in bf16; the KV cache follows the activations into fp8
+    (vLLM keeps it in bf16, but a plan's attention reads the KV in its compute format: at these batches the
+    KV is under a fifth of the bytes a step reads)."""
     from simcore.mapping import ExecutionPlan
     from simcore.precision import plan_from
     from simcore.scenarios.base import LLMRun
 
-    key = (id(sim), preset, devices, model, batch, prompt, output, framework)
+    key = (id(sim), preset, devices, model, batch, prompt, output, framework, fp8)
     if key in _STATES:
         return _STATES[key]
     system = sim.system(preset if devices == 1 else SYSTEMS[preset])
@@ -220,7 +248,8 @@ def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: 
                                SeqGroup(1, part, prompt) if part else None) if g)  # fmt: skip
 
     def iteration(extra: tuple[SeqGroup, ...]) -> tuple[float, float]:
-        plan = ExecutionPlan(tp=devices, precision=plan_from("bf16"), framework=framework)
+        given = {"weights": "fp8", "activations": "fp8", "communication": "bf16"} if fp8 else None
+        plan = ExecutionPlan(tp=devices, precision=plan_from("bf16", given), framework=framework)
         run = LLMRun(system, load_llm(model), plan, False)
         run.allocate_weights()
         (program,) = run.iteration((decode, *extra))
