@@ -11,16 +11,19 @@ from models.llm import build_pass, load_llm, model_names
 from simcore.errors import ConfigError
 from simcore.ops import Gemm
 
-PUBLISHED = {"gemma-2b": 2.51e9, "gemma-7b": 8.54e9, "phi-3-mini-4k": 3.82e9, "phi-3-mini-128k": 3.82e9}
+PUBLISHED = {"gemma-2b": 2.51e9, "gemma-7b": 8.54e9, "phi-3-mini-4k": 3.82e9, "phi-3-mini-128k": 3.82e9,
+             "qwen3-8b": 8.2e9, "qwen3-14b": 14.8e9, "qwen3-32b": 32.8e9, "llama-3.1-405b": 405e9}
 
 
 @pytest.mark.parametrize(("name", "params"), PUBLISHED.items())
-def test_gemma_and_phi3_parameter_counts_match_the_published_sizes(name, params):
+def test_parameter_counts_match_the_published_sizes(name, params):
     """Sources. Gemma: the google/gemma-2b and google/gemma-7b model cards and config.json files (Gemma
     team 2024, "Gemma: Open Models Based on Gemini Research and Technology", table 1 and table 2: 2B has
     2,506,172,416 parameters with embeddings, 7B has 8,537,680,896: "2.51B" and "8.54B"). Phi-3: the
     microsoft/Phi-3-mini-4k-instruct and Phi-3-mini-128k-instruct model cards and config.json files (Abdin et
-    al. 2024, "Phi-3 Technical Report": phi-3-mini, 3.8B parameters; 3,821,079,552 in the checkpoint)."""
+    al. 2024, "Phi-3 Technical Report": phi-3-mini, 3.8B parameters; 3,821,079,552 in the checkpoint). Qwen3:
+    the Qwen/Qwen3-8B, -14B and -32B model cards ("Number of Parameters: 8.2B / 14.8B / 32.8B"). Llama 3.1:
+    The Llama 3 Herd of Models (Dubey et al., 2024), "405B parameters"."""
     assert load_llm(name).params == pytest.approx(params, rel=0.01)
 
 
