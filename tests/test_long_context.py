@@ -109,3 +109,21 @@ def test_swap_times_to_host_memory_and_nvme() -> None:
     assert to_ssd == pytest.approx(TP * kv / (4 * nvme.write_bandwidth_Bps), rel=0.05)
     back = swap_s(system, {g: drives for g in gpus}, kv, out=False)
     assert back < to_ssd  # reads (7 GB/s, capped by each drive's Gen4 x4 link) are faster than writes
+
+
+def test_fewer_kv_devices_than_ranks_give_each_rank_its_nearest() -> None:
+    # dgx-a100-8: GPUs 0-3 hang off cpu0's PCIe switches, 4-7 off cpu1's; two host CPUs for eight ranks
+    # give each rank its own socket's memory, four ranks each; three devices divide eight ranks no way
+    from models.llm import build_pass, load_llm
+    from simcore.errors import ConfigError
+    from simcore.mapping.plan import ExecutionPlan, kv_placement
+    from simcore.system import load_system
+
+    system = load_system("dgx-a100-8")
+    ranks = tuple(f"gpu{i}" for i in range(8))
+    probe = build_pass(load_llm("llama-2-13b"), 8, 1, 1, 16, "bf16", "decode")
+    assert kv_placement(system, ExecutionPlan(tp=8, kv_devices=("cpu*",)), ranks, probe) == ("cpu0",) * 4 + (
+        "cpu1",) * 4  # fmt: skip
+    assert kv_placement(system, ExecutionPlan(tp=8, kv_devices=("cpu1",)), ranks, probe) == ("cpu1",) * 8
+    with pytest.raises(ConfigError, match="divisor or a multiple"):
+        kv_placement(system, ExecutionPlan(tp=8, kv_devices=("cpu0", "cpu1", "nvme0")), ranks, probe)

@@ -135,17 +135,28 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
 def kv_placement(
     system: System, plan: ExecutionPlan, group: tuple[str, ...], probe: LogicalPass
 ) -> tuple[str, ...]:
-    """The KV devices of the ranks (offload.kv), rank r taking the r-th equal slice (its sequences split
-    over its slice), or one device for all, on a single-stage plan; with attention near the KV, each must
-    run the workload's decode attention."""
+    """The KV devices of the ranks (offload.kv) on a single-stage plan: with as many devices as ranks or a
+    multiple, rank r takes the r-th equal slice (its sequences split over its slice); with fewer (one for
+    all, two host CPUs for eight GPUs), each rank its nearest device, each device as many ranks. With
+    attention near the KV, each must run the workload's decode attention."""
     devs = list(dict.fromkeys(d for pat in plan.kv_devices for d in fnmatch.filter(system.devices, pat)))
     if set(devs) & set(group):
         raise ConfigError(f"offload.kv names {sorted(set(devs) & set(group))[0]!r}, which runs the GEMMs: name "
                           "the devices that hold the KV cache apart from it", key="offload.kv")  # fmt: skip
-    if not devs or plan.pp > 1 or plan.dp > 1 or (len(devs) > 1 and len(devs) % len(group)):
+    if not devs or plan.pp > 1 or plan.dp > 1 or (len(devs) % len(group) and len(group) % len(devs)):
         raise ConfigError(f"offload.kv names {len(devs)} device(s) of {system.name!r} for {len(group)} rank(s) "
-                          "(need one, or a multiple of the ranks, and pp = dp = 1)", key="offload.kv")  # fmt: skip
-    kv = tuple(devs) if len(devs) > 1 else tuple(devs) * len(group)
+                          "(need a divisor or a multiple of the ranks, and pp = dp = 1)", key="offload.kv")  # fmt: skip
+    if len(devs) >= len(group):
+        kv = tuple(devs)
+    else:  # fewer KV devices than ranks: each rank takes its nearest one that has room (even shares)
+        room = dict.fromkeys(devs, len(group) // len(devs))
+        picks = []
+        for rank in group:
+            d = min((d for d in devs if room[d]),
+                    key=lambda d: (sum(link.latency_s for _, _, link in system.route(rank, d)), devs.index(d)))  # fmt: skip
+            room[d] -= 1
+            picks.append(d)
+        kv = tuple(picks)
     attn = [lop.op for lop in probe.ops if lop.op.kind == "attention"]
     for d in dict.fromkeys(kv) if plan.kv_attention == "near" else ():
         comp = system.devices[d]
