@@ -43,6 +43,15 @@ class Flow:
     solo_Bps: float = 0.0  # its rate alone: its cap or its tightest resource
 
 
+def solo_rate(path: tuple[Resource, ...], weights: tuple[float, ...], cap_Bps: float = math.inf) -> float:
+    """A flow's rate alone: its cap or its tightest resource, a resource it crosses twice (a copy between
+    two devices on one memory reads and writes that memory) counted with both uses."""
+    use: dict[Resource, float] = {}
+    for r, w in zip(path, weights, strict=True):
+        use[r] = use.get(r, 0.0) + w
+    return min(cap_Bps, min(r.capacity_Bps / w for r, w in use.items()))
+
+
 class FlowNetwork:
     """All active flows of one simulation and the rates they get."""
 
@@ -61,7 +70,7 @@ class FlowNetwork:
             return done
         now = self.env.now
         flow = Flow(path, nbytes, cap_Bps, done, weights or (1.0,) * len(path), updated_at=now)
-        flow.solo_Bps = min(cap_Bps, min(r.capacity_Bps / w for r, w in zip(path, flow.weights, strict=True)))
+        flow.solo_Bps = solo_rate(path, flow.weights, cap_Bps)
         for r in path:
             if not r.flows:
                 r._busy_since = now

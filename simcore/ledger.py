@@ -50,8 +50,10 @@ class Plan:
     @classmethod
     def make(cls, delay_s: float, path: tuple[str, ...], nbytes: float, cap_Bps: float,
              capacity_Bps: Mapping[str, float], weights: tuple[float, ...] = ()) -> Plan:  # fmt: skip
-        w = weights or (1.0,) * len(path)
-        rate = min([cap_Bps] + [capacity_Bps[r] / x for r, x in zip(path, w, strict=True)])
+        use: dict[str, float] = {}  # a resource crossed twice (a copy within one memory) counts both uses
+        for r, x in zip(path, weights or (1.0,) * len(path), strict=True):
+            use[r] = use.get(r, 0.0) + x
+        rate = min([cap_Bps] + [capacity_Bps[r] / x for r, x in use.items()])
         return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0), weights)
 
 

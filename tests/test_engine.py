@@ -8,7 +8,7 @@ from simcore.engine import Engine
 from simcore.errors import ConfigError, OutOfMemory
 from simcore.experiment import Decode, Generate, Prefill, simulate
 from simcore.ops import Elementwise, Gemm, OpGraph, Transfer
-from simcore.program import Program
+from simcore.program import Program, Step
 from simcore.system import load_system
 
 
@@ -343,8 +343,6 @@ def test_nvlink_sharp_reduces_in_the_switch_on_hopper_and_not_on_ampere():
 def _two_lane_program(coarse: bool) -> Program:
     """gpu0 runs three kernels, then a 2 GB host copy lands in its HBM while it runs two more that do not
     wait for it, then two that do (a step another lane waits for cuts a segment; so does a wait)."""
-    from simcore.program import Step
-
     ks = [Gemm("g", m=2048, n=2048, k=2048), Elementwise("e", elements=1 << 26, inputs=2),
           Gemm("v", m=1, n=8192, k=8192)]  # fmt: skip
     steps = [Step(ks[0], ("gpu0",), (), "x"), Step(ks[1], ("gpu0",), (0,), "x"), Step(ks[2], ("gpu0",), (1,), "x"),
@@ -378,3 +376,17 @@ def test_a_coarse_program_pools_kernels_between_synchronisation_points_and_keeps
         op = program.steps[i].op
         if not isinstance(op, Transfer):
             assert end - start == pytest.approx(gpu.op_cost(op).duration_s, rel=1e-9)
+
+
+def test_a_copy_between_devices_on_one_memory_reads_and_writes_it() -> None:
+    # The M2 Max's CPU uses the GPU's memory: a CPU -> GPU copy reads and writes that one memory port, so it
+    # moves at half the port's achievable rate (the generic link's 340 GB/s binds less), alone or not, and the
+    # port is never booked above 100 %.
+    system = load_system("mac-m2-max")
+    eng = Engine(system)
+    nbytes = 10e9
+    op = Transfer("c2g", "bf16", nbytes=nbytes, src="cpu", dst="gpu")
+    t = eng.run(Program.compile("copy", [Step(op, ("cpu",), (), "x")]))
+    port = eng.res[eng.mem["gpu"]].capacity_Bps
+    assert t == pytest.approx(eng.transfer_plan(op).delay_s + nbytes / (port / 2), rel=1e-9)
+    assert eng.ledger().utilization("bf16")["gpu.memory_bw_of_achievable"] == pytest.approx(1.0, rel=1e-3)
