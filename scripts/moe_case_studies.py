@@ -1,9 +1,11 @@
 """The expert-offload case studies of docs/moe.md: HOBBIT's decode speed-up over plain on-demand expert
-offloading as the GPU expert cache shrinks (Mixtral-8x7B on an RTX 4090 workstation), and HybriMoE's
-balanced CPU/GPU execution of missed experts against a kTransformers-like static split.
+offloading as the GPU expert cache shrinks (Mixtral-8x7B on an RTX 4090 workstation), HybriMoE's balanced
+CPU/GPU execution of missed experts against a kTransformers-like static split (DeepSeek-V2-Lite on an RTX
+A6000 workstation and other hosts), and the expert hit rate of LRU, LFU and MRS caches against cache size on
+the shipped Mixtral trace and on synthetic ones. notebooks/moe_offload_case_studies.ipynb plots the same.
 
-    python scripts/moe_case_studies.py            # both tables (markdown), a minute or so
-    python scripts/moe_case_studies.py hobbit     # one of them: hobbit | hybrimoe
+    python scripts/moe_case_studies.py            # all three tables (markdown), a minute or so
+    python scripts/moe_case_studies.py hobbit     # one of them: hobbit | hybrimoe | hitrate
     python scripts/moe_case_studies.py --steps 8  # fewer decode steps (faster, noisier hit rates)
 """
 
@@ -18,8 +20,13 @@ sys.path[:0] = [str(ROOT)]  # this checkout's simcore, not an installed one
 
 from simcore.errors import ConfigError, OutOfMemory  # noqa: E402
 from simcore.experiment import run  # noqa: E402
+from simcore.moe import POLICIES, LayerCaches  # noqa: E402
+from traces.routing import RoutingTrace, load_routing, synthetic  # noqa: E402
 
-HOBBIT = ROOT / "configs" / "experiments" / "moe-offload-mixtral-rtx4090.yaml"
+EXPERIMENTS = ROOT / "configs" / "experiments"
+HOBBIT = EXPERIMENTS / "moe-offload-mixtral-rtx4090.yaml"
+HYBRIMOE = EXPERIMENTS / "moe-offload-hybrimoe-deepseek-v2-lite-a6000.yaml"
+HITRATE = EXPERIMENTS / "moe-offload-hitrate-mixtral-jetson-orin.yaml"
 
 #: plain on-demand offloading: an LRU cache of bf16 experts, every miss copied in when the router asks
 ON_DEMAND = ["scenario.moe.policy=lru", "scenario.moe.prefetch=none", "scenario.moe.low_precision=null",
@@ -28,7 +35,25 @@ ON_DEMAND = ["scenario.moe.policy=lru", "scenario.moe.prefetch=none", "scenario.
 LOW_PRECISION = ["scenario.moe.low_precision=int4", "scenario.moe.low_score=0.25"]
 PREFETCH = ["scenario.moe.prefetch=next-layer", "scenario.moe.prefetch_accuracy=1.0"]  # an oracle
 GUESS = ["scenario.moe.prefetch_accuracy=0.85"]  # the next layer's gate guessed from this layer's input
-CACHE = ["scenario.moe.policy=lfu"]
+CACHE = ["scenario.moe.policy=hobbit"]  # its multidimensional score (recency, frequency, full-precision hits)
+
+#: kTransformers-like: every miss runs on the host CPU, the cache is static (nothing is admitted)
+STATIC_SPLIT = ["scenario.moe.misses=cpu", "scenario.moe.policy=lru"]
+#: HybriMoE-like (the experiment as shipped): per-layer balance of the CPU and copy-then-GPU queues, MRS
+BALANCE = ["scenario.moe.misses=balance", "scenario.moe.policy=mrs"]
+#: the hosts of the HybriMoE study: (label, overrides, cache ratio). The what-if desktop host is 16 of the
+#: Threadripper's cores on dual-channel DDR5-5600 (2 x 5600 MT/s x 8 B = 89.6 GB/s).
+HOSTS = [
+    ("Xeon 8480+ (AMX), A100 PCIe", ["hardware=xeon-amx-a100-pcie"], 0.5),
+    ("Threadripper PRO 5975WX, RTX A6000", [], 0.5),
+    ("Xeon Gold 6248, T4 (fp16)", ["hardware=t4-server", "dtype=fp16"], 0.25),
+    ("what-if: 16 cores, 2 x DDR5-5600, RTX A6000",
+     ["hardware.devices.cpu.cores=16", "hardware.devices.cpu.memory.bandwidth=89.6GB/s"], 0.5),
+]  # fmt: skip
+
+#: the traces of the hit-rate study: the shipped Mixtral trace and Mixtral-shaped synthetic ones (32 MoE
+#: layers, 8 experts, top-2, one token per step)
+SYNTHETIC = {"uniform": {}, "Zipf s = 1.2": {"zipf_s": 1.2}, "locality 0.5": {"locality": 0.5}}
 
 
 def tokens_per_s(path: Path, overrides: list[str]) -> float | None:
@@ -71,42 +96,77 @@ def hobbit(steps: int) -> list[str]:
     return rows
 
 
+def hybrimoe_pair(overrides: list[str]) -> tuple[dict, dict]:
+    """Summaries of the kTransformers-like static split and of the HybriMoE-like balance."""
+    return (run(HYBRIMOE, overrides + STATIC_SPLIT, keep_records=False).summary,
+            run(HYBRIMOE, overrides + BALANCE, keep_records=False).summary)  # fmt: skip
+
+
+def cpu_share(summary: dict) -> float:
+    """Share of the missed experts the run executed on the host CPU."""
+    return summary["experts_on_cpu"] / max(1, summary["experts_on_cpu"] + summary["experts_fetched"])
+
+
 def hybrimoe(steps: int) -> list[str]:
-    """DeepSeek-V2-Lite (64 experts of 17 MB, top 6) on the RTX 4090 workstation (EPYC host, 8 DDR4
-    channels) at 25/50/75 % of each layer's experts cached: misses on the CPU (kTransformers-like static
-    split, LRU) against HybriMoE's per-layer balance of the CPU and copy-then-GPU queues with its MRS cache
-    and next-layer prefetch."""
+    """DeepSeek-V2-Lite (64 experts of 17 MB, top 6) at 25/50/75 % of each layer's experts cached on the RTX
+    A6000 workstation, then at one ratio on the other hosts: misses on the CPU (kTransformers-like static
+    split) against HybriMoE's per-layer balance of the CPU and copy-then-GPU queues with its MRS cache."""
     rows = ["| host | batch | cache ratio | kTransformers-like tok/s | HybriMoE-like tok/s | speed-up | misses on "
             "the CPU |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    #: the workstation's EPYC 7742 (64 cores, 8 x DDR4-3200), and a what-if desktop-class host: 16 of its
-    #: cores on dual-channel DDR5-5600 (89.6 GB/s)
-    desktop = ["hardware.devices.cpu.memory.bandwidth=89.6GB/s", "hardware.devices.cpu.cores=16"]
-    cases = [("EPYC 7742", [], b, r) for b in (1, 16) for r in (0.25, 0.5, 0.75)]
-    cases += [("16 cores, 2 x DDR5", desktop, b, 0.5) for b in (1, 16)]
+    a6000 = HOSTS[1]
+    cases = [(a6000[0], a6000[1], b, r) for b in (1, 16) for r in (0.25, 0.5, 0.75)]
+    cases += [(label, extra, b, r) for label, extra, r in HOSTS if label != a6000[0] for b in (1, 16)]
     for host, extra, batch, ratio in cases:
-        base = [f"scenario.steps={steps}", f"scenario.moe.cache_ratio={ratio}", "model=deepseek-v2-lite",
-                "scenario.moe.trace=null", f"scenario.batch={batch}", "scenario.moe.low_precision=null",
-                "hardware.devices.gpu.memory.capacity=48GiB", *extra]  # fmt: skip
-        static = base + ["scenario.moe.misses=cpu", "scenario.moe.policy=lru", "scenario.moe.prefetch=none"]
-        hybrid = base + [
-            "scenario.moe.misses=balance",
-            "scenario.moe.policy=mrs",
-            "scenario.moe.prefetch=none",
-        ]
-        a = run(HOBBIT, static, keep_records=False).summary
-        b = run(HOBBIT, hybrid, keep_records=False).summary
-        share = b["experts_on_cpu"] / max(1, b["experts_on_cpu"] + b["experts_fetched"])
+        a, b = hybrimoe_pair([f"scenario.steps={steps}", f"scenario.moe.cache_ratio={ratio}",
+                              f"scenario.batch={batch}", *extra])  # fmt: skip
         rows.append(f"| {host} | {batch} | {ratio:.0%} | {a['tokens_per_s']:.1f} | {b['tokens_per_s']:.1f} | "
-                    f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {share:.0%} |")  # fmt: skip
+                    f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {cpu_share(b):.0%} |")  # fmt: skip
+    return rows
+
+
+def replay(trace: RoutingTrace, policy: str, capacity: int) -> float:
+    """Hit rate of `policy` with `capacity` experts per layer replayed on `trace` as the moe-offload
+    scenario updates its caches with every miss copied in and nothing prefetched: look the step's experts
+    up at once, then admit each miss."""
+    caches = LayerCaches(policy, trace.layers, capacity, trace.num_experts)
+    hits = accesses = 0
+    for s in range(trace.steps):
+        for layer in range(trace.layers):
+            routed = trace.routed(s, layer)
+            h, misses = caches[layer].lookup(routed)
+            hits, accesses = hits + len(h), accesses + len(routed)
+            for e in misses:
+                caches[layer].admit(e, routed)
+    return hits / accesses
+
+
+def hit_traces(steps: int) -> dict[str, RoutingTrace]:
+    """The shipped Mixtral trace and the synthetic ones, `steps` steps each (the shipped one has 64)."""
+    out = {"mixtral-8x7b-correlated": load_routing("mixtral-8x7b-correlated")}
+    for name, kw in SYNTHETIC.items():
+        out[name] = synthetic(32, 8, 2, steps, seed=1, name=name, **kw)
+    return out
+
+
+def hitrate(steps: int) -> list[str]:
+    """Expert hit rate of each policy against cache size (experts per layer, of 8) on each trace (the
+    synthetic ones `4 x steps` steps long)."""
+    caps = range(1, 8)
+    rows = ["| trace | policy | " + " | ".join(f"c = {c}" for c in caps) + " |",
+            "|---|---|" + "---:|" * len(caps)]  # fmt: skip
+    for name, tr in hit_traces(4 * steps).items():  # 128 synthetic steps at the default 32
+        for policy in POLICIES:
+            cells = " | ".join(f"{replay(tr, policy, c):.3f}" for c in caps)
+            rows.append(f"| {name} | {policy} | {cells} |")
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", nargs="?", choices=("hobbit", "hybrimoe"))
+    ap.add_argument("which", nargs="?", choices=("hobbit", "hybrimoe", "hitrate"))
     ap.add_argument("--steps", type=int, default=32)
     a = ap.parse_args()
-    for name, fn in (("hobbit", hobbit), ("hybrimoe", hybrimoe)):
+    for name, fn in (("hobbit", hobbit), ("hybrimoe", hybrimoe), ("hitrate", hitrate)):
         if a.which in (None, name):
             print("\n".join(fn(a.steps)) + "\n")
 

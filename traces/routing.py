@@ -264,16 +264,16 @@ def expert_popularity(trace: RoutingTrace) -> np.ndarray:
 
 def reuse_distances(trace: RoutingTrace) -> list[int]:
     """Per layer, for each access to an expert seen before: how many distinct other experts that layer
-    used since its last use (the LRU stack distance; a cache of c experts per layer hits those < c)."""
+    used since its last use (the LRU stack distance; a cache of c experts per layer hits those < c). A
+    step looks its experts up at once, against the stack as the step found it; then they move to the top,
+    lowest id first (the order in which an LRU cache evicts a step's experts)."""
     out: list[int] = []
     for layer in range(trace.layers):
-        stack: list[int] = []
+        stack: list[int] = []  # least recent first
         for s in range(trace.steps):
-            for e in sorted(trace.routed(s, layer)):
-                if e in stack:
-                    out.append(len(stack) - 1 - stack.index(e))
-                    stack.remove(e)
-                stack.append(e)
+            step = sorted(trace.routed(s, layer))
+            out += [len(stack) - 1 - stack.index(e) for e in step if e in stack]
+            stack = [e for e in stack if e not in step] + step
     return out
 
 
