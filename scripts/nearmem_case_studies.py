@@ -1,8 +1,9 @@
 """The near-data case studies of docs/memory-storage.md: decode throughput with attention offloaded to PIM
-(AttAcc) or to computational storage (InstInfer), against the GPU-only and FlexGen-style baselines.
+(AttAcc) or to computational storage (InstInfer), against the GPU-only and FlexGen-style baselines, and
+PIM-GPT's whole-model generation on GDDR6-PIM against an NVIDIA T4.
 
-    python scripts/nearmem_case_studies.py            # both tables (markdown), a few seconds
-    python scripts/nearmem_case_studies.py attacc     # one of them: attacc | instinfer
+    python scripts/nearmem_case_studies.py            # all tables (markdown), about a minute
+    python scripts/nearmem_case_studies.py attacc     # one of them: attacc | instinfer | pimgpt
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from simcore.experiment import run  # noqa: E402
 
 ATTACC = ROOT / "configs" / "experiments" / "attacc-gpt3-dgx-h100.yaml"
 INSTINFER = ROOT / "configs" / "experiments" / "instinfer-opt13b-a6000.yaml"
+PIM_GPT = ROOT / "configs" / "experiments" / "pim-gpt-gpt2-xl.yaml"
+#: the models of the PIM-GPT comparison (the paper's GPT-2 family and GPT-3 XL)
+PIM_GPT_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-xl")
+#: the same generation on the T4: the GPU runs fp16 (no bf16 on Turing), a 1-token prompt as its prefill
+T4 = ["hardware=t4", "scenario.kind=generate", "dtype=fp16", "parallelism.devices=null"]
 
 
 def tokens_per_s(path: Path, overrides: list[str]) -> float | None:
@@ -74,7 +80,24 @@ def instinfer() -> list[str]:
     return rows
 
 
-STUDIES = {"attacc": attacc, "instinfer": instinfer}
+def pimgpt() -> list[str]:
+    """GPT-2 small ... GPT-3 XL, a 1-token prompt and 1023 new tokens at batch 1: PIM-GPT (every GEMV in
+    8 GDDR6-AiM channels, the rest on its ASIC) against the same generation on a T4."""
+    rows = ["| model | T4 ms/token | PIM-GPT ms/token | speed-up | T4 mJ/token | PIM-GPT mJ/token | energy "
+            "efficiency | ASIC share |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for model in PIM_GPT_MODELS:
+        pim = run(PIM_GPT, [f"model={model}"], keep_records=False).summary
+        gpu = run(PIM_GPT, [f"model={model}", *T4], keep_records=False).summary
+        n = pim["output_tokens"]
+        t_pim, t_gpu = pim["latency_s"] / n, gpu["latency_s"] / n
+        e_pim, e_gpu = pim["energy_per_token_j"], gpu["energy_per_token_j"]
+        asic = pim["utilization"]["asic.busy"]
+        rows.append(f"| {model} | {t_gpu * 1e3:.2f} | {t_pim * 1e3:.3f} | {t_gpu / t_pim:.1f}x | {e_gpu * 1e3:.1f} "
+                    f"| {e_pim * 1e3:.1f} | {e_gpu / e_pim:.1f}x | {asic:.1%} |")  # fmt: skip
+    return rows
+
+
+STUDIES = {"attacc": attacc, "instinfer": instinfer, "pimgpt": pimgpt}
 
 
 def main(argv: list[str]) -> int:
@@ -82,7 +105,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("studies", nargs="*", choices=[*STUDIES, []], help="default: all")
     args = p.parse_args(argv)
     for name in args.studies or STUDIES:
-        print(f"\n{name}: decode throughput, tokens/s\n")
+        print(f"\n{name}\n")
         print("\n".join(STUDIES[name]()))
     return 0
 

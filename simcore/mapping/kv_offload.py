@@ -13,12 +13,18 @@ Two ways to run a decode attention over that KV (`offload.attention`):
 A prefill attention (q_len > 1) runs on the GPU in both; the layer's K and V are then written to the KV
 device (off the GPU's critical path). Every copy is one transfer, routed like any other (GPU <-> CSD
 through a PCIe switch goes peer to peer, never through host memory unless the topology says so).
+
+With `offload.weights` too (MoE-Lightning: weights and KV in host memory, attention on the host CPU), each
+layer's weights are copied in once, before its first op, into one of two GPU layer buffers: the copy of
+layer i waits for layer i-2 (its buffer), the copy of layer i-1 and layer i-1's attention output (copies
+host -> GPU go in program order), so it overlaps layer i-1's GEMMs after the attention, not the attention.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import groupby
 
 from models.llm import LogicalOp, LogicalPass
 from simcore.mapping.plan import ExecutionPlan, Placement
@@ -52,25 +58,45 @@ def map_kv_offload(logical: LogicalPass, placement: Placement, plan: ExecutionPl
     group = placement.stages[0]
     slices = kv_slices(placement)
     m = len(slices[group[0]])
-    w = StepWriter(logical, placement.hosts)
+    hosts = placement.hosts
+    w = StepWriter(logical, None)  # weights streamed from `hosts` are fetched below, in order
     phase, dtype = logical.phase, logical.ops[0].op.dtype
     near = plan.kv_attention == "near"
     segment: list[tuple[int, LogicalOp]] = []
     after: list[int] = []
     offloaded: dict[tuple[str, int], int] = {}  # (KV device, logical index) -> its attention step (twins)
     gpu_attn: list[int] = []  # the GPU group's attention steps, in layer order (stream: buffer reuse)
+    fetched: set[int] = set()  # layers whose weights have been fetched
+    last_copy: dict[str, int] = {}  # GPU -> its latest weight copy
 
     def xfer(name: str, nbytes: float, src: str, dst: str, deps: Sequence[int]) -> int:
         op = Transfer(name, dtype, nbytes=nbytes, src=src, dst=dst)
         return w.add(Step(op, (src,), tuple(sorted(deps)), phase))
 
+    def fetch(block: int) -> list[int]:
+        """Layer `block`'s weights host -> each GPU, once, into the buffer layer block-2 used, after the
+        previous layer's copy (one copy stream per GPU, in layer order). Written where the layer's first
+        ops are, after the previous layer's attention output: copies host -> GPU run in program order, so
+        the copy starts once that output has crossed and overlaps the previous layer's remaining GEMMs."""
+        if hosts is None or not 0 <= block < logical.layers or block in fetched:
+            return []
+        fetched.add(block)
+        free = w.layer_end.get((group, block - 2))
+        out = []
+        for gpu in group:
+            deps = [d for d in (free, last_copy.get(gpu)) if d is not None]
+            last_copy[gpu] = xfer(f"L{block}.weights_to_{gpu}", logical.layer_weight_B, hosts[gpu], gpu, deps)
+            out.append(last_copy[gpu])
+        return out
+
     def flush() -> int | None:
+        """Chain the pending ops one block at a time, a layer's weight copy before its first part."""
         nonlocal after
-        if not segment:
-            return None
-        last = w.chain(segment, group, after)
+        last = None
+        for block, part in groupby(segment, key=lambda x: x[1].block):
+            last = w.chain(list(part), group, after + fetch(block))
+            after = []
         segment.clear()
-        after = []
         return last
 
     for k, lop in enumerate(logical.ops):
