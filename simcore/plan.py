@@ -1,29 +1,46 @@
 """`simcore plan`: search execution plans for serving a model on a system.
 
 For a serve experiment (system, model, request stream, scheduler, SLOs), every tensor-parallel degree tp
-that divides the accelerators, splits the model's heads and leaves room for a KV cache, with dp = devices
-/ tp replicas, is tried at a few `max_num_seqs`. Replicas are identical and a round-robin router sends
-each the dp-th part of the stream, and replicas on separate devices do not interact, so one replica is
-simulated on its share (`requests.split`) and its throughput and goodput are scaled by dp; latencies
-are that replica's. With `--prefill-replicas`, each plan is also tried disaggregated: P of its dp replicas
-only prefill and hand the KV to the others; every plan is then simulated whole (all replicas behind the
-experiment's router, the KV transfers over the links), the co-located ones included.
-Rows are sorted by goodput (requests per second within the SLOs), then throughput; with a price per
-GPU-hour in the experiment, each row has its cost per million output tokens.
+and pipeline depth pp whose product divides the accelerators (tp splitting the model's heads, pp at most
+its layers), with dp = devices / (tp pp) replicas, is tried at a few `max_num_seqs`. Replicas are
+identical and a round-robin router sends each the dp-th part of the stream, and replicas on separate
+devices do not interact, so one replica is simulated on its share (`requests.split`) and its throughput
+and goodput are scaled by dp; latencies are that replica's. With `--prefill-replicas`, each plan is also
+tried disaggregated: P of its dp replicas only prefill and hand the KV to the others; every plan is then
+simulated whole (all replicas behind the experiment's router, the KV transfers over the links), the
+co-located ones included. Expert parallelism (`--ep`, MoE models) is listed as skipped: the serve
+scenario's iterations do not run on the expert-parallel mapper, and `place` refuses ep with tp, pp or dp.
+
+The points run on the sweep machinery (`simcore.sweep.core.run_sweep`): in parallel, each stored as it
+finishes under `--out` (default runs/plan-<experiment>/), so an interrupted search resumes and a repeated
+one is read back. Rows are sorted by goodput (requests per second within the SLOs), then throughput; the
+Pareto set is marked: goodput against cost per million output tokens where the experiment has a price
+per GPU-hour, else against tokens per second per GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from simcore.cli import command
 from simcore.commands import emit
-from simcore.errors import ConfigError, OutOfMemory
+from simcore.errors import ConfigError
 from simcore.tables import text_table
 
-COLUMNS = ("tp", "dp", "prefill_replicas", "max_num_seqs", "throughput_tokens_per_s", "ttft_p99_s",
-           "tpot_p99_s", "goodput_requests_per_s", "tokens_per_s_per_gpu")  # fmt: skip
+COLUMNS = ("tp", "pp", "dp", "prefill_replicas", "max_num_seqs", "throughput_tokens_per_s", "ttft_p99_s",
+           "tpot_p99_s", "goodput_requests_per_s", "tokens_per_s_per_gpu", "pareto")  # fmt: skip
+#: the Pareto objectives: (column, "max" | "min"), priced or not
+OBJECTIVES = {
+    True: (("goodput_requests_per_s", "max"), ("cost_per_million_tokens_usd", "min")),
+    False: (("goodput_requests_per_s", "max"), ("tokens_per_s_per_gpu", "max")),
+}
+SOLO = "scenario.disaggregation.prefill_replicas"
+EP_SKIPPED = ("the serve scenario's iterations do not run on the expert-parallel mapper, and place() "
+              "refuses ep with tp, pp or dp > 1")  # fmt: skip
 
 
 def _int_list(flag: str, lowest: int = 1) -> Any:
@@ -49,100 +66,181 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
                    help="scheduler.max_num_seqs values to try (default 64,128,256)")  # fmt: skip
     p.add_argument("--tp", type=_int_list("--tp"), default=None, metavar="N,N",
                    help="tensor-parallel degrees to try (default: every divisor of the accelerators)")  # fmt: skip
+    p.add_argument("--pp", type=_int_list("--pp"), default=[1], metavar="N,N",
+                   help="pipeline stages to try (default 1; e.g. 1,2,4)")  # fmt: skip
+    p.add_argument("--ep", type=_int_list("--ep"), default=None, metavar="N,N",
+                   help="expert-parallel degrees to consider (MoE; default: those that divide the accelerators "
+                        "and the experts); listed as skipped with the reason")  # fmt: skip
     p.add_argument("--prefill-replicas", type=_int_list("--prefill-replicas", 0), default=[0], metavar="N,N",
                    help="prefill-only replicas to try per plan (disaggregation; default 0: none)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes running the points (default: the sweep's choice)")  # fmt: skip
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="store of finished points (default runs/plan-<experiment>): a re-run resumes from it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _base(path: str, overrides: Sequence[str]) -> Any:
+    """The experiment as a located Doc with the overrides applied (as `load_experiment` reads it)."""
+    from simcore.config import apply_overrides, expand_hardware_shorthand, load_yaml
+
+    return expand_hardware_shorthand(apply_overrides(expand_hardware_shorthand(load_yaml(path)), overrides))
+
+
+def candidates(devices: int, layers: int, tps: Sequence[int] | None, pps: Sequence[int], check_tp: Any
+               ) -> tuple[list[tuple[int, int]], list[dict[str, Any]]]:  # fmt: skip
+    """(tp, pp) pairs to simulate and those skipped with the reason."""
+    pairs, skipped = [], []
+    for pp in pps:
+        if pp > layers:
+            skipped.append({"pp": pp, "reason": f"pp={pp} exceeds the model's {layers} layers"})
+            continue
+        for tp in tps or [t for t in range(1, devices + 1) if devices % (t * pp) == 0]:
+            if devices % (tp * pp):
+                skipped.append({"tp": tp, "pp": pp, "reason": f"tp × pp = {tp * pp} does not divide {devices} accelerators"})  # fmt: skip
+                continue
+            try:
+                check_tp(tp)
+            except ConfigError as e:
+                skipped.append({"tp": tp, "pp": pp, "reason": e.message})
+                continue
+            pairs.append((tp, pp))
+    return pairs, skipped
+
+
 def search(path: str, overrides: list[str], max_num_seqs: list[int], tps: list[int] | None = None,
-           prefill_replicas: tuple[int, ...] | list[int] = (0,)) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
-    """(plans sorted best first, plans skipped with the reason) for the serve experiment at `path`."""
+           prefill_replicas: tuple[int, ...] | list[int] = (0,), pps: Sequence[int] = (1,),
+           eps: Sequence[int] | None = None, workers: int | None = None, out: str | Path | None = None,
+           progress: bool = False, stats: dict[str, Any] | None = None
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """(plans sorted best first, each marked `pareto`, and plans skipped with the reason) for the serve
+    experiment at `path`; `stats` receives the sweep's (points computed, read back from the store...)."""
     from models.llm import check_tp
     from simcore.experiment import load_experiment
     from simcore.mapping.plan import accelerators
+    from simcore.sweep.analysis import pareto_mask
+    from simcore.sweep.core import run_sweep
+    from simcore.sweep.spec import Axis, Sampling, SweepSpec
 
-    solo = "scenario.disaggregation.prefill_replicas=0"
-    base = load_experiment(
-        path, [*overrides, "parallelism.tp=1", "parallelism.dp=1", "parallelism.pp=1", solo]
-    )
+    base = load_experiment(path, [*overrides, "parallelism.tp=1", "parallelism.dp=1", "parallelism.pp=1",
+                                  "parallelism.ep=1", f"{SOLO}=0"])  # fmt: skip
     if base.scenario.kind != "serve":
         raise ConfigError(f"plan searches serve experiments; this one is {base.scenario.kind!r}",
                           key="scenario.kind")  # fmt: skip
     devices = len(accelerators(base.system, base.plan.devices))
     split = base.scenario.requests.split
-    rows, skipped = [], []
-    for tp in tps or [t for t in range(1, devices + 1) if devices % t == 0]:
-        if devices % tp:
-            skipped.append({"tp": tp, "reason": f"does not divide {devices} accelerators"})
-            continue
-        try:
-            check_tp(base.model, tp)
-        except ConfigError as e:
-            skipped.append({"tp": tp, "reason": e.message})
-            continue
-        dp = devices // tp
-        whole = any(prefill_replicas)  # compare like with like: every plan simulated whole
+    model = base.model
+    pairs, skipped = candidates(devices, model.layers, tps, pps, lambda tp: check_tp(model, tp))
+    moe = getattr(model, "moe", None)
+    for ep in eps if eps is not None else ([e for e in range(2, devices + 1) if devices % e == 0
+                                            and moe.experts % e == 0] if moe else []):  # fmt: skip
+        skipped.append({"ep": ep,
+                        "reason": EP_SKIPPED if moe else f"{model.name} is dense: no experts to split"})  # fmt: skip
+
+    whole = any(prefill_replicas)  # compare like with like: every plan simulated whole
+    keys = ("parallelism.tp", "parallelism.pp", "parallelism.dp", SOLO, "scenario.scheduler.max_num_seqs",
+            "scenario.requests.split")  # fmt: skip
+    points, meta = [], []
+    for tp, pp in pairs:
+        dp = devices // (tp * pp)
         for n_pre in prefill_replicas:
             if n_pre and n_pre >= dp:
-                skipped.append(
-                    {"tp": tp, "prefill_replicas": n_pre, "reason": f"leaves no decode replica of {dp}"}
-                )
+                skipped.append({"tp": tp, "pp": pp, "prefill_replicas": n_pre,
+                                "reason": f"leaves no decode replica of {dp}"})  # fmt: skip
                 continue
             for m in max_num_seqs:
-                common = [
-                    *overrides,
-                    f"parallelism.tp={tp}",
-                    "parallelism.pp=1",
-                    f"scenario.scheduler.max_num_seqs={m}",
-                ]
                 if whole:  # the whole system (prefill replicas hand their KV to the decode replicas)
-                    pre = f"scenario.disaggregation.prefill_replicas={n_pre}"
-                    sets, scale = [*common, f"parallelism.dp={dp}", pre], 1
+                    values, scale = (tp, pp, dp, n_pre, m, split), 1
                 else:  # identical replicas: one on its round-robin share, scaled
-                    sets, scale = (
-                        [*common, "parallelism.dp=1", solo, f"scenario.requests.split={split * dp}"],
-                        dp,
-                    )
-                try:
-                    s = load_experiment(path, sets).run(keep_records=False).summary
-                except OutOfMemory as e:
-                    skipped.append({"tp": tp, "prefill_replicas": n_pre, "max_num_seqs": m, "reason": str(e)})
-                    break  # more sequences need no less memory
-                row = {"tp": tp, "dp": dp, "prefill_replicas": n_pre, "max_num_seqs": m,
-                       "throughput_tokens_per_s": s["throughput_tokens_per_s"] * scale,
-                       "ttft_p99_s": s["ttft_p99_s"], "tpot_p99_s": s["tpot_p99_s"],
-                       "goodput_requests_per_s": s["goodput_requests_per_s"] * scale,
-                       "tokens_per_s_per_gpu": s["throughput_tokens_per_s"] * scale / devices,
-                       "rejected_requests": s["rejected_requests"] * scale}  # fmt: skip
-                if "cost_per_million_tokens_usd" in s:
-                    row["cost_per_million_tokens_usd"] = s["cost_per_million_tokens_usd"]
-                rows.append(row)
-    rows.sort(key=lambda r: (-r["goodput_requests_per_s"], -r["throughput_tokens_per_s"], r["tp"],
+                    values, scale = (tp, pp, 1, 0, m, split * dp), dp
+                points.append(dict(zip(keys, values, strict=True)))
+                meta.append((tp, pp, dp, n_pre, m, scale))
+
+    doc = _base(path, overrides)
+    axes = [
+        Axis(k, k, tuple(dict.fromkeys(p[k] for p in points)) or (0,), where=(doc.file, None)) for k in keys
+    ]
+    name = f"plan-{Path(path).stem}"
+    spec = SweepSpec(name, doc.file, doc, str(path), axes, Sampling("zip"))
+    df = run_sweep(spec, points, workers=workers, out=out if out is not None else Path("runs") / name,
+                   progress=progress)  # fmt: skip
+    if stats is not None:
+        stats.update(df.attrs.get("stats", {}))
+    rows = []
+    for (tp, pp, dp, n_pre, m, scale), (_, rec) in zip(meta, df.iterrows(), strict=True):
+        if rec["status"] != "ok":
+            skipped.append({"tp": tp, "pp": pp, "prefill_replicas": n_pre, "max_num_seqs": m,
+                            "reason": str(rec["reason"])})  # fmt: skip
+            continue
+        row = {"tp": tp, "pp": pp, "dp": dp, "prefill_replicas": n_pre, "max_num_seqs": m,
+               "throughput_tokens_per_s": rec["throughput_tokens_per_s"] * scale,
+               "ttft_p99_s": rec["ttft_p99_s"], "tpot_p99_s": rec["tpot_p99_s"],
+               "goodput_requests_per_s": rec["goodput_requests_per_s"] * scale,
+               "tokens_per_s_per_gpu": rec["throughput_tokens_per_s"] * scale / devices,
+               "rejected_requests": int(rec["rejected_requests"]) * scale}  # fmt: skip
+        cost = rec.get("cost_per_million_tokens_usd")
+        if cost is not None and not (isinstance(cost, float) and math.isnan(cost)):
+            row["cost_per_million_tokens_usd"] = float(cost)
+        rows.append({k: v.item() if hasattr(v, "item") else v for k, v in row.items()})
+    mark_pareto(rows, pareto_mask)
+    rows.sort(key=lambda r: (-r["goodput_requests_per_s"], -r["throughput_tokens_per_s"], r["tp"], r["pp"],
                              r["prefill_replicas"], r["max_num_seqs"]))  # fmt: skip
     return rows, skipped
 
 
+def objectives(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The Pareto objectives of `rows`: against cost where every row is priced, else per GPU."""
+    return OBJECTIVES[bool(rows) and all("cost_per_million_tokens_usd" in r for r in rows)]
+
+
+def mark_pareto(rows: list[dict[str, Any]], mask: Any) -> None:
+    """Set each row's `pareto`: no other row is at least as good in both objectives and better in one."""
+    goals = objectives(rows)
+    costs = [[r[k] if g == "min" else -r[k] for k, g in goals] for r in rows]
+    front = mask(costs) if rows else []
+    for r, on in zip(rows, front, strict=True):
+        r["pareto"] = bool(on)
+
+
 @command("plan", _plan_args)
 def plan_cmd(args: argparse.Namespace) -> int:
-    """Search tensor × data parallelism and max_num_seqs for the best goodput of a serve experiment.
+    """Search tensor × pipeline × data parallelism and max_num_seqs for the best goodput of a serve
+    experiment, and mark the Pareto set.
 
-    Each plan serves the experiment's request stream: one replica of tp devices simulated on its
-    round-robin share, throughput and goodput scaled by dp = accelerators / tp."""
-    rows, skipped = search(args.experiment, args.set, args.max_num_seqs, args.tp, args.prefill_replicas)
+    Each plan serves the experiment's request stream: one replica of tp × pp devices simulated on its
+    round-robin share, throughput and goodput scaled by dp = accelerators / (tp × pp)."""
+    stats: dict[str, Any] = {}
+    rows, skipped = search(args.experiment, args.set, args.max_num_seqs, args.tp, args.prefill_replicas,
+                           args.pp, args.ep, args.workers, args.out, stats=stats)  # fmt: skip
     if not rows:
-        why = "; ".join(f"tp {s['tp']}: {s['reason']}" for s in skipped) or "no plan"
+        why = "; ".join(f"{_which(s)}: {s['reason']}" for s in skipped) or "no plan"
         raise ConfigError(f"no plan fits: {why}", key=args.experiment)
+    goals = objectives(rows)
     if args.json:
-        emit({"plans": rows, "skipped": skipped, "best": rows[0]}, True)
+        front = [r for r in rows if r["pareto"]]
+        emit({"plans": rows, "skipped": skipped, "best": rows[0], "pareto": front,
+              "pareto_objectives": dict(goals), "computed": stats.get("computed", 0),
+              "cached": stats.get("cached", 0), "store": stats.get("store", "")}, True)  # fmt: skip
         return 0
-    priced = all("cost_per_million_tokens_usd" in r for r in rows)
-    table = [[r["tp"], r["dp"], r["prefill_replicas"], r["max_num_seqs"], f"{r['throughput_tokens_per_s']:.1f}",
+    priced = goals[1][0] == "cost_per_million_tokens_usd"
+    table = [[r["tp"], r["pp"], r["dp"], r["prefill_replicas"], r["max_num_seqs"], f"{r['throughput_tokens_per_s']:.1f}",
               f"{r['ttft_p99_s'] * 1e3:.1f}", f"{r['tpot_p99_s'] * 1e3:.2f}", f"{r['goodput_requests_per_s']:.3f}",
               f"{r['tokens_per_s_per_gpu']:.1f}"] + ([f"{r['cost_per_million_tokens_usd']:.3f}"] if priced else [])
-             for r in rows]  # fmt: skip
-    print(text_table(["tp", "dp", "prefill", "max_num_seqs", "tokens/s", "TTFT p99 ms", "TPOT p99 ms",
-                      "goodput req/s", "tokens/s/GPU"] + (["$/M tokens"] if priced else []), table))  # fmt: skip
+             + ["*" if r["pareto"] else ""] for r in rows]  # fmt: skip
+    print(text_table(["tp", "pp", "dp", "prefill", "max_num_seqs", "tokens/s", "TTFT p99 ms", "TPOT p99 ms",
+                      "goodput req/s", "tokens/s/GPU"] + (["$/M tokens"] if priced else []) + ["pareto"], table))  # fmt: skip
+    print(f"pareto (*): {goals[0][0]} ({goals[0][1]}) against {goals[1][0]} ({goals[1][1]})")
+    print(
+        f"{stats.get('computed', 0)} points computed, {stats.get('cached', 0)} read back from "
+        f"{stats.get('store', '')}"
+    )
     for s in skipped:
-        print(f"skipped tp {s['tp']}" + (f", prefill_replicas {s['prefill_replicas']}" if s.get("prefill_replicas") else "")
-              + (f", max_num_seqs {s['max_num_seqs']}" if "max_num_seqs" in s else "") + f": {s['reason']}")  # fmt: skip
+        print(f"skipped {_which(s)}: {s['reason']}")
     return 0
+
+
+def _which(skip: dict[str, Any]) -> str:
+    """`tp 2, pp 4, max_num_seqs 64`: the plan a skipped entry names."""
+    return ", ".join(
+        f"{k} {skip[k]}" for k in ("tp", "pp", "ep", "prefill_replicas", "max_num_seqs") if skip.get(k)
+    )

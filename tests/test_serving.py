@@ -398,7 +398,8 @@ def test_plan_searches_tp_and_dp_and_sorts_by_goodput(tmp_path, capsys):
     exp = tmp_path / "p.yaml"
     exp.write_text(f"hardware: dgx-h100-8\nmodel: {MODEL}\nscenario: {{kind: serve, requests: {{count: 40, "
                    "rate_per_s: 40, prompt_len: 256, output_len: 16}}\n")  # fmt: skip
-    assert main(["plan", str(exp), "--max-num-seqs", "16", "--tp", "1,2,8", "--json"]) == 0
+    argv = ["plan", str(exp), "--max-num-seqs", "16", "--tp", "1,2,8", "--json", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     plans = out["plans"]
     assert [(p["tp"], p["dp"]) for p in plans] and {p["tp"] * p["dp"] for p in plans} == {8}

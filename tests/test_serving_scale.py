@@ -184,7 +184,8 @@ def test_plan_tries_the_prefill_decode_split(tmp_path, capsys):
     exp = tmp_path / "p.yaml"
     exp.write_text(f"hardware: dgx-h100-8\nmodel: {MODEL}\nscenario: {{kind: serve, requests: {{count: 24, "
                    "rate_per_s: 40, prompt_len: 512, output_len: 16}, usd_per_gpu_hour: 2}\n")  # fmt: skip
-    argv = ["plan", str(exp), "--max-num-seqs", "16", "--tp", "4", "--prefill-replicas", "0,1,2", "--json"]
+    argv = ["plan", str(exp), "--max-num-seqs", "16", "--tp", "4", "--prefill-replicas", "0,1,2", "--json",
+            "--out", str(tmp_path / "s")]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert sorted(p["prefill_replicas"] for p in out["plans"]) == [0, 1]

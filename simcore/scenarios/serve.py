@@ -19,6 +19,9 @@ Variants, each a block of the scenario:
   on one engine; with `disaggregation.prefill_replicas`, the first replicas only prefill and hand each
   request's prompt KV to a decode replica as an engine transfer over the system's links (DistServe,
   Splitwise).
+- `disaggregation.attention`: each replica's attention runs next to its KV cache on attention devices,
+  the GEMMs on its tensor-parallel group, with micro-batches ping-ponging between them (Lamina,
+  MegaScale-Infer; simcore/serving/afd.py).
 
 Coarse-event choice: the decode steps of an iteration form one group whose context is their mean context
 rounded up to a multiple of the KV block size. Decode attention streams every sequence's KV once, so the
@@ -47,6 +50,7 @@ from simcore.ops import Transfer
 from simcore.program import Program, Step
 from simcore.results import Result
 from simcore.scenarios.base import LLMRun, LLMScenario, Process, account, register
+from simcore.serving.afd import AttentionDisaggregation, AttentionSpec, attention_pools
 from simcore.serving.kv_cache import KVCacheSpec, PagedKVCache
 from simcore.serving.metrics import RequestRecord, SLOSpec, summarize
 from simcore.serving.requests import Request, RequestSpec
@@ -73,11 +77,13 @@ class SharingSpec:
 
 @dataclass(frozen=True)
 class DisaggregationSpec:
-    """The `disaggregation:` block: prefill replicas and decode replicas (of parallelism.dp)."""
+    """The `disaggregation:` block: prefill replicas and decode replicas (of parallelism.dp), and
+    attention apart from the GEMMs within each replica."""
 
     prefill_replicas: int = param_field(nonneg(
         "replicas (the first of parallelism.dp) that only prefill and send each prompt's KV to a decode "
         "replica; 0: every replica does both", type=int, default=0, maximum=1 << 12))  # fmt: skip
+    attention: AttentionSpec = block_field(AttentionSpec)
 
 
 def gpu_hour_prices(value: object) -> float | tuple[tuple[str, float], ...]:
@@ -109,6 +115,14 @@ def price_of(prices: float | tuple[tuple[str, float], ...], device: str) -> floa
     raise ConfigError(f"no price for device {device!r}: no pattern of usd_per_gpu_hour matches it",
                       key="scenario.usd_per_gpu_hour")  # fmt: skip
 
+
+#: what attention disaggregation does not combine with (scenario key -> set in this scenario)
+ATTENTION_EXCLUDES: dict[str, Callable[[Serve], bool]] = {
+    "disaggregation.prefill_replicas": lambda sc: sc.disaggregation.prefill_replicas > 0,
+    "sharing.prefill_sm_fraction": lambda sc: sc.sharing.prefill_sm_fraction is not None,
+    "speculative.draft": lambda sc: sc.speculative.on,
+    "scheduler.preemption": lambda sc: sc.scheduler.preemption == "swap",
+}
 
 #: router policy -> pick(candidates, request) -> the replica to serve it
 ROUTERS: dict[str, Callable[[list[Replica], Request, itertools.count], Replica]] = {
@@ -171,6 +185,11 @@ class Serve(LLMScenario):
         if n and self.sharing.prefill_sm_fraction is not None:
             raise ConfigError("sharing and disaggregation exclude each other: a prefill replica runs no decodes",
                               key="scenario.sharing.prefill_sm_fraction")  # fmt: skip
+        if self.disaggregation.attention.on:
+            clash = next((key for key, on in ATTENTION_EXCLUDES.items() if on(self)), None)
+            if clash:
+                raise ConfigError(f"attention disaggregation does not combine with {clash} (not modelled)",
+                                  key=f"scenario.{clash}")  # fmt: skip
 
     def drive(self, run: LLMRun) -> Process:
         server = Server(self, run)
@@ -180,8 +199,13 @@ class Serve(LLMScenario):
     def run(self, system: System, model: LLMSpec, plan: ExecutionPlan, keep_records: bool) -> Result:
         self.check_plan(plan)
         llm = LLMRun(system, model, plan, keep_records)
+        afd = None
+        if self.disaggregation.attention.on:
+            spec = self.disaggregation.attention
+            pools = attention_pools(system, model, plan, llm.placement, spec.devices or ())
+            afd = AttentionDisaggregation(model, plan, llm.placement, pools, spec.microbatches)
         llm.allocate_weights()
-        server = Server(self, llm)
+        server = Server(self, llm, afd)
         llm.engine.env.process(server.serve())
         llm.engine.env.run()
         summary = server.summary()
@@ -192,7 +216,8 @@ class Serve(LLMScenario):
             summary["pp"] = plan.pp
         if plan.dp > 1:
             summary["dp"] = plan.dp
-        res = account(llm.engine.ledger(), llm.placement.devices, summary, "token", summary["output_tokens"])
+        devices = llm.placement.devices + (tuple(d for pool in afd.pools for d in pool) if afd else ())
+        res = account(llm.engine.ledger(), devices, summary, "token", summary["output_tokens"])
         res.requests = tuple(server.records)
         return res
 
@@ -205,8 +230,10 @@ class IterationPrograms:
 
     MAX = 256
 
-    def __init__(self, run: LLMRun) -> None:
+    def __init__(self, run: LLMRun, build: Callable[..., list[Program]] | None = None) -> None:
         self.run = run
+        #: (groups, phase) -> the programs of a pass: the run's mapping, or attention disaggregated
+        self.build = build or run.iteration
         self.templates: dict[tuple[int, int], tuple[list[Program], list[tuple[int, ...]]]] = {}
         self.kept: OrderedDict[tuple, list[Program]] = OrderedDict()
 
@@ -216,7 +243,7 @@ class IterationPrograms:
         if progs is None:
             t = self.templates.get((n, q_len))
             if t is None:
-                progs = self.run.iteration((SeqGroup(n, q_len, kv_len),), "decode" if q_len == 1 else "mixed")
+                progs = self.build((SeqGroup(n, q_len, kv_len),), "decode" if q_len == 1 else "mixed")
                 self.templates[(n, q_len)] = (progs, [tuple(p.indices_of("attention")) for p in progs])
             else:  # a program of its own (no base), so that the engine keeps its compiled form
                 progs = [_rooted(p.replace_ops(lambda op: op.with_kv_len(kv_len), only=idx, uniform=True))
@@ -227,7 +254,7 @@ class IterationPrograms:
     def ragged(self, groups: tuple[SeqGroup, ...]) -> list[Program]:
         progs = self._get(groups)
         if progs is None:
-            progs = self.run.iteration(groups)
+            progs = self.build(groups)
             self._put(groups, progs)
         return progs
 
@@ -278,7 +305,12 @@ class Replica:
         self.kv = PagedKVCache(0, kvs.block_size, kvs.prefix_caching, kvs.watermark)
         self.sched: Scheduler = spec.build(self.kv, 0, server.longest)
         self.sched.concurrent = sc.sharing.prefill_sm_fraction is not None
-        if len(run.placement.replicas) > 1:  # its own mapping: only its programs are built, as values
+        afd = server.afd
+        if afd is not None:  # its pass with attention on its pool (programs are values: one per replica)
+            self.programs = IterationPrograms(
+                run, lambda groups, phase="mixed": afd.iteration(index, groups, phase)
+            )
+        elif len(run.placement.replicas) > 1:  # its own mapping: only its programs are built, as values
             own = replace(run.plan, dp=1, devices=self.devices)
             self.programs = IterationPrograms(LLMRun(run.system, run.spec, own, keep_records=False))
         else:
@@ -288,6 +320,7 @@ class Replica:
             self.draft = server.draft_on(sc.speculative.device or self.devices[0])
             self.sched.lookahead = sc.speculative.k
             self.sched.accept = Acceptance(sc.speculative)
+        self.kv_ways = afd.kv_ways(index) if afd is not None else 1
         self.block_B = self._block_bytes()
         self.hosts: dict[str, str] = {}
         self.kv.num_blocks = self._reserve_pool()
@@ -316,6 +349,9 @@ class Replica:
         (sliding windows are not credited: a block holds full-attention layers' worth), and the draft's
         own KV where the draft shares a device."""
         run, spec = self.run, self.run.spec
+        if self.server.afd is not None:  # the KV lives with the attention, on the replica's pool
+            full = run.plan.precision.kv_bytes(spec.kv_elements_per_token)
+            return self.server.afd.block_bytes(self.index, full, self.sc.kv_cache.block_size)
         per_token = run.plan.precision.kv_bytes(spec.kv_elements_per_token) / run.tp
         bounds = run.placement.layer_bounds
         bs = self.sc.kv_cache.block_size
@@ -330,12 +366,13 @@ class Replica:
 
     def _reserve_pool(self) -> int:
         """Allocate the KV pool: the blocks that fit in each device's memory share after weights and the
-        activations of the largest iteration (vLLM's profile run), on every device alike."""
+        activations of the largest iteration (vLLM's profile run), on every device alike (each of a rank's
+        `kv_ways` attention devices holds its share of the blocks)."""
         eng, kvs = self.run.engine, self.sc.kv_cache
         tokens = self.sched.profile_tokens
         profile = (
             self.programs.ragged((SeqGroup(1, tokens, tokens),))[0],
-            self.programs.run.iteration((SeqGroup(self.sched.max_seqs, 1, 1),))[0],
+            self.programs.build((SeqGroup(self.sched.max_seqs, 1, 1),))[0],
         )
         workspace = {d: max(p.workspace.get(d, (0.0, ""))[0] for p in profile) for d in self.block_B}
         free = {}
@@ -349,7 +386,7 @@ class Replica:
             raise OutOfMemory("KV cache (one block)", d, self.block_B[d], max(free[d], 0.0), cap)
         for d in self.block_B:
             eng.allocate(d, "kv_cache", blocks * self.block_B[d])
-        return blocks
+        return blocks * self.kv_ways
 
     def _reserve_swap(self) -> int:
         """Pinned host memory for swapped blocks (`swap_space` per device), on each device's nearest CPU."""
@@ -496,8 +533,8 @@ class Replica:
 class Server:
     """Every replica of the plan serving one stream behind a router, on one engine."""
 
-    def __init__(self, scenario: Serve, run: LLMRun) -> None:
-        self.sc, self.run = scenario, run
+    def __init__(self, scenario: Serve, run: LLMRun, afd: AttentionDisaggregation | None = None) -> None:
+        self.sc, self.run, self.afd = scenario, run, afd
         self.env: simpy.Environment = run.engine.env
         self.reqs = scenario.requests.make()
         self.longest = max((r.prompt_tokens + r.output_tokens for r in self.reqs), default=1)
@@ -527,6 +564,7 @@ class Server:
         self.xfers = 0
         self.originals: dict[int, Request] = {}  # prefill replicas serve a one-token copy of these
         gpus = dict.fromkeys(run.placement.devices) | dict.fromkeys(d.device for d in self.drafts.values())
+        gpus |= dict.fromkeys(d for pool in (afd.pools if afd else ()) for d in pool)
         self.usd_per_hour = sum(
             price_of(scenario.usd_per_gpu_hour, g) for g in gpus
         )  # the accelerators' price
@@ -666,6 +704,9 @@ class Server:
         if len(reps) > 1:
             out["replicas"] = len(reps)
             out["router"] = self.sc.router
+        if self.afd is not None:
+            out["attention_devices"] = sum(len(p) for p in self.afd.pools)
+            out["attention_microbatches"] = self.afd.microbatches
         if self.back:
             out["prefill_replicas"] = len(self.front)
             out["decode_replicas"] = len(self.back)

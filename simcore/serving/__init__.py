@@ -1,7 +1,9 @@
-"""Serving: request streams, schedulers and the paged KV cache that the `serve` scenario drives.
+"""Serving: request streams, schedulers and the paged KV cache that the `serve` scenario drives, and the
+programs of an iteration with attention on other devices than the GEMMs (`afd`).
 
-A stage-level package: it builds on the kernel (units, config) and knows nothing of the engine; the serve
-scenario (simcore/scenarios/serve.py) imports it and costs each iteration the scheduler chooses.
+A stage-level package: it builds on the kernel (units, config) and the map stage (programs) and knows nothing
+of the engine; the serve scenario (simcore/scenarios/serve.py) imports it and costs each iteration the
+scheduler chooses.
 """
 
 from simcore.serving.kv_cache import KVCacheSpec, PagedKVCache
