@@ -212,6 +212,201 @@ class GemmPlan:
         return max(t, key=t.__getitem__)
 
 
+# ----------------------------------------------------------------------------------- attention kernels
+ANY_HEAD_DIM = 1 << 30  # the last row of a (largest head_dim, value) table
+#: queries at or below which an attention is a decode step (flash-decoding, whatever the kernel)
+DECODE_Q_LEN = 16
+FA1_MAX_SPLITS = 30  # flash-attn v1.0 fmha_fwd_launch_template.h: at most 30 query splits per (batch, head)
+BlockTable = tuple[tuple[int, int], ...]
+
+
+def by_head_dim(table: BlockTable, head_dim: int) -> int:
+    """The value of the first (largest head_dim, value) row of `table` that covers `head_dim`."""
+    return next(v for d, v in table if head_dim <= d)
+
+
+def num_splits_heuristic(units: int, sms: int, ctas_per_sm: int, max_splits: int) -> int:
+    """FlashAttention v1's split of each (batch, head) along the queries (csrc/flash_attn/src/
+    fmha_fwd_launch_template.h, num_splits_heuristic_fwd): the fewest splits whose wave efficiency
+    (waves / ceil(waves)) is within 95 % of the best up to `max_splits`."""
+    effs = []
+    for n in range(1, max_splits + 1):
+        waves = units * n / (sms * ctas_per_sm)
+        effs.append(waves / math.ceil(waves))
+    best = max(effs)
+    return next(n for n, e in enumerate(effs, 1) if e > 0.95 * best)
+
+
+@dataclass(frozen=True, slots=True)
+class FlashKernel:
+    """A fused attention kernel: scores stay on chip. Kernels differ by their schedule (work units and
+    blocks, what the warps exchange through shared memory, what goes back to DRAM between key blocks, how
+    the backward sums dQ, whether softmax overlaps the matmuls) and by one efficiency constant (calibrated
+    on the A100 rows, with its source)."""
+
+    name: str
+    source: str
+    #: share of its schedule's per-pair rate the kernel's main loop reaches (work the schedule does not
+    #: count: address arithmetic, masking, register spills); its per-pair time is divided by it
+    efficiency: float = 1.0
+    efficiency_source: str = "FlashAttention-2 defines the model (efficiency.tensor of the part)"
+    #: forward work unit: query rows (FlashAttention-2 tiles: 128 up to head_dim 128, else 64)
+    block_q: BlockTable = ((128, 128), (ANY_HEAD_DIM, 64))
+    #: keys per inner-loop block (FlashAttention-2: 128 up to head_dim 64, else 64)
+    block_k: BlockTable = ((64, 128), (ANY_HEAD_DIM, 64))
+    #: backward work unit: keys (None: block_q, as FlashAttention-2's 128-key units)
+    bwd_block: BlockTable | None = None
+    #: keys a backward unit owns: its dQ contributions are added once per query row and key block
+    bwd_keys: BlockTable = ((ANY_HEAD_DIM, 128),)
+    #: query rows one warp computes against each K and V element it reads from shared memory (forward)
+    warp_rows: BlockTable = ((ANY_HEAD_DIM, 32),)
+    #: warps splitting a key block ("split-K"): their partial O (fp32) is summed through shared memory
+    key_warps: int = 1
+    #: forward units are (batch, head) pairs split along the queries to fill the SMs (FlashAttention v1)
+    heads_split: bool = False
+    #: the running output is kept in DRAM in fp32 and re-read and re-written with Q and the row statistics
+    #: for every key block (FlashAttention v1: key blocks are the outer loop)
+    o_in_dram: bool = False
+    #: shared-memory operand loads overlap the MMAs (hand-pipelined kernels); else they add to them
+    smem_overlap: bool = True
+    #: fp32 bookkeeping FLOPs per (query, key) pair, forward and backward (scale, max, sum; dS)
+    fwd_fp32_per_pair: float = 4.0
+    bwd_fp32_per_pair: float = 6.0
+    #: fp32 FLOPs per output element (query row x head_dim) and key block that rescale the running output
+    #: beyond FlashAttention-2's (v1 rescales by diag(l)^-1 at every block, v2 once at the end: FA2 §3.1.1)
+    fwd_rescale_per_row_block: float = 0.0
+    #: the backward sums dQ as per-key-block replicas (a sum kernel after) or per head, whichever is faster
+    #: (Triton's sequence_parallel switch, both timed by the benchmark); else fp32 atomics in L2
+    dq_replicas: bool = False
+    #: softmax overlapped with asynchronous matmuls (warp specialization, Hopper WGMMA)
+    overlap: bool = False
+    #: architectures that can run it (empty: all)
+    architectures: tuple[str, ...] = ()
+
+    def check(self, gpu: GPU) -> None:
+        arch = gpu.params["architecture"]
+        if self.architectures and arch not in self.architectures:
+            raise ConfigError(f"attention kernel {self.name!r} needs a {' or '.join(self.architectures)} GPU; "
+                              f"{gpu.name} is {arch}", key="kernel")  # fmt: skip
+
+    def forward(self, gpu: GPU, op: Attention) -> OpCost:
+        return gpu.flash_forward(op, self)
+
+    def backward(self, gpu: GPU, op: AttentionGrad) -> OpCost:
+        return gpu.flash_backward(op, self)
+
+
+@dataclass(frozen=True, slots=True)
+class UnfusedKernel:
+    """PyTorch's math path (standard attention): S = scale·Q·Kᵀ as a batched GEMM that writes the b·h·s²
+    score matrix to DRAM, the causal mask added to it, softmax reading and writing it, then P·V; backward
+    dP = dO·Vᵀ, dV = Pᵀ·dO, the softmax backward, dQ = dS·K, dK = dSᵀ·Q. Every piece is priced by the
+    GPU's own GEMM, row and streaming costs: materialising the matrix is what makes it slow."""
+
+    name: str
+    source: str
+    #: share of the composed kernels' model rate that the eager chain reaches (its time is divided by it)
+    efficiency: float = 1.0
+    efficiency_source: str = "none: the composed costs as they are"
+    architectures: tuple[str, ...] = ()
+
+    def check(self, gpu: GPU) -> None:
+        return None
+
+    def forward(self, gpu: GPU, op: Attention) -> OpCost:
+        return gpu.unfused_cost(op, backward=False)
+
+    def backward(self, gpu: GPU, op: AttentionGrad) -> OpCost:
+        return gpu.unfused_cost(op, backward=True)
+
+
+FA2 = FlashKernel("fa2", "Dao 2023, FlashAttention-2 (arXiv 2307.08691): query blocks over SMs, one rescale at "
+                  "the end, backward over key blocks with dQ by fp32 atomics")  # fmt: skip
+STANDARD = UnfusedKernel(
+    "standard",
+    "flash-attention benchmarks/benchmark_flash_attention.py attention_pytorch: baddbmm, causal mask add, "
+    "torch.softmax, einsum (dropout 0: no kernel); torch.nn.functional.scaled_dot_product_attention's math "
+    "backend runs the same ops",
+    efficiency=0.65,
+    efficiency_source="calibrated: zero median signed error on the 20 PyTorch rows of attention_a100.csv; the "
+    "ratio is flat over s, d and causal (2.9% median |err| after)",
+)
+
+#: every attention kernel by the name an op carries (`Attention.kernel`)
+ATTENTION_KERNELS: dict[str, FlashKernel | UnfusedKernel] = {
+    k.name: k
+    for k in (
+        FA2,
+        FlashKernel(
+            "fa1",
+            "Dao et al. 2022, FlashAttention (arXiv 2205.14135) Algorithm 1, as flash-attn v1.0 runs it "
+            "(csrc/flash_attn/src/fmha_fwd_hdim*.cu, fmha_fprop_kernel_1xN.h): key blocks outer (256 keys "
+            "up to head_dim 64, else 128) over 16-row query steps, 4 warps splitting each key block, the "
+            "running O in fp32 in DRAM; CTAs per (batch, head) split along the queries to fill the SMs. "
+            "FA2 paper §3.1-3.3: rescaling every block, m and l kept apart, split-K warps",
+            efficiency=0.73,
+            efficiency_source="calibrated: zero median signed error on the 24 FlashAttention rows of "
+            "attention_a100.csv (flash2_a100_fwd_bwd_benchmark.png, the FA2 paper's A100 fwd+bwd figure); "
+            "4.5% median |err| after",
+            block_q=((ANY_HEAD_DIM, 16),),
+            block_k=((64, 256), (ANY_HEAD_DIM, 128)),
+            bwd_block=((ANY_HEAD_DIM, 128),),
+            warp_rows=((ANY_HEAD_DIM, 16),),
+            key_warps=4,
+            heads_split=True,
+            o_in_dram=True,
+            bwd_fp32_per_pair=7.0,
+            fwd_rescale_per_row_block=2.0,
+        ),
+        FlashKernel(
+            "triton",
+            "OpenAI Triton fused-attention tutorial (triton.ops.flash_attention, 2023): forward 128 queries x "
+            "64 keys, 4 warps up to head_dim 64 else 8; backward 128 x 128, per head or sequence-parallel with "
+            "dQ replicas summed after (the flash-attention benchmark times both and keeps the faster)",
+            efficiency=0.61,
+            efficiency_source="calibrated: zero median signed error on the 24 FlashAttention Triton rows of "
+            "attention_a100.csv; 6.5% median |err| after",
+            block_q=((ANY_HEAD_DIM, 128),),
+            block_k=((ANY_HEAD_DIM, 64),),
+            bwd_block=((ANY_HEAD_DIM, 128),),
+            warp_rows=((64, 32), (ANY_HEAD_DIM, 16)),
+            smem_overlap=False,
+            dq_replicas=True,
+        ),
+        FlashKernel(
+            "xformers",
+            "xformers memory-efficient attention, cutlass kernels (xformers/csrc/attention/cuda/fmha "
+            "kernel_forward.h, kernel_backward.h, Sm80): forward 64 queries x 64 keys up to head_dim 64, else "
+            "32 x 128; backward over 64-key blocks, dQ summed in fp32",
+            efficiency=0.47,
+            efficiency_source="calibrated: zero median signed error on the 24 xformers rows of "
+            "attention_a100.csv; 5.1% median |err| after",
+            block_q=((64, 64), (ANY_HEAD_DIM, 32)),
+            block_k=((64, 64), (ANY_HEAD_DIM, 128)),
+            bwd_block=((ANY_HEAD_DIM, 64),),
+            warp_rows=((ANY_HEAD_DIM, 32),),
+        ),
+        STANDARD,
+        FlashKernel(
+            "fa3",
+            "Shah et al. 2024, FlashAttention-3 (arXiv 2407.08608) §3: warp-specialized producer/consumer "
+            "warpgroups, asynchronous WGMMA with softmax overlapped (ping-pong), blocks 192 x 128 at head_dim "
+            "64, 128 x 128 at 128, 128 x 80 at 256 (§4.1)",
+            efficiency=0.96,
+            efficiency_source="FA3 paper abstract: up to 740 TFLOP/s FP16 forward on H100 SXM5 (75% of peak); "
+            "0.96 puts the model's best forward (head_dim 256, 16k keys, 767 TFLOP/s at 1.0) there. No "
+            "calibration rows: FA3 does not run on the A100",
+            block_q=((64, 192), (ANY_HEAD_DIM, 128)),
+            block_k=((128, 128), (ANY_HEAD_DIM, 80)),
+            warp_rows=((ANY_HEAD_DIM, 64),),
+            overlap=True,
+            architectures=("hopper",),
+        ),
+    )
+}
+ATTENTION_KERNELS["sdpa-math"] = STANDARD  # PyTorch SDPA's math backend: the same unfused ops
+
+
 @register("gpu")
 class GPU(Component):
     PORTS = ("pcie", "nvlink")
@@ -566,9 +761,25 @@ class GPU(Component):
         return OpCost(t, bound, dram, actions, detail)
 
     # ----------------------------------------------------------------------------------- attention
+    def attention_kernel(self, op: Attention) -> FlashKernel | UnfusedKernel:
+        """The kernel `op` names (`ATTENTION_KERNELS`), refused in one line if unknown or if this part's
+        architecture cannot run it."""
+        kernel = ATTENTION_KERNELS.get(op.kernel)
+        if kernel is None:
+            raise ConfigError(f"unknown attention kernel {op.kernel!r} (known: {', '.join(ATTENTION_KERNELS)})",
+                              key="kernel")  # fmt: skip
+        kernel.check(self)
+        return kernel
+
+    def flash_kernel(self, op: Attention) -> FlashKernel:
+        """The fused schedule whose blocks `op` runs in: its kernel's, FlashAttention-2's for a decode step
+        (flash-decoding, whatever kernel runs the prefill) and for the unfused kernel (which has none)."""
+        kernel = self.attention_kernel(op)
+        return kernel if isinstance(kernel, FlashKernel) and op.q_len > DECODE_Q_LEN else FA2
+
     def flash_block_k(self, op: Attention) -> int:
         """Key rows per inner-loop block (FlashAttention-2: 128 up to head_dim 64, else 64)."""
-        return 128 if op.head_dim <= 64 else 64
+        return by_head_dim(self.flash_kernel(op).block_k, op.head_dim)
 
     def flash_pairs(self, op: Attention) -> float:
         """(query, key) pairs actually computed: causal masking skips whole key blocks only, so the
@@ -589,41 +800,110 @@ class GPU(Component):
 
     def flash_block_q(self, op: Attention) -> int:
         """Query rows per flash work unit (FlashAttention-2 forward tiles: 128 rows up to head_dim 128)."""
-        return 128 if op.head_dim <= 128 else 64
+        return by_head_dim(self.flash_kernel(op).block_q, op.head_dim)
 
     def attention_cost(self, op: Attention) -> OpCost:
-        """Flash forward: per (query, key) pair 4·d matmul FLOPs on tensor cores, one exp on the SFUs and
-        ~4 fp32 FLOPs of scaling/max/sum bookkeeping, which FlashAttention-2 does not overlap with the
-        matmuls; query blocks spread over SMs (decode splits the KV sequence instead)."""
-        return self._flash_cost(op, 4.0 * op.head_dim, fp32_per_pair=4.0, atomic_B_per_pair=0.0)
+        """The forward of the kernel `op` names (`Attention.kernel`); a decode step is flash-decoding."""
+        kernel = self.attention_kernel(op)
+        return (kernel if op.q_len > DECODE_Q_LEN else FA2).forward(self, op)
 
     def attention_grad_cost(self, op: AttentionGrad) -> OpCost:
+        """The backward of the kernel `op` names."""
+        kernel = self.attention_kernel(op)
+        return (kernel if op.q_len > DECODE_Q_LEN else FA2).backward(self, op)
+
+    def flash_forward(self, op: Attention, kernel: FlashKernel) -> OpCost:
+        """Flash forward: per (query, key) pair 4·d matmul FLOPs on tensor cores, one exp on the SFUs and
+        ~4 fp32 FLOPs of scaling/max/sum bookkeeping, which FlashAttention-2 does not overlap with the
+        matmuls; query blocks spread over SMs (decode splits the KV sequence instead). Shared memory bounds
+        a pair at the K and V bytes each warp reads for its rows plus split-K partial sums; a kernel that
+        keeps the running output in DRAM moves it (fp32), Q and the row statistics once per key block."""
+        d, e = op.head_dim, op.elem_bytes
+        bk = self.flash_block_k(op)
+        fp32 = kernel.fwd_fp32_per_pair + kernel.fwd_rescale_per_row_block * d / bk
+        smem = 2.0 * d * e / by_head_dim(kernel.warp_rows, d)
+        exchange = 0.0
+        if kernel.key_warps > 1:
+            # split-K warps: each re-reads the query step and writes its partial O (fp32), which are summed
+            exchange = kernel.key_warps * d * (e + 8.0) / bk
+        serial_B, splits, per_sm = 0.0, 0, 1
+        if kernel.o_in_dram:
+            # every key block but the first reads, and every one but the last writes, O (fp32), l and m; Q again
+            per_row_B = 8.0 * d + 16.0 + d * e
+            serial_B = max(0.0, self.flash_pairs(op) / bk - op.batch * op.heads * op.q_len) * per_row_B
+        if kernel.heads_split:
+            # CTAs of K and V tiles and the split-K buffer, as many per SM as shared memory holds
+            cta_B = 2.0 * bk * d * e + kernel.key_warps * self.flash_block_q(op) * d * 4.0
+            per_sm = max(1, int(self.params["smem_per_sm"] // cta_B))
+            max_splits = min(FA1_MAX_SPLITS, ceil_div(op.q_len, self.flash_block_q(op)))
+            splits = num_splits_heuristic(op.batch * op.heads, self.sms, per_sm, max_splits)
+        return self._flash_cost(op, kernel, self.flash_block_q(op), 4.0 * d, fp32, 0.0, smem + exchange,
+                                exchange_B_per_pair=exchange, serial_B=serial_B, head_splits=splits,
+                                ctas_per_sm=per_sm)  # fmt: skip
+
+    def flash_backward(self, op: AttentionGrad, kernel: FlashKernel) -> OpCost:
         """Flash backward: 10·d matmul FLOPs per pair (five matmuls), the exp recomputed, ~6 fp32 FLOPs for
-        dS = P∘(dP − rowsum(dO∘O)); work units own 128-key blocks and add their dQ contributions into an
-        fp32 buffer with L2 atomics: head_dim × 4 bytes per query row and key block, 4·d/128 per pair."""
-        cost = self._flash_cost(
-            op, 10.0 * op.head_dim, fp32_per_pair=6.0, atomic_B_per_pair=4.0 * op.head_dim / 128
-        )
-        # two more kernels: D = rowsum(dO∘O) before (reads O, dO), and after, the fp32 dQ accumulator
-        # (zeroed beforehand) is read and written back as dQ in the input dtype
-        q_B = op.batch * op.heads * op.q_len * op.head_dim * op.elem_bytes
+        dS = P∘(dP − rowsum(dO∘O)); work units own key blocks and add their dQ contributions into an fp32
+        buffer with L2 atomics: head_dim × 4 bytes per query row and key block. Around it, D = rowsum(dO∘O)
+        before (reads O, dO) and, after, the fp32 dQ accumulator (zeroed beforehand) read and written back
+        as dQ in the input dtype. A kernel with dQ replicas (Triton) runs the faster of its two launches."""
+        if kernel.dq_replicas:
+            return min(self._replica_backward(op, kernel, True), self._replica_backward(op, kernel, False),
+                       key=lambda c: c.duration_s)  # fmt: skip
+        d = op.head_dim
+        block = by_head_dim(kernel.bwd_block or kernel.block_q, d)
+        cost = self._flash_cost(op, kernel, block, 10.0 * d, kernel.bwd_fp32_per_pair,
+                                4.0 * d / by_head_dim(kernel.bwd_keys, d))  # fmt: skip
+        q_B = op.batch * op.heads * op.q_len * d * op.elem_bytes
         acc_B = q_B * 4 / op.elem_bytes  # the fp32 dQ accumulator
         extra_B = 2 * q_B + 2 * acc_B + q_B  # read O and dO; zero and re-read the accumulator; write dQ
-        t_extra = 2 * self.launch_s + extra_B / self.memory_bandwidth_Bps
+        return self._around(cost, 2, extra_B)
+
+    def _replica_backward(self, op: AttentionGrad, kernel: FlashKernel, parallel: bool) -> OpCost:
+        """Triton's backward: sequence-parallel (a unit per key block, each writing its own dQ replica, zeroed
+        before and summed by a kernel after) or per head (one unit loops over all key blocks, reading and
+        writing dQ for every one)."""
+        d, e = op.head_dim, op.elem_bytes
+        bk = by_head_dim(kernel.bwd_keys, d)
+        q_B = op.batch * op.heads * op.q_len * d * e
+        replicas = ceil_div(op.kv_len, bk)
+        if parallel:
+            cost = self._flash_cost(op, kernel, by_head_dim(kernel.bwd_block or kernel.block_q, d), 10.0 * d,
+                                    kernel.bwd_fp32_per_pair, 0.0, extra_B=replicas * q_B)  # fmt: skip
+            return self._around(cost, 3, 2 * q_B + 2 * replicas * q_B + q_B)  # D; zero; sum the replicas
+        rmw_per_pair = 2.0 * d * e / bk  # dQ read and written per query row and key block, through L2
+        cost = self._flash_cost(op, kernel, op.q_len, 10.0 * d, kernel.bwd_fp32_per_pair, rmw_per_pair,
+                                extra_B=rmw_per_pair * self.flash_pairs(op), head_splits=1)  # fmt: skip
+        return self._around(cost, 2, 3 * q_B)  # D (reads O, dO); zero dQ
+
+    def _around(self, cost: OpCost, kernels: int, extra_B: float) -> OpCost:
+        """`cost` plus `kernels` streaming kernels around it that move `extra_B` bytes."""
+        t_extra = kernels * self.launch_s + extra_B / self.memory_bandwidth_Bps
         actions = {**cost.actions, "dram.byte": cost.dram_bytes + extra_B}
         return OpCost(cost.duration_s + t_extra, cost.bound, cost.dram_bytes + extra_B, actions, cost.detail)
 
-    def _flash_cost(
-        self, op: Attention, mm_per_pair: float, fp32_per_pair: float, atomic_B_per_pair: float
-    ) -> OpCost:
+    def _flash_cost(self, op: Attention, kernel: FlashKernel, block_q: int, mm_per_pair: float,
+                    fp32_per_pair: float, atomic_B_per_pair: float, smem_B_per_pair: float = 0.0,
+                    extra_B: float = 0.0, exchange_B_per_pair: float = 0.0, serial_B: float = 0.0,
+                    head_splits: int = 0, ctas_per_sm: int = 1) -> OpCost:  # fmt: skip
+        """A fused attention kernel's time: the slower of its work units on the SMs (per-pair tensor, SFU,
+        fp32, L2-atomic and shared-memory time) and its DRAM traffic (`extra_B` on top of the op's tensors),
+        plus `serial_B` bytes that its CTAs move between steps with nothing to overlap them. Work units are
+        query blocks of `block_q` rows, or with `head_splits` each (batch, head) split into that many equal
+        parts (rows strided: equal even when causal), `ctas_per_sm` of them sharing an SM."""
         peak, unit = self.matmul_peak(op.dtype)
         eff = self.eff["tensor"] if unit == "tensor" else self.eff["vector"]
         sm_mm = peak * eff / self.sms
         sm_sfu = self.params["sfu_per_sm_per_clk"] * self.clock_Hz
         sm_fma = self.vector_peak("fp32") * self.eff["vector"] / self.sms
         sm_l2 = self.l2_bw_Bps / self.sms
-        t_pair = mm_per_pair / sm_mm + 1.0 / sm_sfu + fp32_per_pair / sm_fma + atomic_B_per_pair / sm_l2
-        block_q = self.flash_block_q(op)
+        t_mm, t_simt = mm_per_pair / sm_mm, 1.0 / sm_sfu + fp32_per_pair / sm_fma
+        if kernel.overlap:  # softmax of one block runs while the tensor cores multiply another
+            t_pair = max(t_mm, t_simt) + atomic_B_per_pair / sm_l2
+        else:
+            t_pair = t_mm + 1.0 / sm_sfu + fp32_per_pair / sm_fma + atomic_B_per_pair / sm_l2
+        t_smem = smem_B_per_pair / (self.params["smem_bytes_per_clk"] * self.clock_Hz)
+        t_pair = (max(t_pair, t_smem) if kernel.smem_overlap else t_pair + t_smem) / kernel.efficiency
         kv_work = dequant_work(op.kv_dtype, op.dtype) if op.kv_dtype is not None else None
         kv_per_pair = 0.0
         if kv_work is not None:
@@ -632,7 +912,7 @@ class GPU(Component):
             # QServe) load a key once for all query heads of its group.
             rows = (
                 min(op.q_len * (op.heads // op.kv_heads), block_q)
-                if op.q_len <= 16
+                if op.q_len <= DECODE_Q_LEN
                 else min(op.q_len, block_q)
             )
             kv_per_pair = 2.0 * op.head_dim / rows
@@ -640,7 +920,9 @@ class GPU(Component):
         q_blocks = ceil_div(op.q_len, block_q)
         units = op.batch * op.heads * q_blocks
         splits = 1
-        if op.q_len <= 16:  # decode: split the KV sequence across SMs (flash-decoding) to fill the chip
+        if (
+            op.q_len <= DECODE_Q_LEN
+        ):  # decode: split the KV sequence across SMs (flash-decoding) to fill the chip
             splits = max(1, min(ceil_div(op.kv_len, 256), ceil_div(self.sms * 2, units)))
             units *= splits
         pairs_total = self.flash_pairs(op)
@@ -650,21 +932,77 @@ class GPU(Component):
             unit_keys = min(op.kv_len, op.window + min(op.q_len, block_q) - 1 + self.flash_block_k(op))
         unit_pairs = min(op.q_len, block_q) * unit_keys / splits
         t_compute = max(pairs_total * t_pair / self.sms, unit_pairs * t_pair)
-        if op.q_len > 16 and not op.causal:  # equal units: whole rounds over the SMs
+        if op.q_len > DECODE_Q_LEN and not op.causal:  # equal units: whole rounds over the SMs
             t_compute = ceil_div(units, self.sms) * unit_pairs * t_pair
-        dram = op.bytes
+        if head_splits and op.q_len > DECODE_Q_LEN:
+            units = op.batch * op.heads * head_splits
+            unit_pairs = pairs_total / units
+            t_compute = ceil_div(units, self.sms) * unit_pairs * t_pair
+            if serial_B:  # each step of block_q rows also waits for its synchronous loads (the running O): a
+                # memory latency that only the other CTAs on the SM hide
+                steps = unit_pairs / (block_q * self.flash_block_k(op))
+                t_compute += ceil_div(units, self.sms) * steps * self.mem_latency_s / ctas_per_sm
+        dram = op.bytes + extra_B
         t_mem = self.dram_time_s(dram, ceil_div(units, self.sms), dram / units)
+        t_serial = serial_B / self.memory_bandwidth_Bps
+        dram += serial_B
         bound = "compute" if t_compute >= t_mem else "memory"
         actions = {f"flop.{op.dtype}": op.flops, "flop.fp32": (fp32_per_pair + 1) * pairs_total,
-                   "dram.byte": dram, "smem.byte": 2 * dram, "l2.byte": atomic_B_per_pair * pairs_total}  # fmt: skip
+                   "dram.byte": dram, "smem.byte": 2 * dram + exchange_B_per_pair * pairs_total,
+                   "l2.byte": atomic_B_per_pair * pairs_total}  # fmt: skip
         detail = {"units": units, "block_q": block_q, "t_compute_s": t_compute, "t_dram_s": t_mem}
+        if kernel is not FA2:
+            detail = {**detail, "kernel": kernel.name, "t_serial_s": t_serial}
         if kv_work is not None:
             elements = kv_per_pair * pairs_total
             actions["vector.op"] = elements * self.simt_instructions(kv_work, op.dtype)
             detail = {**detail, "kv_dtype": op.kv_dtype, "dequant_elements": elements}
         return OpCost(
-            max(t_compute, t_mem) + self.launch_s + self.mem_latency_s, bound, dram, actions, detail
+            max(t_compute, t_mem) + t_serial + self.launch_s + self.mem_latency_s,
+            bound,
+            dram,
+            actions,
+            detail,
         )
+
+    def unfused_cost(self, op: Attention, backward: bool) -> OpCost:
+        """Standard attention as the kernels PyTorch launches one after another (`UnfusedKernel`), each
+        priced by this GPU's own GEMM and streaming costs: the b·h·s² score matrix is written by one GEMM
+        and read back by the softmax and by the next GEMM. The softmax streams its rows once from DRAM:
+        a CTA's re-reads of a row it has just read hit L2 (LLMCompass's A100 softmax over 32768 x 4096 fp16
+        runs at 279 G elements/s, 2.2 TB/s if every pass went to DRAM: more than the part has).
+        Q, K, V (forward) and dO, dQ, dK, dV (backward) are also copied between the (batch, seq, head) and
+        (batch·head, seq) layouts. Every (query, key) pair is computed: a causal mask is added, not skipped."""
+        bh, sq, skv, d, dt = op.batch * op.heads, op.q_len, op.kv_len, op.head_dim, op.dtype
+        scores = bh * sq * skv
+
+        def bmm(name: str, m: int, n: int, k: int) -> OpCost:
+            return self.gemm_cost(Gemm(name, dt, m=m, n=n, k=k, batch=bh, b_is_weight=False))
+
+        def stream(name: str, elements: int, inputs: int, flops: float = 0.0) -> OpCost:
+            return self.stream_cost(
+                Elementwise(name, dt, elements=elements, inputs=inputs, flops_per_element=flops)
+            )
+
+        if not backward:
+            parts = [stream("to_heads", 3 * bh * sq * d, 1), bmm("scores", sq, skv, d)]
+            if op.causal or op.window_binds:  # the mask tensor and the scores read, the scores written
+                parts.append(stream("mask", scores, 2, 1.0))
+            parts += [stream("softmax", scores, 1, 5.0), bmm("pv", sq, d, skv)]
+        else:
+            # dS = P∘(dP − rowsum(dP∘P)): P and dP read, dS written
+            parts = [stream("do_to_heads", bh * sq * d, 1), bmm("dp", sq, skv, d), bmm("dv", skv, d, sq),
+                     stream("softmax_grad", scores, 2, 3.0), bmm("dq", sq, d, skv), bmm("dk", skv, d, sq),
+                     stream("grads_from_heads", 3 * bh * sq * d, 1)]  # fmt: skip
+        actions: dict[str, float] = {}
+        for c in parts:
+            for a, n in c.actions.items():
+                actions[a] = actions.get(a, 0.0) + n
+        slowest = max(parts, key=lambda c: c.duration_s)
+        duration_s = sum(c.duration_s for c in parts) / self.attention_kernel(op).efficiency
+        dram = sum(c.dram_bytes for c in parts)
+        detail = {"kernel": "standard", "kernels": len(parts), "score_bytes": scores * op.elem_bytes}
+        return OpCost(duration_s, slowest.bound, dram, actions, detail)
 
     # ------------------------------------------------------------------------------ memory-bound ops
     def stream_cost(self, op: Elementwise | Norm | Softmax | Embedding | Op) -> OpCost:

@@ -149,6 +149,9 @@ class Attention(Op):
     #: decode step's context is capped at the window (a rolling KV buffer); costs are unchanged when the
     #: window does not bind (kv_len <= window).
     window: int | None = None
+    #: the kernel that runs it (hardware.gpu.ATTENTION_KERNELS: "fa2", "fa1", "triton", "xformers",
+    #: "standard", "fa3"); a component that has one kernel for attention ignores it
+    kernel: str = "fa2"
     kind: ClassVar[str] = "attention"
 
     def __post_init__(self) -> None:
@@ -181,7 +184,7 @@ class Attention(Op):
         if self.window is not None and kv_len > self.window and self.q_len == 1:
             kv_len = self.window  # a rolling buffer holds only the window
         return type(self)(self.name, self.dtype, self.batch, self.heads, self.kv_heads, self.q_len, kv_len,
-                          self.head_dim, self.causal, self.kv_dtype, self.window)  # fmt: skip
+                          self.head_dim, self.causal, self.kv_dtype, self.window, self.kernel)  # fmt: skip
 
     @property
     def window_binds(self) -> bool:

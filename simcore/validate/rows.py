@@ -129,6 +129,7 @@ class Row:
     predicted: float = math.nan
     bound: str = ""
     harness: str = ""
+    kernel: str = ""  # the attention kernel the row's implementation is (hardware.gpu.ATTENTION_KERNELS)
 
     @property
     def mapped(self) -> bool:
@@ -449,6 +450,25 @@ def _gemm_row(f: _Fields, sim: Simulator) -> Row:
     return row
 
 
+#: (regex on a published implementation name, attention kernel) -- the first match wins. PyTorch's SDPA
+#: runs FlashAttention-2 as its flash backend (and picks it for fp16/bf16 on sm80+ when left to choose), the
+#: xformers cutlass kernel as its memory-efficient backend and the unfused ops as its math backend.
+ATTENTION_IMPLEMENTATIONS: tuple[tuple[str, str], ...] = (
+    (r"flash\s*attention[- ]?3|\bfa3\b", "fa3"),
+    (r"triton", "triton"),
+    (r"xformers|mem(ory)?[-_ ]?efficient|cutlass", "xformers"),
+    (r"\bmath\b|standard|^pytorch$|eager", "standard"),
+    (r"flash\s*attention[- ]?2(\.0)?$|flash backend|\bfa2\b|^sdpa\b", "fa2"),
+    (r"^flash\s*attention(\s*v?1(\.\d+)*)?$|\bfa1\b", "fa1"),
+)
+
+
+def attention_kernel_of(implementation: str) -> str | None:
+    """The attention kernel a published implementation name is, or None when it is none of them."""
+    text = implementation.strip()
+    return next((k for pat, k in ATTENTION_IMPLEMENTATIONS if re.search(pat, text, re.IGNORECASE)), None)
+
+
 @csv_format("attention_*.csv", ("head_dim", "seqlen"), ("gpu",), ("pass",), ("num_heads",), ("batch",), ("causal",),
             ("time_ms", "tflops_per_s"))  # fmt: skip
 def _attention_row(f: _Fields, sim: Simulator) -> Row:
@@ -469,29 +489,23 @@ def _attention_row(f: _Fields, sim: Simulator) -> Row:
     if row.reason:
         return row
     pass_ = f.text("pass").lower()
+    row.kernel = attention_kernel_of(impl) or ""
     if pass_ not in ("fwd", "fwd+bwd"):
         row.reason = "pass not stated in the source (its script reports fwd+bwd totals)"
     elif causal_text not in ("true", "false", "1", "0", "yes", "no"):
         row.reason = f"causal flag {f.text('causal')!r} not stated"
     elif not measured > 0:
         row.reason = "no measured value (out of memory in the source)"
-    elif re.search(r"\bmath\b|standard|^pytorch$", impl.strip(), re.IGNORECASE):
-        row.reason = (
-            f"implementation {impl!r} materialises the score matrix; the model costs flash-style attention"
-        )
-    elif pass_ == "fwd+bwd" and not re.fullmatch(
-        r"flash\s*attention[- ]?2(\.0)?", impl.strip(), re.IGNORECASE
-    ):
-        row.reason = (f"implementation {impl!r}: the backward model follows FlashAttention-2's schedule "
-                      "(key-block parallel, dQ by atomics); other kernels' schedules differ")  # fmt: skip
+    elif not row.kernel:
+        row.reason = f"implementation {impl!r} is none of the modelled attention kernels"
     else:
         from simcore.ops import Attention, AttentionGrad
 
         fwd = Attention("attention", dtype, batch=batch, heads=heads, kv_heads=heads, q_len=seq, kv_len=seq,
-                        head_dim=d, causal=causal)  # fmt: skip
+                        head_dim=d, causal=causal, kernel=row.kernel)  # fmt: skip
         ops = [fwd] if pass_ == "fwd" else [fwd, AttentionGrad("attention_grad", dtype, batch=batch, heads=heads,
                                                               kv_heads=heads, q_len=seq, kv_len=seq, head_dim=d,
-                                                              causal=causal)]  # fmt: skip
+                                                              causal=causal, kernel=row.kernel)]  # fmt: skip
 
         def predict() -> tuple[float, str]:
             times = [sim.op_time(row.preset or "", op, None) for op in ops]
