@@ -4,7 +4,9 @@ A flow moves `nbytes` over a path of resources (link directions, memory ports, a
 rate, optionally capped (an op that needs only part of its memory's bandwidth). Each unit of a flow may
 use a different amount of each resource on its path (`weights`: a kernel's unit is a byte of DRAM
 traffic and takes duration/bytes seconds of its device's compute). One SimPy timeout per flow; the rates
-of the flows that share a resource with a starting or ending flow are recomputed by progressive filling.
+of the flows that share a resource with a starting or ending flow are recomputed by progressive filling,
+once per instant however many flows start or end in it (no time passes in between, so nothing moves at a
+stale rate).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class FlowNetwork:
         self.env = env
         self.active: set[Flow] = set()
         self.timeouts = 0
+        #: resources whose flows' rates are due for recomputation at the end of this instant: flows that
+        #: start or end at one instant (an all-to-all's transfers) are reallocated together, once
+        self._dirty: set[Resource] = set()
 
     def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf,
               weights: tuple[float, ...] = ()) -> simpy.Event:  # fmt: skip
@@ -80,13 +85,26 @@ class FlowNetwork:
             flow.rate_Bps = flow.solo_Bps
             self._schedule(flow)
         else:
-            self._reallocate(self._component(flow))
+            self._touch(path)
         return done
 
     # ------------------------------------------------------------------------------------ internals
-    def _component(self, flow: Flow) -> set[Flow]:
-        """Flows transitively sharing a resource with `flow` (only their rates can change)."""
-        seen, todo = {flow}, [flow]
+    def _touch(self, path: tuple[Resource, ...]) -> None:
+        """Mark `path`'s resources for reallocation once this instant's other starts and ends are in."""
+        if not self._dirty:
+            flush = self.env.timeout(0)
+            flush.callbacks.append(self._flush)
+        self._dirty.update(path)
+
+    def _flush(self, _ev: simpy.Event) -> None:
+        seeds = {f for r in self._dirty for f in r.flows}
+        self._dirty.clear()
+        if seeds:
+            self._reallocate(self._component(*seeds))
+
+    def _component(self, *flows: Flow) -> set[Flow]:
+        """Flows transitively sharing a resource with `flows` (only their rates can change)."""
+        seen, todo = set(flows), list(flows)
         while todo:
             f = todo.pop()
             for r in f.path:
@@ -165,7 +183,6 @@ class FlowNetwork:
         if generation != flow.generation or flow not in self.active:
             return  # superseded by a later rate change
         now = self.env.now
-        others = self._component(flow) - {flow}
         self._advance({flow})
         flow.remaining_B = 0.0
         self.active.discard(flow)
@@ -174,5 +191,5 @@ class FlowNetwork:
             if not r.flows:
                 r.busy_s += now - r._busy_since
         flow.done.succeed()
-        if others:
-            self._reallocate(others)
+        if any(r.flows for r in flow.path):  # the flows left beside it may speed up
+            self._touch(flow.path)
