@@ -116,6 +116,13 @@ EXPERIMENT_SCHEMA = {
         ),
         "pp": positive("pipeline-parallel stages", type=int, default=1),
         "ep": positive("expert-parallel degree (MoE models)", type=int, default=1),
+        "ep_chunks": positive(
+            "token chunks per MoE layer whose all-to-all overlaps the expert GEMMs of the others (Comet-style "
+            "pipeline; 1: dispatch, experts, combine in turn)",
+            type=int,
+            default=1,
+            maximum=64,
+        ),
         "dp": positive("data-parallel replicas (the batch is split over them)", type=int, default=1),
         "microbatches": positive("micro-batches a pipeline splits each batch into", type=int, default=1),
         "schedule": Param("pipeline order", type=str, default="1f1b", choices=SCHEDULES),
@@ -199,6 +206,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         raise doc.error(tuple((e.key or "precision").split(".")), e.message) from None
     plan = ExecutionPlan(tp=par["tp"], pp=par["pp"], ep=par["ep"], dp=par["dp"], microbatches=par["microbatches"],
                          schedule=par["schedule"], devices=tuple(map(str, par["devices"] or ())),
+                         ep_chunks=par["ep_chunks"],
                          offload_weights=p["offload"]["weights"], precision=precision,
                          kv_devices=tuple(map(str, p["offload"]["kv"] or ())),
                          kv_attention=p["offload"]["attention"], framework=p["framework"])  # fmt: skip

@@ -30,6 +30,9 @@ class ExecutionPlan:
     tp: int | None = None  # tensor-parallel degree (default: every accelerator, over pp stages)
     pp: int = 1  # pipeline stages
     ep: int = 1  # expert-parallel degree (MoE): experts split over this many ranks
+    #: token chunks of each MoE layer whose all-to-all overlaps the expert GEMMs of the others (1: dispatch,
+    #: experts and combine one after the other)
+    ep_chunks: int = 1
     dp: int = 1  # data-parallel replicas
     microbatches: int = 1
     schedule: str = "1f1b"  # forward-only passes run the same order under both (no backward to interleave)
@@ -109,6 +112,9 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
     """Choose and check the devices: every device of the placement must run every op kind of the
     workload in the plan's dtype (probed on a one-layer pass of the same model)."""
     pool = accelerators(system, plan.devices)
+    if plan.ep_chunks > 1 and plan.ep == 1:
+        raise ConfigError(f"ep_chunks={plan.ep_chunks} splits the all-to-all of expert parallelism; it needs "
+                          "ep > 1", key="parallelism.ep_chunks")  # fmt: skip
     if plan.ep > 1:
         return place_experts(system, spec, plan, pool)
     per_copy = len(pool) // (plan.pp * plan.dp)
