@@ -142,9 +142,12 @@ class Component:
         """Bandwidth for data written into this device (differs from reads for storage)."""
         return self.memory_bandwidth_Bps
 
-    def access(self, request_B: float, write: bool) -> tuple[float, float]:
+    #: whether a write's rate depends on its size (`access(..., nbytes)`: an SSD's SLC cache)
+    sized_writes: bool = False
+
+    def access(self, request_B: float, write: bool, nbytes: float | None = None) -> tuple[float, float]:
         """(latency before the first byte, rate cap from the device's request handling) for DMA in
-        `request_B` requests; memories have neither."""
+        `request_B` requests, `nbytes` in all where the rate depends on it; memories have neither."""
         return 0.0, float("inf")
 
 

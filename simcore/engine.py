@@ -171,14 +171,17 @@ class Engine:
     def transfer_plan(self, op: Transfer) -> Plan:
         """Source memory, every link direction on the route, destination memory; latency of the hops and
         of the endpoints' first access; rate capped by what the endpoints' request queues sustain."""
-        key = ("xfer", op.src, op.dst, op.request_B)
+        src, dst = self.system.devices[op.src], self.system.devices[op.dst]
+        key = ("xfer", op.src, op.dst, op.request_B, op.nbytes if dst.sized_writes else None)
         if key not in self._paths:
-            src, dst = self.system.devices[op.src], self.system.devices[op.dst]
             hops = self.system.route(op.src, op.dst)
             res = [self.mem[op.src]] if op.src in self.mem else []
             res += [self.link_res[(a, b)] for a, b, _ in hops]
             res += [self.mem_in[op.dst]] if op.dst in self.mem_in else []
-            (lat_r, cap_r), (lat_w, cap_w) = src.access(op.request_B, False), dst.access(op.request_B, True)
+            (lat_r, cap_r), (lat_w, cap_w) = (
+                src.access(op.request_B, False),
+                dst.access(op.request_B, True, op.nbytes),
+            )
             lat = sum(link.latency_s for _, _, link in hops) + lat_r + lat_w
             self._paths[key] = (lat, tuple(res), min(cap_r, cap_w))
         lat, path, cap = self._paths[key]
