@@ -16,6 +16,7 @@ serving rows (concurrency, not a static batch) are listed as unmapped with that 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,9 @@ SAME_SHAPES: dict[str, str] = {
     # Qwen3-Coder-30B-A3B-Instruct's model card: 30.5B total / 3.3B active, 48 layers, 32 query and 4 KV
     # heads, 128 experts with 8 active: Qwen3-30B-A3B's shapes (a longer context only)
     "qwen3-coder-30b-a3b": "qwen3-30b-a3b",
+    # Qwen2.5-7B's config.json: Qwen2-7B's shapes (3584 hidden, 28 layers, 28 query / 4 KV heads, 18944 FFN,
+    # 152064 vocabulary)
+    "qwen2.5-7b": "qwen2-7b",
 }
 
 
@@ -165,7 +169,7 @@ _TP = re.compile(r"\bTP(\d+)\b")
 def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
     """A steady-state serving measurement (vLLM at a fixed max_num_seqs, GPU energy counters): energy per
     output token, average power of the GPUs used and median inter-token latency, each predicted from the
-    steady state of continuous batching on that many GPUs (tensor parallel): see `_steady_state`."""
+    steady state of continuous batching on that many GPUs (tensor parallel): see `steady_state`."""
     config, workload = f.text("config"), f.text("workload")
     devices = f.integer("num_devices") or 1
     name = shipped_model(f.text("model"))
@@ -212,16 +216,19 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
 
 def _serving_figure(state: tuple[Any, ...], quantity: str) -> Callable[[], tuple[float, str]]:
     def predict() -> tuple[float, str]:
-        figures = _steady_state(*state)
+        figures = steady_state(*state)
         return figures[quantity], "serving"
 
     return predict
 
 
-_STATES: dict[tuple[Any, ...], dict[str, float]] = {}
+#: per simulator (its presets and overrides), the steady states it computed
+_STATES: weakref.WeakKeyDictionary[Simulator, dict[tuple[Any, ...], dict[str, float]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
+def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
                   output: float, framework: str, fp8: bool = False) -> dict[str, float]:  # fmt: skip
     """Continuous batching in steady state at `batch` running sequences: each iteration decodes one token
     of every sequence (context: the prompt plus half the average output) and, as batch / output requests
@@ -236,9 +243,10 @@ def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: 
     from simcore.precision import plan_from
     from simcore.scenarios.base import LLMRun
 
-    key = (id(sim), preset, devices, model, batch, prompt, output, framework, fp8)
-    if key in _STATES:
-        return _STATES[key]
+    states = _STATES.setdefault(sim, {})
+    key = (preset, devices, model, batch, prompt, output, framework, fp8)
+    if key in states:
+        return states[key]
     system = sim.system(preset if devices == 1 else SYSTEMS[preset])
     b = max(1, round(batch))
     decode = SeqGroup(b, 1, prompt + round(output / 2))
@@ -261,5 +269,5 @@ def _steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: 
     t_decode, _ = iteration(())
     t_mixed, joules = iteration(groups) if groups else (t_decode, iteration(())[1])
     itl = t_mixed if batch / output >= 0.5 else t_decode
-    _STATES[key] = {"energy": joules / b, "power": joules / t_mixed, "time": itl}
-    return _STATES[key]
+    states[key] = {"energy": joules / b, "power": joules / t_mixed, "time": itl}
+    return states[key]
