@@ -313,6 +313,24 @@ def test_expert_parallel_decode_runs_the_all_to_all_over_nvlink():
     assert summary["latency_s"] < one["latency_s"]  # each rank reads half the experts for half the batch
 
 
+def test_an_expert_parallel_serving_iteration_is_each_ranks_share_of_the_decode() -> None:
+    # A ragged iteration of one decode group over ep ranks is the decode pass of each rank's 1/ep of the
+    # batch (the same ops, the same all-to-alls): the two programs take the same time to round-off; an odd
+    # group gives the busiest rank the extra sequence.
+    from models.llm import SeqGroup
+    from simcore.mapping import ExecutionPlan
+    from simcore.scenarios.base import LLMRun
+    from simcore.system import load_system
+
+    run = LLMRun(load_system("dgx-h100-8"), load_llm("qwen3-30b-a3b"), ExecutionPlan(tp=1, ep=2), False)
+    (step,) = run.programs(8, 1, 1024, "decode")
+    (ragged,) = run.iteration((SeqGroup(8, 1, 1024),))
+    assert run.engine.run(ragged) == pytest.approx(run.engine.run(step), rel=1e-9)
+    (odd,) = run.iteration((SeqGroup(9, 1, 1024),))
+    assert sum(op.flops for op in (st.op for st in odd.steps) if op.kind == "attention") > sum(
+        op.flops for op in (st.op for st in ragged.steps) if op.kind == "attention")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------- runs
 
 

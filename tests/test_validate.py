@@ -287,7 +287,9 @@ def test_error_bars_are_the_conformal_band_of_the_residuals_and_cover_held_out_r
         rows.append(r)
     band = fit_intervals(rows, 0.8)["gemm"]
     assert band["lo"] == pytest.approx(-0.16, abs=0.01) and band["hi"] == pytest.approx(0.16, abs=0.01)
-    assert band["held_out_coverage"] == pytest.approx(0.8, abs=0.05)
+    # the held-out share inside it: binomial over 201 rows (sd 0.028) plus each edge's sampling noise (a 10%
+    # quantile of 200 uniform values over 0.4 wide: sd 0.0085, 0.021 of coverage): sd ~0.04, 2.4 sd here
+    assert band["held_out_coverage"] == pytest.approx(0.8, abs=0.1)
 
 
 def test_simcore_op_reports_the_shipped_error_bars_around_its_prediction() -> None:

@@ -151,11 +151,12 @@ class LLMRun:
     def iteration(self, groups: tuple[SeqGroup, ...], phase: str = "mixed") -> list[Program]:
         """The programs of one ragged pass (a serving iteration): every group's tokens through the GEMMs
         at once, an attention kernel per group. The plan's data-parallel replicas each run it whole (a
-        serving scenario routes requests to replicas itself); micro-batches do not apply."""
+        serving scenario routes requests to replicas itself); micro-batches do not apply. With expert
+        parallelism every rank runs its 1/ep of each group's sequences (attention data-parallel) between the
+        all-to-alls, in lock step: the program is the busiest rank's, ⌈count / ep⌉ of each group."""
         if self.plan.ep > 1:
-            raise ConfigError(
-                "a serving iteration with expert parallelism is not modelled yet", key="parallelism.ep"
-            )
+            share = tuple(g._replace(count=-(-g.count // self.plan.ep)) for g in groups)
+            return [_mapped(self.spec, self._key, self.placement, self.plan, 0, 0, 0, phase, 0, share)]
         return [
             _mapped(self.spec, self._key + (stages,),
                     self.placement if stages == self.placement.stages else replace(self.placement, stages=stages),

@@ -177,7 +177,10 @@ class Serve(LLMScenario):
             raise ConfigError(e.message, key="scenario.speculative.draft") from None
 
     def check_plan(self, plan: ExecutionPlan) -> None:
-        """Prefill replicas leave at least one replica to decode."""
+        """Prefill replicas leave at least one replica to decode; expert-parallel ranks are one replica, which
+        the serving loop (a replica per rank group of the placement) does not run yet."""
+        if plan.ep > 1:
+            raise ConfigError("serving with expert parallelism is not modelled yet", key="parallelism.ep")
         n = self.disaggregation.prefill_replicas
         if n and n >= plan.dp:
             raise ConfigError(f"prefill_replicas {n} leaves no decode replica of parallelism.dp {plan.dp}",

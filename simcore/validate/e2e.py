@@ -162,6 +162,7 @@ TASK_PROMPT_TOKENS: tuple[tuple[str, int], ...] = (
 _BATCH = re.compile(r"avg batch ([\d.]+)")
 _OUTPUT = re.compile(r"avg output len ([\d.]+)")
 _TP = re.compile(r"\bTP(\d+)\b")
+_EP = re.compile(r"\bEP(\d+)\b")
 
 
 @csv_format("energy_*.csv", ("energy_per_output_token_J", "avg_power_W_all_devices"), ("hardware",), ("model",),
@@ -176,7 +177,13 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
     model = (name,) if name else None
     fp8 = bool(re.search(r"-fp8\b", f.text("model"), re.IGNORECASE))
     prompt = next((n for pattern, n in TASK_PROMPT_TOKENS if re.search(pattern, workload)), None)
-    batch_m, out_m, tp_m = _BATCH.search(config), _OUTPUT.search(config), _TP.search(config)
+    batch_m, out_m, tp_m, ep_m = (
+        _BATCH.search(config),
+        _OUTPUT.search(config),
+        _TP.search(config),
+        _EP.search(config),
+    )
+    tp, ep = (int(m.group(1)) if m else 0 for m in (tp_m, ep_m))
     device = f.text("hardware")
     preset, why = map_device(device)
     measured = (("energy", "llm energy per token", f.number("energy_per_output_token_J")),
@@ -194,8 +201,8 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
         reason = f"no prompt length assumed for the task of {workload!r}"
     elif not (batch_m and out_m):
         reason = "no average batch and output length in the row's config"
-    elif tp_m is None or int(tp_m.group(1)) != devices or "EP1" not in config:
-        reason = "not a tensor-parallel-only plan over all its GPUs"
+    elif (tp, ep) not in ((devices, 1), (1, devices)):
+        reason = "not a tensor-parallel or expert-parallel plan over all its GPUs"
     elif devices > 1 and preset not in SYSTEMS:
         reason = f"no multi-GPU system preset of {preset}"
     rows = []
@@ -208,7 +215,7 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
         row.reason = reason
         if not reason and model is not None and prompt is not None and batch_m and out_m:
             state = (sim, preset, devices, model[0], float(batch_m.group(1)), prompt, float(out_m.group(1)),
-                     framework_of(f.text("framework")), fp8)  # fmt: skip
+                     framework_of(f.text("framework")), fp8, ep > 1)  # fmt: skip
             row.predict = _serving_figure(state, quantity)
         rows.append(row)
     return rows
@@ -229,11 +236,12 @@ _STATES: weakref.WeakKeyDictionary[Simulator, dict[tuple[Any, ...], dict[str, fl
 
 
 def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
-                  output: float, framework: str, fp8: bool = False) -> dict[str, float]:  # fmt: skip
+                  output: float, framework: str, fp8: bool = False, expert_parallel: bool = False) -> dict[str, float]:  # fmt: skip
     """Continuous batching in steady state at `batch` running sequences: each iteration decodes one token
     of every sequence (context: the prompt plus half the average output) and, as batch / output requests
     finish per iteration, prefills as many new prompts' tokens (chunked prefill spreads them over the
-    iterations). Energy per output token and power are the mean iteration's (joules of the GPUs used);
+    iterations), on `devices` GPUs in tensor parallel or, `expert_parallel`, as many expert-parallel ranks
+    (attention data-parallel). Energy per output token and power are the mean iteration's (joules of the GPUs used);
     the median inter-token latency is the mixed iteration's when most iterations carry prefill tokens
     (batch / output >= 1/2), else a decode-only iteration's. `fp8`: an FP8 checkpoint served as vLLM does:
     weights and GEMM inputs in fp8, all-reduces in bf16; the KV cache follows the activations into fp8
@@ -244,7 +252,7 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     from simcore.scenarios.base import LLMRun
 
     states = _STATES.setdefault(sim, {})
-    key = (preset, devices, model, batch, prompt, output, framework, fp8)
+    key = (preset, devices, model, batch, prompt, output, framework, fp8, expert_parallel)
     if key in states:
         return states[key]
     system = sim.system(preset if devices == 1 else SYSTEMS[preset])
@@ -257,7 +265,8 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
 
     def iteration(extra: tuple[SeqGroup, ...]) -> tuple[float, float]:
         given = {"weights": "fp8", "activations": "fp8", "communication": "bf16"} if fp8 else None
-        plan = ExecutionPlan(tp=devices, precision=plan_from("bf16", given), framework=framework)
+        tp, ep = (1, devices) if expert_parallel else (devices, 1)
+        plan = ExecutionPlan(tp=tp, ep=ep, precision=plan_from("bf16", given), framework=framework)
         run = LLMRun(system, load_llm(model), plan, False)
         run.allocate_weights()
         (program,) = run.iteration((decode, *extra))

@@ -38,12 +38,11 @@ def fit_intervals(rows: Iterable[Row], coverage: float = 0.8, seed: int = 0) -> 
             by_family.setdefault(r.family, []).append(math.log(r.predicted / r.measured))
     tail = (1.0 - coverage) / 2.0
     out: dict[str, dict[str, Any]] = {}
-    rng = random.Random(seed)
     for family, res in sorted(by_family.items()):
         if len(res) < MIN_ROWS:
             continue
         shuffled = res[:]
-        rng.shuffle(shuffled)
+        random.Random(f"{seed}:{family}").shuffle(shuffled)  # per family: rows of others do not move its split
         half = len(shuffled) // 2
         calib, held = sorted(shuffled[:half]), shuffled[half:]
         # the band's edges: the tails' conformal quantiles, each side at its own level
