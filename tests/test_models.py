@@ -11,8 +11,16 @@ from models.llm import build_pass, load_llm, model_names
 from simcore.errors import ConfigError
 from simcore.ops import Gemm
 
-PUBLISHED = {"gemma-2b": 2.51e9, "gemma-7b": 8.54e9, "phi-3-mini-4k": 3.82e9, "phi-3-mini-128k": 3.82e9,
-             "qwen3-8b": 8.2e9, "qwen3-14b": 14.8e9, "qwen3-32b": 32.8e9, "llama-3.1-405b": 405e9}
+PUBLISHED = {
+    "gemma-2b": 2.51e9,
+    "gemma-7b": 8.54e9,
+    "phi-3-mini-4k": 3.82e9,
+    "phi-3-mini-128k": 3.82e9,
+    "qwen3-8b": 8.2e9,
+    "qwen3-14b": 14.8e9,
+    "qwen3-32b": 32.8e9,
+    "llama-3.1-405b": 405e9,
+}
 
 
 @pytest.mark.parametrize(("name", "params"), PUBLISHED.items())

@@ -3,7 +3,17 @@
 A new scenario is one file with a `@register("kind")` dataclass and one import line below.
 """
 
-from simcore.scenarios import decode, generate, model_switch, moe_offload, offload_decode, pim_generate, prefill, serve, vision  # noqa: F401  (registers them)
+from simcore.scenarios import (  # noqa: F401  (registers them)
+    decode,
+    generate,
+    model_switch,
+    moe_offload,
+    offload_decode,
+    pim_generate,
+    prefill,
+    serve,
+    vision,
+)
 from simcore.scenarios.base import SCENARIOS, LLMRun, Scenario
 from simcore.scenarios.decode import Decode
 from simcore.scenarios.generate import Generate

@@ -41,8 +41,8 @@ def fit_intervals(rows: Iterable[Row], coverage: float = 0.8, seed: int = 0) -> 
     for family, res in sorted(by_family.items()):
         if len(res) < MIN_ROWS:
             continue
-        shuffled = res[:]
-        random.Random(f"{seed}:{family}").shuffle(shuffled)  # per family: rows of others do not move its split
+        shuffled = res[:]  # split per family: rows added to another family never move this one's
+        random.Random(f"{seed}:{family}").shuffle(shuffled)
         half = len(shuffled) // 2
         calib, held = sorted(shuffled[:half]), shuffled[half:]
         # the band's edges: the tails' conformal quantiles, each side at its own level
