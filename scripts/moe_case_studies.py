@@ -20,7 +20,8 @@ sys.path[:0] = [str(ROOT)]  # this checkout's simcore, not an installed one
 
 from simcore.errors import ConfigError, OutOfMemory  # noqa: E402
 from simcore.experiment import run  # noqa: E402
-from simcore.moe import POLICIES, LayerCaches  # noqa: E402
+from simcore.moe import POLICIES  # noqa: E402
+from simcore.moe import replay as replay_cache  # noqa: E402
 from traces.routing import RoutingTrace, load_routing, synthetic  # noqa: E402
 
 EXPERIMENTS = ROOT / "configs" / "experiments"
@@ -125,18 +126,8 @@ def hybrimoe(steps: int) -> list[str]:
 
 
 def replay(trace: RoutingTrace, policy: str, capacity: int) -> float:
-    """Hit rate of `policy` with `capacity` experts per layer replayed on `trace` as the moe-offload
-    scenario updates its caches with every miss copied in and nothing prefetched: look the step's experts
-    up at once, then admit each miss."""
-    caches = LayerCaches(policy, trace.layers, capacity, trace.num_experts)
-    hits = accesses = 0
-    for s in range(trace.steps):
-        for layer in range(trace.layers):
-            routed = trace.routed(s, layer)
-            h, misses = caches[layer].lookup(routed)
-            hits, accesses = hits + len(h), accesses + len(routed)
-            for e in misses:
-                caches[layer].admit(e, routed)
+    """Hit rate of `policy` with `capacity` experts per layer replayed on `trace` (simcore.moe.replay)."""
+    hits, accesses = replay_cache(trace, policy, capacity)
     return hits / accesses
 
 

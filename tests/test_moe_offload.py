@@ -16,7 +16,7 @@ import pytest
 from simcore.engine import Engine
 from simcore.errors import ConfigError
 from simcore.experiment import load_experiment, simulate
-from simcore.moe import POLICIES, LayerCaches
+from simcore.moe import POLICIES, LayerCaches, replay
 from simcore.ops import Transfer
 from simcore.precision import bits
 from simcore.scenarios import Decode
@@ -273,16 +273,7 @@ def test_missed_experts_on_the_cpu_and_the_balanced_split() -> None:
 
 
 def test_the_hit_rate_is_the_cache_replayed_on_the_trace() -> None:
-    tr = load_routing("mixtral-8x7b-correlated")
-    caches = LayerCaches("lru", tr.layers, 2, 8)
-    hits = accesses = 0
-    for s in range(8):
-        for layer in range(tr.layers):
-            routed = tr.routed(s, layer)
-            h, misses = caches[layer].lookup(routed)
-            hits, accesses = hits + len(h), accesses + len(routed)
-            for e in misses:
-                caches[layer].admit(e, routed)
+    hits, accesses = replay(load_routing("mixtral-8x7b-correlated"), "lru", 2, steps=8)
     doc = {"name": "t", "hardware": "workstation-rtx4090", "model": "mixtral-8x7b", "precision": {"weights": "int4"},
            "scenario": {"kind": "moe-offload", "steps": 8,
                         "moe": {"trace": "mixtral-8x7b-correlated", "cache_ratio": 0.25}}}  # fmt: skip

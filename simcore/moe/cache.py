@@ -9,7 +9,7 @@ class and a line. State is plain Python: a cache is updated in trace order, inde
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from simcore.errors import ConfigError
 
@@ -135,3 +135,29 @@ class LayerCaches:
 
     def __getitem__(self, layer: int) -> ExpertCache:
         return self.layers[layer]
+
+
+class Routing(Protocol):
+    """What a cache replay reads of a routing trace (traces.routing.RoutingTrace)."""
+
+    steps: int
+    layers: int
+    num_experts: int
+
+    def routed(self, step: int, layer: int) -> dict[int, float]: ...
+
+
+def replay(trace: Routing, policy: str, capacity: int, steps: int | None = None) -> tuple[int, int]:
+    """(hits, accesses) of `policy` caches of `capacity` experts per layer over the first `steps` steps of
+    `trace`, updated as the moe-offload scenario updates them with every miss copied in and nothing
+    prefetched: a step's experts are looked up at once, then each miss is admitted."""
+    caches = LayerCaches(policy, trace.layers, capacity, trace.num_experts)
+    hits = accesses = 0
+    for s in range(trace.steps if steps is None else steps):
+        for layer in range(trace.layers):
+            routed = trace.routed(s, layer)
+            found, misses = caches[layer].lookup(routed)
+            hits, accesses = hits + len(found), accesses + len(routed)
+            for e in misses:
+                caches[layer].admit(e, routed)
+    return hits, accesses
