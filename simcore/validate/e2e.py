@@ -103,7 +103,11 @@ def e2e_row(f: _Fields, sim: Simulator) -> Row:
         # 128/128 on four A100s (670 tok/s) would run at 15 % of their fp16 peak in a peak-throughput table;
         # per GPU, at 60 %, as the one-GPU rows do
         per_gpu = devices if _SESSION_BENCHMARK.search(scenario) else 1
-        family, measured, run = "llm throughput", batch * osl / (tput * per_gpu), ("generate", batch, isl, osl)
+        family, measured, run = (
+            "llm throughput",
+            batch * osl / (tput * per_gpu),
+            ("generate", batch, isl, osl),
+        )
     elif _STATIC.search(scenario) and f.number("total_throughput_tok_per_s"):
         # e.g. Azure's LLMBenchmark rows: read as input + output tokens per second (as their README says),
         # Llama-3-8B at batch 64 x 136 tokens would run at ~6% of an A100's FLOP rate; read as output
@@ -111,8 +115,12 @@ def e2e_row(f: _Fields, sim: Simulator) -> Row:
         family = "llm throughput"
     device = f.text("hardware")
     preset, why = map_device(device)
-    if preset is None and model is not None and run is not None and _UNSTATED_A100.search(device):
-        preset, why = _a100_holding(model[0], devices, batch * (isl + osl))
+    if preset is None and run is not None and _UNSTATED_A100.search(device):
+        preset, why = (
+            _a100_holding(model[0], devices, batch * (isl + osl))
+            if model is not None
+            else (None, f"model {f.text('model')!r} is not shipped")
+        )
     dtype = weights[0] if weights else ""
     shape = f"{f.text('model')} {f.text('weights_precision')} x{devices} {scenario[:40]}"
     row = Row(f.file, f.line, device, family, dtype or "-", shape, "time", measured, _approx(f), f.text("source"),
@@ -146,7 +154,10 @@ def _a100_holding(model: str, devices: int, tokens: int) -> tuple[str | None, st
     per_gpu_B = (2 * spec.params + 2 * tokens * spec.kv_elements_per_token) / devices
     if per_gpu_B > 40e9:
         return "a100-sxm4-80gb", f"A100 variant inferred: the run keeps {per_gpu_B / 1e9:.0f} GB per GPU"
-    return None, f"A100 variant not stated, and the run ({per_gpu_B / 1e9:.0f} GB per GPU) fits 40 and 80 GB parts"
+    return (
+        None,
+        f"A100 variant not stated, and the run ({per_gpu_B / 1e9:.0f} GB per GPU) fits 40 and 80 GB parts",
+    )
 
 
 def framework_of(text: str) -> str:
