@@ -64,6 +64,7 @@ class FlowNetwork:
         #: resources whose flows' rates are due for recomputation at the end of this instant: flows that
         #: start or end at one instant (an all-to-all's transfers) are reallocated together, once
         self._dirty: set[Resource] = set()
+        self._touched_at = -1.0  # the instant of the last immediate reallocation
 
     def start(self, path: tuple[Resource, ...], nbytes: float, cap_Bps: float = math.inf,
               weights: tuple[float, ...] = ()) -> simpy.Event:  # fmt: skip
@@ -90,7 +91,13 @@ class FlowNetwork:
 
     # ------------------------------------------------------------------------------------ internals
     def _touch(self, path: tuple[Resource, ...]) -> None:
-        """Mark `path`'s resources for reallocation once this instant's other starts and ends are in."""
+        """Reallocate the flows on `path`'s resources: at once for the first start or end of an instant (most
+        instants have one), else once more when the instant's other starts and ends are in."""
+        now = self.env.now
+        if now != self._touched_at:
+            self._touched_at = now
+            self._reallocate(self._component(*{f for r in path for f in r.flows}))
+            return
         if not self._dirty:
             flush = self.env.timeout(0)
             flush.callbacks.append(self._flush)
