@@ -12,9 +12,18 @@ banks) over P units of L lanes, with k split s ways when n < P L (s = min(k, flo
     t_in      = input bytes per pseudo-channel / pin rate x width     (all-bank broadcast write)
     t_out     = n s e / external bandwidth                           (partial sums read by the host)
 
-A batch of m vectors is m GEMVs: a bank-level unit has no room to reuse weights. Decode attention (q_len 1)
+A batch of m vectors is m GEMVs: a bank-level unit has no room to reuse weights; the op adds one
+`mode_switch` (below) to the m passes. Decode attention (q_len 1)
 is two such GEMVs per KV head group (scores over K, outputs over V) with the softmax in between on the
 unit beside the stack (AttAcc: the buffer die), streaming the scores at `softmax.bandwidth`.
+
+Mode switching: every op enters all-bank PIM mode and leaves it again, a fixed `mode_switch` added to its
+duration. HBM-PIM (Lee et al., ISCA 2021, its SB / AB / AB-PIM modes) switches with ordinary DRAM commands
+to reserved addresses, so an unmodified memory controller can issue them; Samsung's PIMSimulator
+(PIMKernel::changePIMMode) writes the ABMR row (SB -> AB), the PIM_OP_MODE register (AB -> AB-PIM), that
+register again (AB-PIM -> AB) and the SBMR row (AB -> SB): four transitions, each an ACT, a write and a
+PRE, so at least a row cycle tRAS + tRP. The default is that lower bound, 4 (tRAS + tRP) of the part; the
+same protocol is assumed for AiM and AttAcc, which publish none.
 
 Sharing with a host: while the banks compute, the host can use none of the memory's bandwidth (mode
 switching, as HBM-PIM's SB / AB / AB-PIM modes): an op's `dram_bytes` is its duration x the memory's
@@ -37,6 +46,10 @@ from simcore.errors import ConfigError
 from simcore.ops import Attention, Gemm, ceil_div, dtype_bytes
 
 PIM_DTYPES = ("fp16", "bf16", "int8")
+
+#: mode transitions per op, each a row cycle of a reserved row: SB -> AB (ABMR), AB -> AB-PIM and back
+#: (PIM_OP_MODE), AB -> SB (SBMR) -- Lee et al. ISCA 2021; Samsung PIMSimulator PIMKernel::changePIMMode
+MODE_TRANSITIONS = 4
 
 PIM_SCHEMA: dict[str, Any] = {
     "abstract": Param("an architecture base, not a usable part", default=False, type=bool),
@@ -68,6 +81,12 @@ PIM_SCHEMA: dict[str, Any] = {
     ),  # fmt: skip
     "row_switch": positive(
         "time to move every bank to its next row; default the DRAM's tRP + tRCD", "time", default=None
+    ),  # fmt: skip
+    "mode_switch": nonneg(
+        "time to enter all-bank PIM mode and leave it again, charged once per op; default "
+        "4 x (the DRAM's tRAS + tRP): HBM-PIM's SB -> AB -> AB-PIM -> AB -> SB, a row cycle each",
+        "time",
+        default=None,
     ),  # fmt: skip
     "softmax": {
         "bandwidth": positive(
@@ -138,6 +157,8 @@ class PIM(Component):
         t = d.params["timing"]
         self.step_s: float = params["step"] or t["tCCD_L"]
         self.row_switch_s: float = params["row_switch"] or t["tRP"] + t["tRCD"]
+        switch = params["mode_switch"]
+        self.mode_switch_s: float = MODE_TRANSITIONS * (t["tRAS"] + t["tRP"]) if switch is None else switch
 
     # ---------------------------------------------------------------------------------- figures
     @property
@@ -202,8 +223,11 @@ class PIM(Component):
             "dram.byte": io,
         }
 
-    def _cost(self, time_s: float, actions: dict[str, float], detail: dict[str, Any]) -> OpCost:
-        """The op holds the banks for `time_s`: the memory carries no host traffic meanwhile."""
+    def _cost(self, compute_s: float, actions: dict[str, float], detail: dict[str, Any]) -> OpCost:
+        """The op enters PIM mode, computes for `compute_s` and leaves it; it holds the banks throughout,
+        so the memory carries no host traffic meanwhile."""
+        time_s = compute_s + self.mode_switch_s
+        detail = {**detail, "t_mode_s": self.mode_switch_s}
         return OpCost(time_s, "memory", time_s * self.memory_bandwidth_Bps, actions, detail)
 
     def gemv_cost(self, op: Gemm) -> OpCost:
@@ -291,4 +315,5 @@ class PIM(Component):
             "external_bandwidth": (self.external_Bps, "bandwidth", "pins x data rate x count"),
             "step": (self.step_s, "time", "step, or the DRAM's tCCD_L"),
             "row_switch": (self.row_switch_s, "time", "row_switch, or the DRAM's tRP + tRCD"),
+            "mode_switch": (self.mode_switch_s, "time", "mode_switch, or 4 x the DRAM's (tRAS + tRP)"),
         }  # fmt: skip

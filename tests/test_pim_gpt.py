@@ -64,10 +64,11 @@ def test_attention_gemvs_do_the_attention_macs() -> None:
 def test_a_weight_gemv_takes_the_bank_parallel_closed_form() -> None:
     """GPT-2 fc1 (n 3072, k 768) over 8 GDDR6-AiM channels: P = 128 units x L = 16 lanes = 2048 lanes,
     lane rows ceil(3072 / 2048) = 2, steps 2 x 768 = 1536 at 1 ns, rows ceil(1536 x 16 x 2 B / 2 KiB) = 24
-    at tRP + tRCD = 29.64 ns, input 1536 B at one x16 channel's 32 GB/s, output 6144 B at 256 GB/s."""
+    at tRP + tRCD = 29.64 ns, input 1536 B at one x16 channel's 32 GB/s, output 6144 B at 256 GB/s, plus one
+    mode switch into all-bank PIM mode and out: 4 x (tRAS + tRP) of gddr6.yaml = 4 x (30.21 + 14.82) ns."""
     s = load_system("pim-gpt")
     cost = s.devices["pim"].op_cost(Gemm("fc1", "bf16", m=1, n=3072, k=768))
-    closed = 1536 / 32e9 + 1536 * 1e-9 + 24 * 29.64e-9 + 6144 / 256e9
+    closed = 1536 / 32e9 + 1536 * 1e-9 + 24 * 29.64e-9 + 6144 / 256e9 + 4 * (30.21e-9 + 14.82e-9)
     assert cost.duration_s == pytest.approx(closed, rel=1e-12)
 
 
