@@ -8,8 +8,11 @@ devices do not interact, so one replica is simulated on its share (`requests.spl
 and goodput are scaled by dp; latencies are that replica's. With `--prefill-replicas`, each plan is also
 tried disaggregated: P of its dp replicas only prefill and hand the KV to the others; every plan is then
 simulated whole (all replicas behind the experiment's router, the KV transfers over the links), the
-co-located ones included. Expert parallelism (`--ep`, MoE models) is listed as skipped: the serve
-scenario's iterations do not run on the expert-parallel mapper, and `place` refuses ep with tp, pp or dp.
+co-located ones included. Expert parallelism (`--ep`, MoE models) tries each degree ep that divides the
+accelerators and the experts: one group of ep one-device ranks (tp = pp = 1, one replica, its KV pool the
+sum of the ranks') with dp = accelerators / ep identical groups, simulated on its share and scaled as
+above; disaggregated, or whole with dp > 1, it is listed as skipped with the reason (the serve scenario
+runs one expert-parallel group, without prefill replicas).
 
 The points run on the sweep machinery (`simcore.sweep.core.run_sweep`): in parallel, each stored as it
 finishes under `--out` (default runs/plan-<experiment>/), so an interrupted search resumes and a repeated
@@ -31,7 +34,7 @@ from simcore.commands import emit
 from simcore.errors import ConfigError
 from simcore.tables import text_table
 
-COLUMNS = ("tp", "pp", "dp", "prefill_replicas", "max_num_seqs", "throughput_tokens_per_s", "ttft_p99_s",
+COLUMNS = ("tp", "pp", "ep", "dp", "prefill_replicas", "max_num_seqs", "throughput_tokens_per_s", "ttft_p99_s",
            "tpot_p99_s", "goodput_requests_per_s", "tokens_per_s_per_gpu", "pareto")  # fmt: skip
 #: the Pareto objectives: (column, "max" | "min"), priced or not
 OBJECTIVES = {
@@ -39,8 +42,8 @@ OBJECTIVES = {
     False: (("goodput_requests_per_s", "max"), ("tokens_per_s_per_gpu", "max")),
 }
 SOLO = "scenario.disaggregation.prefill_replicas"
-EP_SKIPPED = ("the serve scenario's iterations do not run on the expert-parallel mapper, and place() "
-              "refuses ep with tp, pp or dp > 1")  # fmt: skip
+EP_WHOLE = ("the serve scenario runs one expert-parallel group: no prefill replicas, no replicas of it "
+            "simulated whole")  # fmt: skip
 
 
 def _int_list(flag: str, lowest: int = 1) -> Any:
@@ -69,8 +72,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pp", type=_int_list("--pp"), default=[1], metavar="N,N",
                    help="pipeline stages to try (default 1; e.g. 1,2,4)")  # fmt: skip
     p.add_argument("--ep", type=_int_list("--ep"), default=None, metavar="N,N",
-                   help="expert-parallel degrees to consider (MoE; default: those that divide the accelerators "
-                        "and the experts); listed as skipped with the reason")  # fmt: skip
+                   help="expert-parallel degrees to try (MoE, tp = pp = 1; default: those that divide the "
+                        "accelerators and the experts)")  # fmt: skip
     p.add_argument("--prefill-replicas", type=_int_list("--prefill-replicas", 0), default=[0], metavar="N,N",
                    help="prefill-only replicas to try per plan (disaggregation; default 0: none)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -108,6 +111,26 @@ def candidates(devices: int, layers: int, tps: Sequence[int] | None, pps: Sequen
     return pairs, skipped
 
 
+def expert_degrees(devices: int, model: Any, eps: Sequence[int] | None
+                   ) -> tuple[list[int], list[dict[str, Any]]]:  # fmt: skip
+    """Expert-parallel degrees to simulate (each a group of ep one-device ranks, dp = devices / ep of them)
+    and those skipped with the reason; by default every ep >= 2 dividing the accelerators and the experts."""
+    moe = getattr(model, "moe", None)
+    if moe is None:
+        return [], [{"ep": ep, "reason": f"{model.name} is dense: no experts to split"} for ep in eps or ()]
+    out, skipped = [], []
+    for ep in eps if eps is not None else range(2, devices + 1):
+        if ep == 1:
+            continue  # the tensor-parallel plans
+        if devices % ep or moe.experts % ep:
+            if eps is not None:
+                skipped.append({"ep": ep, "reason": f"ep={ep} must divide the {devices} accelerators and "
+                                                    f"{model.name}'s {moe.experts} experts"})  # fmt: skip
+            continue
+        out.append(ep)
+    return out, skipped
+
+
 def search(path: str, overrides: list[str], max_num_seqs: list[int], tps: list[int] | None = None,
            prefill_replicas: tuple[int, ...] | list[int] = (0,), pps: Sequence[int] = (1,),
            eps: Sequence[int] | None = None, workers: int | None = None, out: str | Path | None = None,
@@ -131,30 +154,30 @@ def search(path: str, overrides: list[str], max_num_seqs: list[int], tps: list[i
     split = base.scenario.requests.split
     model = base.model
     pairs, skipped = candidates(devices, model.layers, tps, pps, lambda tp: check_tp(model, tp))
-    moe = getattr(model, "moe", None)
-    for ep in eps if eps is not None else ([e for e in range(2, devices + 1) if devices % e == 0
-                                            and moe.experts % e == 0] if moe else []):  # fmt: skip
-        skipped.append({"ep": ep,
-                        "reason": EP_SKIPPED if moe else f"{model.name} is dense: no experts to split"})  # fmt: skip
+    ep_degrees, ep_skipped = expert_degrees(devices, model, eps)
+    skipped += ep_skipped
 
     whole = any(prefill_replicas)  # compare like with like: every plan simulated whole
-    keys = ("parallelism.tp", "parallelism.pp", "parallelism.dp", SOLO, "scenario.scheduler.max_num_seqs",
-            "scenario.requests.split")  # fmt: skip
+    keys = ("parallelism.tp", "parallelism.pp", "parallelism.ep", "parallelism.dp", SOLO,
+            "scenario.scheduler.max_num_seqs", "scenario.requests.split")  # fmt: skip
     points, meta = [], []
-    for tp, pp in pairs:
-        dp = devices // (tp * pp)
+    for tp, pp, ep in [(tp, pp, 1) for tp, pp in pairs] + [(1, 1, ep) for ep in ep_degrees]:
+        dp = devices // (tp * pp * ep)
         for n_pre in prefill_replicas:
             if n_pre and n_pre >= dp:
-                skipped.append({"tp": tp, "pp": pp, "prefill_replicas": n_pre,
+                skipped.append({"tp": tp, "pp": pp, "ep": ep, "prefill_replicas": n_pre,
                                 "reason": f"leaves no decode replica of {dp}"})  # fmt: skip
+                continue
+            if ep > 1 and whole and (n_pre or dp > 1):
+                skipped.append({"ep": ep, "prefill_replicas": n_pre, "reason": EP_WHOLE})
                 continue
             for m in max_num_seqs:
                 if whole:  # the whole system (prefill replicas hand their KV to the decode replicas)
-                    values, scale = (tp, pp, dp, n_pre, m, split), 1
+                    values, scale = (tp, pp, ep, dp, n_pre, m, split), 1
                 else:  # identical replicas: one on its round-robin share, scaled
-                    values, scale = (tp, pp, 1, 0, m, split * dp), dp
+                    values, scale = (tp, pp, ep, 1, 0, m, split * dp), dp
                 points.append(dict(zip(keys, values, strict=True)))
-                meta.append((tp, pp, dp, n_pre, m, scale))
+                meta.append((tp, pp, ep, dp, n_pre, m, scale))
 
     doc = _base(path, overrides)
     axes = [
@@ -167,12 +190,12 @@ def search(path: str, overrides: list[str], max_num_seqs: list[int], tps: list[i
     if stats is not None:
         stats.update(df.attrs.get("stats", {}))
     rows = []
-    for (tp, pp, dp, n_pre, m, scale), (_, rec) in zip(meta, df.iterrows(), strict=True):
+    for (tp, pp, ep, dp, n_pre, m, scale), (_, rec) in zip(meta, df.iterrows(), strict=True):
         if rec["status"] != "ok":
-            skipped.append({"tp": tp, "pp": pp, "prefill_replicas": n_pre, "max_num_seqs": m,
+            skipped.append({"tp": tp, "pp": pp, "ep": ep, "prefill_replicas": n_pre, "max_num_seqs": m,
                             "reason": str(rec["reason"])})  # fmt: skip
             continue
-        row = {"tp": tp, "pp": pp, "dp": dp, "prefill_replicas": n_pre, "max_num_seqs": m,
+        row = {"tp": tp, "pp": pp, "ep": ep, "dp": dp, "prefill_replicas": n_pre, "max_num_seqs": m,
                "throughput_tokens_per_s": rec["throughput_tokens_per_s"] * scale,
                "ttft_p99_s": rec["ttft_p99_s"], "tpot_p99_s": rec["tpot_p99_s"],
                "goodput_requests_per_s": rec["goodput_requests_per_s"] * scale,
@@ -184,7 +207,7 @@ def search(path: str, overrides: list[str], max_num_seqs: list[int], tps: list[i
         rows.append({k: v.item() if hasattr(v, "item") else v for k, v in row.items()})
     mark_pareto(rows, pareto_mask)
     rows.sort(key=lambda r: (-r["goodput_requests_per_s"], -r["throughput_tokens_per_s"], r["tp"], r["pp"],
-                             r["prefill_replicas"], r["max_num_seqs"]))  # fmt: skip
+                             r["ep"], r["prefill_replicas"], r["max_num_seqs"]))  # fmt: skip
     return rows, skipped
 
 
@@ -204,11 +227,12 @@ def mark_pareto(rows: list[dict[str, Any]], mask: Any) -> None:
 
 @command("plan", _plan_args)
 def plan_cmd(args: argparse.Namespace) -> int:
-    """Search tensor × pipeline × data parallelism and max_num_seqs for the best goodput of a serve
+    """Search tensor × pipeline × expert × data parallelism and max_num_seqs for the best goodput of a serve
     experiment, and mark the Pareto set.
 
-    Each plan serves the experiment's request stream: one replica of tp × pp devices simulated on its
-    round-robin share, throughput and goodput scaled by dp = accelerators / (tp × pp)."""
+    Each plan serves the experiment's request stream: one replica of tp × pp devices (or of ep expert-parallel
+    ranks) simulated on its round-robin share, throughput and goodput scaled by dp = accelerators / (tp × pp
+    × ep)."""
     stats: dict[str, Any] = {}
     rows, skipped = search(args.experiment, args.set, args.max_num_seqs, args.tp, args.prefill_replicas,
                            args.pp, args.ep, args.workers, args.out, stats=stats)  # fmt: skip
@@ -223,11 +247,11 @@ def plan_cmd(args: argparse.Namespace) -> int:
               "cached": stats.get("cached", 0), "store": stats.get("store", "")}, True)  # fmt: skip
         return 0
     priced = goals[1][0] == "cost_per_million_tokens_usd"
-    table = [[r["tp"], r["pp"], r["dp"], r["prefill_replicas"], r["max_num_seqs"], f"{r['throughput_tokens_per_s']:.1f}",
+    table = [[r["tp"], r["pp"], r["ep"], r["dp"], r["prefill_replicas"], r["max_num_seqs"], f"{r['throughput_tokens_per_s']:.1f}",
               f"{r['ttft_p99_s'] * 1e3:.1f}", f"{r['tpot_p99_s'] * 1e3:.2f}", f"{r['goodput_requests_per_s']:.3f}",
               f"{r['tokens_per_s_per_gpu']:.1f}"] + ([f"{r['cost_per_million_tokens_usd']:.3f}"] if priced else [])
              + ["*" if r["pareto"] else ""] for r in rows]  # fmt: skip
-    print(text_table(["tp", "pp", "dp", "prefill", "max_num_seqs", "tokens/s", "TTFT p99 ms", "TPOT p99 ms",
+    print(text_table(["tp", "pp", "ep", "dp", "prefill", "max_num_seqs", "tokens/s", "TTFT p99 ms", "TPOT p99 ms",
                       "goodput req/s", "tokens/s/GPU"] + (["$/M tokens"] if priced else []) + ["pareto"], table))  # fmt: skip
     print(f"pareto (*): {goals[0][0]} ({goals[0][1]}) against {goals[1][0]} ({goals[1][1]})")
     print(

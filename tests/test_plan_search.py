@@ -63,12 +63,12 @@ def test_a_repeated_search_reads_its_points_back(tmp_path, capsys):
     assert again["plans"] == first["plans"]
 
 
-def test_expert_parallelism_is_listed_as_skipped_with_the_reason(tmp_path, capsys):
+def test_expert_parallelism_adds_plans_for_moe_models(tmp_path, capsys):
     out = plan(capsys, experiment(tmp_path, "mixtral-8x7b"), "--max-num-seqs", "16", "--tp", "8",
                "--out", str(tmp_path / "store"))  # fmt: skip
-    eps = [s for s in out["skipped"] if "ep" in s]
-    assert [s["ep"] for s in eps] == [2, 4, 8]  # divide both the 8 GPUs and Mixtral's 8 experts
-    assert all("expert-parallel mapper" in s["reason"] for s in eps)
+    eps = sorted((p["ep"], p["dp"]) for p in out["plans"] if p["ep"] > 1)
+    assert eps == [(2, 4), (4, 2), (8, 1)]  # divide both the 8 GPUs and Mixtral's 8 experts; dp = 8 / ep
+    assert all(p["tp"] * p["pp"] * p["ep"] * p["dp"] == 8 for p in out["plans"])
     dense = plan(capsys, experiment(tmp_path), "--max-num-seqs", "16", "--tp", "8", "--ep", "2",
                  "--out", str(tmp_path / "store"))  # fmt: skip
     assert [s["reason"] for s in dense["skipped"]] == [f"{MODEL} is dense: no experts to split"]

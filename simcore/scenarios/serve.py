@@ -22,6 +22,11 @@ Variants, each a block of the scenario:
 - `disaggregation.attention`: each replica's attention runs next to its KV cache on attention devices,
   the GEMMs on its tensor-parallel group, with micro-batches ping-ponging between them (Lamina,
   MegaScale-Infer; simcore/serving/afd.py).
+- `parallelism.ep` > 1 (MoE): the expert-parallel ranks are ONE replica, one scheduler and one KV pool,
+  each iteration one program over every rank (each its ⌈count / ep⌉ of every sequence group, attention
+  data-parallel, all-to-all around the experts). A sequence's KV lives whole on one rank, so the pool is
+  ep × the blocks one rank fits, and no sequence may hold more than one rank's blocks; sequences are
+  taken as spread evenly over the ranks (the program is the busiest rank's), not packed rank by rank.
 
 Coarse-event choice: the decode steps of an iteration form one group whose context is their mean context
 rounded up to a multiple of the KV block size. Decode attention streams every sequence's KV once, so the
@@ -124,6 +129,14 @@ ATTENTION_EXCLUDES: dict[str, Callable[[Serve], bool]] = {
     "scheduler.preemption": lambda sc: sc.scheduler.preemption == "swap",
 }
 
+#: what expert-parallel serving does not combine with (key -> set in this scenario and plan)
+EP_EXCLUDES: dict[str, Callable[[Serve, ExecutionPlan], bool]] = {
+    "parallelism.dp": lambda sc, plan: plan.dp > 1,  # replicas of an expert-parallel group
+    "speculative.draft": lambda sc, plan: sc.speculative.on,
+    "disaggregation.attention.devices": lambda sc, plan: sc.disaggregation.attention.on,
+    "scheduler.preemption": lambda sc, plan: sc.scheduler.preemption == "swap",  # blocks sit on one rank
+}
+
 #: router policy -> pick(candidates, request) -> the replica to serve it
 ROUTERS: dict[str, Callable[[list[Replica], Request, itertools.count], Replica]] = {
     "round-robin": lambda reps, req, turn: reps[next(turn) % len(reps)],
@@ -177,10 +190,15 @@ class Serve(LLMScenario):
             raise ConfigError(e.message, key="scenario.speculative.draft") from None
 
     def check_plan(self, plan: ExecutionPlan) -> None:
-        """Prefill replicas leave at least one replica to decode; expert-parallel ranks are one replica, which
-        the serving loop (a replica per rank group of the placement) does not run yet."""
-        if plan.ep > 1:
-            raise ConfigError("serving with expert parallelism is not modelled yet", key="parallelism.ep")
+        """Prefill replicas leave at least one replica to decode; expert-parallel ranks form one replica
+        without the variants that would split it (EP_EXCLUDES)."""
+        clash = (
+            next((key for key, on in EP_EXCLUDES.items() if on(self, plan)), None) if plan.ep > 1 else None
+        )
+        if clash:
+            where = clash if clash.startswith("parallelism.") else f"scenario.{clash}"
+            raise ConfigError(f"serving with expert parallelism (ep={plan.ep}) does not combine with {clash} "
+                              "(not modelled)", key=where)  # fmt: skip
         n = self.disaggregation.prefill_replicas
         if n and n >= plan.dp:
             raise ConfigError(f"prefill_replicas {n} leaves no decode replica of parallelism.dp {plan.dp}",
@@ -219,6 +237,8 @@ class Serve(LLMScenario):
             summary["pp"] = plan.pp
         if plan.dp > 1:
             summary["dp"] = plan.dp
+        if plan.ep > 1:
+            summary.update(llm.moe_figures())
         devices = llm.placement.devices + (tuple(d for pool in afd.pools for d in pool) if afd else ())
         res = account(llm.engine.ledger(), devices, summary, "token", summary["output_tokens"])
         res.requests = tuple(server.records)
@@ -236,7 +256,8 @@ class IterationPrograms:
     def __init__(self, run: LLMRun, build: Callable[..., list[Program]] | None = None) -> None:
         self.run = run
         #: (groups, phase) -> the programs of a pass: the run's mapping, or attention disaggregated
-        self.build = build or run.iteration
+        self.build = build or (run.iteration if run.plan.ep == 1 else
+                               lambda groups, phase="mixed": _coarse(run.iteration(groups, phase)))  # fmt: skip
         self.templates: dict[tuple[int, int], tuple[list[Program], list[tuple[int, ...]]]] = {}
         self.kept: OrderedDict[tuple, list[Program]] = OrderedDict()
 
@@ -275,7 +296,13 @@ class IterationPrograms:
 
 def _rooted(p: Program) -> Program:
     """`p` without its base: the engine caches compiled programs that have none."""
-    return Program(p.name, p.steps, p.lanes, p.signals, p.group_workspace)
+    return Program(p.name, p.steps, p.lanes, p.signals, p.group_workspace, coarse=p.coarse)
+
+
+def _coarse(progs: list[Program]) -> list[Program]:
+    """Programs whose kernels between synchronisation points run pooled (an expert-parallel pass: every rank
+    waits for the all-to-all twice a layer, so a few events per layer segment instead of one per kernel)."""
+    return [Program(p.name, p.steps, p.lanes, p.signals, p.group_workspace, coarse=True) for p in progs]
 
 
 class Draft:
@@ -313,7 +340,7 @@ class Replica:
             self.programs = IterationPrograms(
                 run, lambda groups, phase="mixed": afd.iteration(index, groups, phase)
             )
-        elif len(run.placement.replicas) > 1:  # its own mapping: only its programs are built, as values
+        elif len(server.groups) > 1:  # its own mapping: only its programs are built, as values
             own = replace(run.plan, dp=1, devices=self.devices)
             self.programs = IterationPrograms(LLMRun(run.system, run.spec, own, keep_records=False))
         else:
@@ -323,7 +350,10 @@ class Replica:
             self.draft = server.draft_on(sc.speculative.device or self.devices[0])
             self.sched.lookahead = sc.speculative.k
             self.sched.accept = Acceptance(sc.speculative)
-        self.kv_ways = afd.kv_ways(index) if afd is not None else 1
+        #: devices a block may sit on (the pool holds this many times the blocks one device fits): a rank's
+        #: attention devices, or the expert-parallel ranks, each holding whole sequences
+        self.kv_ways = afd.kv_ways(index) if afd is not None else run.plan.ep
+        self.kv.ranks = run.plan.ep
         self.block_B = self._block_bytes()
         self.hosts: dict[str, str] = {}
         self.kv.num_blocks = self._reserve_pool()
@@ -549,11 +579,13 @@ class Server:
         self.rejected = 0
         self.drafts: dict[str, Draft] = {}
         self.turn = itertools.count()
+        #: each replica's stages: the placement's replicas, or every expert-parallel rank in one group
+        self.groups = run.placement.replicas if run.plan.ep == 1 else ((run.placement.devices,),)
         n_prefill = scenario.disaggregation.prefill_replicas
         roles = ["prefill" if r < n_prefill else ("decode" if n_prefill else "both")
-                 for r in range(len(run.placement.replicas))]  # fmt: skip
+                 for r in range(len(self.groups))]  # fmt: skip
         self.replicas = [Replica(self, r, stages, role)
-                         for r, (stages, role) in enumerate(zip(run.placement.replicas, roles, strict=True))]  # fmt: skip
+                         for r, (stages, role) in enumerate(zip(self.groups, roles, strict=True))]  # fmt: skip
         if len(self.replicas) > 1:
             for rep in self.replicas:
                 rep.whole = ("whole", 1.0)
@@ -672,9 +704,11 @@ class Server:
             r = self.reqs[0] if self.reqs else None
             need = rep.kv.blocks_for(r.prompt_tokens) if r else 0
             d = rep.devices[0]
-            pool_B = rep.kv.num_blocks * rep.block_B[d]
+            held = rep.kv.seq_blocks  # the most one sequence may hold: the pool, or one rank's share of it
+            pool_B = held * rep.block_B[d]
             raise OutOfMemory(f"KV cache of request {r.id if r else 0} ({need} blocks; the pool holds "
-                              f"{rep.kv.num_blocks})", d, need * rep.block_B[d], pool_B, pool_B)  # fmt: skip
+                              f"{held}{' per rank' if rep.kv.ranks > 1 else ''})", d, need * rep.block_B[d],
+                              pool_B, pool_B)  # fmt: skip
         end_s = self.env.now
         self.records.sort(key=lambda r: r.id)
         out = summarize(self.records, self.gaps, self.start_s, end_s, self.sc.slo)

@@ -60,9 +60,17 @@ class PagedKVCache:
         self.idle_prefix_blocks = 0  # blocks of prefixes no sequence references: evictable
         self.hit_tokens = 0
         self.queried_tokens = 0
+        #: pools the blocks are split over, a sequence's all in one (expert-parallel ranks each hold the KV of
+        #: their own sequences): the most one sequence may hold is one pool's share
+        self.ranks = 1
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
+
+    @property
+    def seq_blocks(self) -> int:
+        """The most blocks one sequence can ever hold: one rank's share of the pool."""
+        return self.num_blocks // self.ranks
 
     @property
     def free(self) -> int:

@@ -198,7 +198,7 @@ class Scheduler:
         kv = self.kv
         while self.waiting and len(self.running) < self.max_seqs and budget > 0:
             seq = self.waiting[0]
-            if kv.blocks_for(seq.target) > kv.num_blocks:  # can never fit: rejected, as vLLM ignores it
+            if kv.blocks_for(seq.target) > kv.seq_blocks:  # can never fit: rejected, as vLLM ignores it
                 self.rejected.append(self.waiting.pop(0))
                 continue
             req = seq.req
@@ -322,7 +322,7 @@ class Scheduler:
 
     def fits(self, req: Request) -> bool:
         """Whether the whole cache could ever hold the request's prompt and next token."""
-        return self.kv.blocks_for(req.prompt_tokens + 1 + self.lookahead) <= self.kv.num_blocks
+        return self.kv.blocks_for(req.prompt_tokens + 1 + self.lookahead) <= self.kv.seq_blocks
 
     def resume(self, seq: Seq) -> None:
         """A taken-over sequence whose KV has arrived starts decoding."""
