@@ -128,6 +128,9 @@ def _attention_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-len", type=positive_int("--kv-len"), default=None)
     p.add_argument("--head-dim", type=positive_int("--head-dim"), default=128)
     p.add_argument("--causal", action="store_true")
+    p.add_argument("--kernel", default="fa2", metavar="NAME",
+                   help="attention kernel (hardware.gpu.ATTENTION_KERNELS: fa2, fa3, fa1, triton, xformers, "
+                        "standard, sdpa-math); a query length <= 16 is flash-decoding whatever the kernel")  # fmt: skip
 
 
 def _make_gemm(a: argparse.Namespace) -> Any:
@@ -137,13 +140,17 @@ def _make_gemm(a: argparse.Namespace) -> Any:
 
 
 def _make_attention(a: argparse.Namespace) -> Any:
+    from hardware.gpu import ATTENTION_KERNELS
     from simcore.ops import Attention
 
     kvh = a.kv_heads or a.heads
     if a.heads % kvh:
         raise ConfigError(f"--heads {a.heads} is not a multiple of --kv-heads {kvh}")
+    if a.kernel not in ATTENTION_KERNELS:
+        raise ConfigError(f"unknown attention kernel {a.kernel!r} (known: {', '.join(ATTENTION_KERNELS)})",
+                          key="--kernel")  # fmt: skip
     return Attention("attention", a.dtype, batch=a.batch, heads=a.heads, kv_heads=kvh, q_len=a.q_len,
-                     kv_len=a.kv_len or a.q_len, head_dim=a.head_dim, causal=a.causal)  # fmt: skip
+                     kv_len=a.kv_len or a.q_len, head_dim=a.head_dim, causal=a.causal, kernel=a.kernel)  # fmt: skip
 
 
 def _conv2d_args(p: argparse.ArgumentParser) -> None:
@@ -183,7 +190,13 @@ def op_cmd(args: argparse.Namespace) -> int:
 
     op = OP_COMMANDS[args.op][1](args)
     system = load_system(args.hw, args.set)
-    emit(op_report(system, op), args.json, f"{args.op} on {system.name}")
+    try:
+        report = op_report(system, op)
+    except ConfigError as e:  # a kernel the part cannot run (fa3 off Hopper) is the --kernel flag's fault
+        if e.key != "kernel":
+            raise
+        raise ConfigError(e.message, key="--kernel") from None
+    emit(report, args.json, f"{args.op} on {system.name}")
     return 0
 
 

@@ -16,6 +16,9 @@ NanoFlow and semi-PD run prefill and decode side by side that way). Its kernels 
 resource of their own with `fraction` of the device's compute instead of the device's time-sliced one, and
 still share its memory through the flow model: alone, a kernel takes max(t_sm / fraction, t_mem), where
 t_sm is the part of its time the SMs set and t_mem the part its DRAM traffic sets (`partition_times`).
+A single step may give up SMs too (`Step.sm_share`: Comet's expert GEMMs while thread blocks of the same
+kernel drive the all-to-all): it is priced as the kernel on that share, max(t_sm / share, t_mem)
+(`on_sm_share`), and otherwise runs as any kernel, on the device's time-sliced compute.
 Coarse-event choice: a one-lane program on a partition runs as two flows, its SM-limited kernels then its
 memory-limited ones (each pooled: bytes, SM time, memory time summed), after a delay for its collectives;
 alone this is exactly the sum of its kernels' times, at two events instead of one per kernel. A program
@@ -103,7 +106,8 @@ class Engine:
         self._compiled: weakref.WeakKeyDictionary[Program, Compiled] = weakref.WeakKeyDictionary()
         self._distinct: dict[tuple[str, ...], list[Component]] = {}
         self._paths: dict[tuple, tuple] = {}
-        self._plans: dict[tuple[tuple[str, ...], OpCost], Plan] = {}
+        #: (devices, cost on the whole device, SM share) -> (cost on the share, plan)
+        self._plans: dict[tuple[tuple[str, ...], OpCost, float], tuple[OpCost, Plan]] = {}
         self._res_tuple: dict[tuple[str, ...], tuple[Resource, ...]] = {}
         self.runs: list[RunRecord] = []
         self.costs: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
@@ -353,11 +357,13 @@ class Engine:
         if isinstance(step.op, Transfer):
             return None, self.transfer_plan(step.op)
         cost = self.cost(step)
-        key = (step.devices, cost)  # equal costs come from equal op signatures: their plans are equal
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self.plan(step, cost)
-        return cost, plan
+        key = (step.devices, cost, step.sm_share)  # equal costs come from equal op signatures: equal plans
+        priced = self._plans.get(key)
+        if priced is None:
+            if step.sm_share != 1.0 and not (isinstance(step.op, Collective) and len(step.devices) > 1):
+                cost = on_sm_share(cost, step.sm_share)
+            priced = self._plans[key] = (cost, self.plan(step, cost))
+        return priced
 
     def compile(self, program: Program) -> Compiled:
         """Costs, plans and tally of `program` on this engine's system; a program derived by replace_ops
@@ -557,6 +563,22 @@ class Engine:
         peak = {d: self.peak_B[m] for d, m in self.store.items()}  # per device: the memory it uses
         return Ledger(self.system, self.env.now, list(self.runs), Counter(self.costs), Counter(self.dma_bytes),
                       busy, resources, peak, self.events, self.steps_run)  # fmt: skip
+
+
+def on_sm_share(cost: OpCost, share: float) -> OpCost:
+    """A kernel's cost on `share` of its devices' SMs (a step's `sm_share`: the rest drive communication):
+    max(t_sm / share, t_mem) (`partition_times`), the same DRAM bytes and actions; the cost itself where the
+    SMs on the share still do not set its time. Unlike a partition it keeps the device's own compute
+    resource, so it time-slices with the device's other kernels as a whole-device kernel does."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"an SM share is a fraction in (0, 1], got {share!r}")
+    t_sm, t_mem = partition_times(cost)
+    if t_sm / share <= cost.duration_s:
+        return cost
+    bound = "compute" if cost.bound == "memory" else cost.bound  # the SMs set its time now
+    # t_dram_s: partition_times of the result are (t_sm / share, t_mem)
+    detail = {**cost.detail, "t_dram_s": t_mem, "sm_share": share}
+    return OpCost(t_sm / share, bound, cost.dram_bytes, cost.actions, detail)
 
 
 def partition_times(cost: OpCost) -> tuple[float, float]:

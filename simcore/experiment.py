@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hardware.gpu import ATTENTION_KERNELS
 from models.cnn import BUILDERS
 from models.llm import LLMSpec, load_llm
 from models.onnx_import import load_onnx
@@ -27,7 +28,7 @@ from simcore.config import (
     validate,
 )
 from simcore.errors import ConfigError
-from simcore.mapping import ExecutionPlan, place
+from simcore.mapping import ExecutionPlan, place, with_kernels
 from simcore.mapping.frameworks import FRAMEWORKS
 from simcore.mapping.plan import SCHEDULES
 from simcore.ops import DTYPE_BYTES
@@ -44,13 +45,16 @@ __all__ = ["Decode", "Experiment", "Generate", "Inference", "Prefill", "load_exp
 def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dtype: str = "bf16",
              tp: int | None = None, keep_records: bool = True, offload_weights: bool = False,
              pp: int = 1, microbatches: int = 1, dp: int = 1,
-             precision: Mapping[str, str] | None = None, framework: str = "pytorch") -> Result:  # fmt: skip
+             precision: Mapping[str, str] | None = None, framework: str = "pytorch",
+             attention: str | None = None) -> Result:  # fmt: skip
     """Simulate `scenario` of `model` on `system`: tensor parallelism over `tp` accelerators (default:
     all of them), `pp` pipeline stages fed `microbatches` micro-batches, `dp` replicas. With
     `offload_weights`, layer weights live in the nearest host CPU's memory and stream to the GPUs layer by
     layer, overlapped with compute (two layer buffers per GPU). `precision` overrides `dtype` per tensor
     class: {weights, activations, kv_cache, communication} (e.g. weights: int4, kv_cache: fp8). `framework`
-    names the inference framework whose collective kernels the pass calls (simcore.mapping.FRAMEWORKS)."""
+    names the inference framework whose collective and attention kernels the pass calls
+    (simcore.mapping.FRAMEWORKS; its attention kernel is the one it launches on the GPUs' architecture);
+    `attention` names an attention kernel instead (hardware.gpu.ATTENTION_KERNELS)."""
     system = load_system(system) if isinstance(system, str) else system
     spec = load_llm(model) if isinstance(model, str) else model
     check_context(spec, scenario)
@@ -60,6 +64,7 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
         )
     plan = ExecutionPlan(tp=tp, pp=pp, dp=dp, microbatches=microbatches, offload_weights=offload_weights,
                          precision=plan_from(dtype, precision), framework=framework)  # fmt: skip
+    plan = with_kernels(system, place(system, spec, plan), plan, attention)
     return scenario.run(system, spec, plan, keep_records)
 
 
@@ -110,6 +115,16 @@ EXPERIMENT_SCHEMA = {
         default="pytorch",
         choices=tuple(FRAMEWORKS),
     ),  # fmt: skip
+    "kernels": {
+        "attention": Param(
+            "attention kernel of the LLM passes (fa2, fa3, fa1, triton, xformers, standard, sdpa-math; a "
+            "decode step is flash-decoding whatever the kernel); default: the framework's on the GPUs' "
+            "architecture",
+            type=str,
+            default=None,
+            choices=tuple(ATTENTION_KERNELS),
+        ),
+    },  # fmt: skip
     "parallelism": {
         "tp": positive(
             "tensor-parallel degree (default: every accelerator over pp × dp)", type=int, default=None
@@ -122,6 +137,15 @@ EXPERIMENT_SCHEMA = {
             type=int,
             default=1,
             maximum=64,
+        ),
+        "ep_comm_sm_share": Param(
+            "share of every GPU's SMs that drives a chunked MoE layer's all-to-all while it overlaps the expert "
+            "ops, which run on the rest (Comet; needs ep_chunks > 1)",
+            default=0.0,
+            minimum=0,
+            exclusive_min=False,
+            maximum=1,
+            exclusive_max=True,
         ),
         "dp": positive("data-parallel replicas (the batch is split over them)", type=int, default=1),
         "microbatches": positive("micro-batches a pipeline splits each batch into", type=int, default=1),
@@ -206,7 +230,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
         raise doc.error(tuple((e.key or "precision").split(".")), e.message) from None
     plan = ExecutionPlan(tp=par["tp"], pp=par["pp"], ep=par["ep"], dp=par["dp"], microbatches=par["microbatches"],
                          schedule=par["schedule"], devices=tuple(map(str, par["devices"] or ())),
-                         ep_chunks=par["ep_chunks"],
+                         ep_chunks=par["ep_chunks"], ep_comm_sm_share=par["ep_comm_sm_share"],
                          offload_weights=p["offload"]["weights"], precision=precision,
                          kv_devices=tuple(map(str, p["offload"]["kv"] or ())),
                          kv_attention=p["offload"]["attention"], framework=p["framework"])  # fmt: skip
@@ -238,7 +262,7 @@ def load_experiment(ref: str | Path | Mapping[str, Any] | Doc, overrides: Iterab
             if plan.kv_devices and not getattr(scenario, "places_kv", False):
                 raise ConfigError(f"offload.kv needs a scenario that puts the KV cache there (kind: "
                                   f"offload-decode), not {sc['kind']!r}", key="offload.kv")  # fmt: skip
-            place(system, model, plan)
+            plan = with_kernels(system, place(system, model, plan), plan, p["kernels"]["attention"])
         except ConfigError as e:
             raise doc.error(tuple((e.key or "hardware").split(".")), e.message) from None
     return Experiment(p["name"], system, model, scenario, plan, doc)

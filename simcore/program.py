@@ -30,6 +30,9 @@ class Step(NamedTuple):
     allocs: tuple[Tensor, ...] = ()
     twin: int = -1  # an earlier step running an identical op on the same devices (identical layers)
     name: str = ""  # what records call it; identical layers share one op record under their own names
+    #: share of its devices' SMs the kernel gets (the rest drive communication, as in Comet's fused MoE
+    #: kernel): the engine prices it at max(t_sm / share, t_mem)
+    sm_share: float = 1.0
 
     @property
     def label(self) -> str:
@@ -108,7 +111,7 @@ class Program:
                 new = fn(s.op)
             if new is not None:
                 twin = s.twin if uniform and steps[s.twin].op is not self.steps[s.twin].op else -1
-                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs, twin, s.name)
+                steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs, twin, s.name, s.sm_share)
                 if twin < 0:
                     _grow_workspace(workspace, steps[i])
                 changed.append(i)

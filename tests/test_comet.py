@@ -1,7 +1,7 @@
 """Comet-style overlap of expert parallelism's all-to-all with the expert GEMMs (`parallelism.ep_chunks`):
 one chunk is the plain mapping step for step, a pipeline exposes only its first dispatch and its last
-combine, its time lies between max(communication, computation) and their sum, and the trend over chunks,
-tokens and fabrics (Zhang et al., "Comet: Fine-grained Computation-communication Overlapping for
+combine, its time lies between max(communication, computation) and their sum, the trend over chunks,
+tokens and fabrics, and the SMs the communication takes from the expert ops (`ep_comm_sm_share`) (Zhang et al., "Comet: Fine-grained Computation-communication Overlapping for
 Mixture-of-Experts", MLSys 2025, arXiv 2502.19811)."""
 
 from dataclasses import replace
@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from models.llm import build_pass, load_llm
+from simcore.engine import Engine, partition_times
 from simcore.errors import ConfigError
 from simcore.experiment import Prefill, load_experiment
 from simcore.mapping import ExecutionPlan, place
 from simcore.mapping.expert_parallel import map_expert_parallel
 from simcore.mapping.steps import StepWriter
-from simcore.ops import Transfer
+from simcore.ops import Gemm, Transfer
 from simcore.precision import PrecisionPlan
 from simcore.program import Program, Step
 from simcore.system import load_system
@@ -54,8 +55,9 @@ def _sequential(logical: Any, placement: Any) -> Program:
     return Program.compile(logical.name, w.steps)
 
 
-def _run(system: Any, tokens: int, chunks: int, devices: tuple[str, ...] = ()) -> Any:
-    plan = ExecutionPlan(ep=8, ep_chunks=chunks, devices=devices, precision=PrecisionPlan.uniform("bf16"))
+def _run(system: Any, tokens: int, chunks: int, devices: tuple[str, ...] = (), comm_sms: float = 0.0) -> Any:
+    plan = ExecutionPlan(ep=8, ep_chunks=chunks, devices=devices, precision=PrecisionPlan.uniform("bf16"),
+                         ep_comm_sm_share=comm_sms)  # fmt: skip
     return Prefill(batch=8, prompt_len=tokens // 8).run(system, MIXTRAL, plan, True)
 
 
@@ -187,6 +189,106 @@ def test_the_trend_over_chunks_tokens_and_fabrics():
     assert nvlink[8]["span"] > nvlink[1]["span"]
 
 
+# --------------------------------------------------------------------------------------- SM share
+
+
+def _alone(op: Gemm, share: float) -> tuple[float, Any]:
+    """One GEMM on gpu0 of a DGX H100 on `share` of its SMs: its makespan, and the engine's ledger."""
+    eng = Engine(load_system("dgx-h100-8"))
+    t = eng.run(Program.compile("one", [Step(op, ("gpu0",), (), "x", sm_share=share)]))
+    return t, eng.ledger()
+
+
+def test_a_compute_bound_gemm_on_a_share_of_the_sms_takes_exactly_that_much_longer():
+    """8192^3 in bf16 on an H100 is compute-bound (the SMs set its whole time), so on (1 - f) of the SMs it
+    takes exactly 1/(1 - f) as long; records and tallies report that time, its bytes and FLOPs unchanged."""
+    gemm = Gemm("gemm", "bf16", m=8192, n=8192, k=8192)
+    full, _ = _alone(gemm, 1.0)
+    assert load_system("dgx-h100-8").devices["gpu0"].op_cost(gemm).bound == "compute"
+    for f in (0.05, 0.2, 0.5):
+        t, ledger = _alone(gemm, 1.0 - f)
+        assert t == pytest.approx(full / (1.0 - f), rel=1e-12)
+        [rec] = ledger.records()
+        assert rec["duration_s"] == pytest.approx(t, rel=1e-12) and rec["flops"] == gemm.flops
+        [(_, cost)] = ledger.costs
+        assert cost.duration_s == pytest.approx(t, rel=1e-12)
+
+
+def test_a_memory_bound_gemm_is_unaffected_until_its_sm_time_on_the_share_exceeds_its_memory_time():
+    """m = 16 rows against a 4096 x 4096 weight: DRAM sets its time (t_mem) and its waves of tiles take
+    t_sm < t_mem on all SMs; on a share s it takes max(t_sm / s, t_mem) (engine.partition_times)."""
+    gemm = Gemm("gemv", "bf16", m=16, n=4096, k=4096)
+    cost = load_system("dgx-h100-8").devices["gpu0"].op_cost(gemm)
+    t_sm, t_mem = partition_times(cost)
+    assert cost.bound == "memory" and 0.0 < t_sm < t_mem
+    knee = t_sm / t_mem
+    for share in (1.0, 0.5 * (1.0 + knee), 1.001 * knee):
+        assert _alone(gemm, share)[0] == pytest.approx(t_mem, rel=1e-12)
+    for share in (0.999 * knee, 0.5 * knee):
+        t, ledger = _alone(gemm, share)
+        assert t == pytest.approx(t_sm / share, rel=1e-12)
+        assert [r["bound"] for r in ledger.records()] == ["compute"]
+
+
+def test_kernels_on_a_share_still_time_slice_the_device():
+    """Unlike an SM partition, a step's share keeps the device's own compute: two such GEMMs on one GPU at
+    once each progress at half speed, ending together after twice the time of one alone."""
+    gemm = Gemm("gemm", "bf16", m=8192, n=8192, k=8192)
+    alone, _ = _alone(gemm, 0.8)
+    eng = Engine(load_system("dgx-h100-8"))
+    done = [
+        eng.submit(Program.compile(f"p{i}", [Step(gemm, ("gpu0",), (), "x", sm_share=0.8)])) for i in (0, 1)
+    ]
+    eng.env.run(until=eng.env.all_of(done))
+    assert eng.env.now == pytest.approx(2.0 * alone, rel=1e-9)
+
+
+def test_without_communication_sms_nothing_changes():
+    """f = 0 is the chunked mapping as it was: every step on all SMs, the same steps and the same times."""
+    dgx = load_system("dgx-h100-8")
+    logical = build_pass(MIXTRAL, 1, 1, 512, 512, "bf16", "prefill", ep=8)
+    placement = place(dgx, MIXTRAL, ExecutionPlan(ep=8))
+    plain, zero = (
+        map_expert_parallel(logical, placement, ExecutionPlan(ep=8, ep_chunks=4, **kw))
+        for kw in ({}, {"ep_comm_sm_share": 0.0})
+    )
+    assert zero.steps == plain.steps and {s.sm_share for s in zero.steps} == {1.0}
+    assert _layer(_run(dgx, 4096, 4)) == _layer(_run(dgx, 4096, 4, comm_sms=0.0))
+
+
+def test_only_the_expert_ops_of_a_pipelined_layer_give_up_sms():
+    """The router, attention and the all-to-all keep every SM; a layer too small to split overlaps nothing."""
+    dgx = load_system("dgx-h100-8")
+    plan = ExecutionPlan(ep=8, ep_chunks=4, ep_comm_sm_share=0.25)
+    placement = place(dgx, MIXTRAL, plan)
+    steps = map_expert_parallel(
+        build_pass(MIXTRAL, 1, 1, 512, 512, "bf16", "prefill", ep=8), placement, plan
+    ).steps
+    shared = {s.name for s in steps if s.sm_share != 1.0}
+    assert shared == {s.name for s in steps if ".experts" in s.name}
+    assert {s.sm_share for s in steps} == {1.0, 0.75}
+    one_token = build_pass(MIXTRAL, 1, 1, 1, 1, "bf16", "prefill", ep=8)  # one token: one chunk, no overlap
+    assert {s.sm_share for s in map_expert_parallel(one_token, placement, plan).steps} == {1.0}
+
+
+@pytest.mark.parametrize(
+    ("fabric", "devices", "chunks"), [("dgx-h100-8", (), 2), ("dgx-h100-x4", TWO_NODES, 8)]
+)
+def test_the_layer_on_fewer_sms_lies_between_the_free_overlap_and_the_closed_form_bound(
+    fabric, devices, chunks
+):
+    """With f of the SMs driving the all-to-all the block is slower than with f = 0, and no slower than the
+    notebook's closed form gemm / (1 - f) + exposed, which scales every expert op (the memory-bound
+    activation, which the share does not slow, included)."""
+    system = load_system(fabric)
+    free = _layer(_run(system, 16384, chunks, devices))
+    for f in (0.05, 0.2):
+        m = _layer(_run(system, 16384, chunks, devices, comm_sms=f))
+        bound = free["gemm"] / (1.0 - f) + (free["span"] - free["gemm"])
+        assert free["span"] < m["span"] <= bound * (1 + 1e-9)
+        assert free["gemm"] < m["gemm"] <= free["gemm"] / (1.0 - f) * (1 + 1e-9)
+
+
 # ------------------------------------------------------------------------------------------- input
 
 
@@ -198,6 +300,10 @@ def test_the_trend_over_chunks_tokens_and_fabrics():
         ({"ep": 8, "ep_chunks": 65}, "ep_chunks"),
         ({"ep_chunks": 2}, "needs ep > 1"),
         ({"ep": 8, "ep_overlap": {"chunks": 2}}, "ep_overlap"),
+        ({"ep": 8, "ep_chunks": 4, "ep_comm_sm_share": 1.0}, "ep_comm_sm_share"),
+        ({"ep": 8, "ep_chunks": 4, "ep_comm_sm_share": -0.1}, "ep_comm_sm_share"),
+        ({"ep": 8, "ep_chunks": 4, "ep_comm_sm_share": "a tenth"}, "ep_comm_sm_share"),
+        ({"ep": 8, "ep_comm_sm_share": 0.1}, "needs ep_chunks > 1"),
     ],
 )
 def test_bad_chunk_settings_are_one_line_config_errors(parallelism, match):

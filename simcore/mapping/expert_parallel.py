@@ -16,6 +16,12 @@ one receiver run in order on their copy lane (every dispatch chunk, then every c
 run ahead), the GEMMs of one rank in order on its lane. A chunk's GEMMs are priced by the device model at
 the chunk's shape (fewer rows per expert: less efficient tiles), and each chunk's transfers pay their own
 latency. With c = 1 the mapping is the plain dispatch, experts, combine sequence, step for step.
+
+Comet drives the all-to-all from thread blocks of its fused kernel, so while a pipelined layer's transfers
+are in flight its expert GEMMs have only part of the SMs: with `plan.ep_comm_sm_share` = f the expert ops of
+a layer split into more than one chunk are steps with `sm_share` = 1 - f (priced at max(t_sm / (1 - f),
+t_mem) by the engine). A layer that runs as one chunk (f must then be 0, or its tokens are too few to
+split) overlaps nothing and keeps every SM.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def map_expert_parallel(logical: LogicalPass, placement: Placement, plan: Execut
         last, combine_B = cuts[i + 1]  # exchanges come in pairs: after the permutation, after the experts
         routing = Routing.of(ops[start : cut + 1], len(ranks))
         layer = ExpertLayer(w, ranks, routing, ops[cut + 1 : last + 1], twins)
-        arrived = layer.pipeline(ends, dispatch_B, combine_B, plan.ep_chunks)
+        arrived = layer.pipeline(ends, dispatch_B, combine_B, plan.ep_chunks, 1.0 - plan.ep_comm_sm_share)
         start, i = last + 1, i + 2
     return Program.compile(logical.name, w.steps)
 
@@ -124,12 +130,13 @@ class ExpertLayer:
         self.whole = (gemm.batch, gemm.m)  # type: ignore[attr-defined]
         self.dtype = w.logical.ops[0].op.dtype
 
-    def pipeline(self, after: dict[Group, int], dispatch_B: float, combine_B: float, chunks: int
-                 ) -> dict[Group, list[int]]:  # fmt: skip
-        """Emit the layer's steps after each rank's step in `after`; per rank, the combine transfers its
-        next op waits for."""
+    def pipeline(self, after: dict[Group, int], dispatch_B: float, combine_B: float, chunks: int,
+                 sm_share: float = 1.0) -> dict[Group, list[int]]:  # fmt: skip
+        """Emit the layer's steps after each rank's step in `after`, the expert ops of more than one chunk on
+        `sm_share` of the SMs; per rank, the combine transfers its next op waits for."""
         sizes = self.routing.chunk_tokens(chunks)
         tags = [""] if len(sizes) == 1 else [f".c{j}" for j in range(len(sizes))]
+        sms = 1.0 if len(sizes) == 1 else sm_share
         share = [t / self.routing.tokens for t in sizes]
         # every dispatch chunk first: each sender-receiver copy lane runs them back to back, ahead of the GEMMs
         landed = [
@@ -138,7 +145,7 @@ class ExpertLayer:
         ]
         arrived: dict[Group, list[int]] = {g: [] for g in self.ranks}
         for j, (t, tag, s) in enumerate(zip(sizes, tags, share, strict=True)):
-            ends = {g: self.chain(g, j, t, landed[j][g], tag) for g in self.ranks}
+            ends = {g: self.chain(g, j, t, landed[j][g], tag, sms) for g in self.ranks}
             for g, steps in self.all_to_all(f"{self.layer}.combine{tag}", ends, combine_B * s).items():
                 arrived[g] += steps
         return arrived
@@ -155,9 +162,9 @@ class ExpertLayer:
                     into[dst].append(w.add(Step(op, src, (after[src],), w.logical.phase)))
         return into
 
-    def chain(self, g: Group, j: int, tokens: int, landed: list[int], tag: str) -> int:
-        """Chunk j's expert ops on rank `g`, after the rank's previous op and chunk j's dispatch into it
-        (one chunk: the layer's own ops, as StepWriter.chain places them)."""
+    def chain(self, g: Group, j: int, tokens: int, landed: list[int], tag: str, sm_share: float) -> int:
+        """Chunk j's expert ops on rank `g` on `sm_share` of its SMs, after the rank's previous op and chunk
+        j's dispatch into it (one chunk: the layer's own ops, as StepWriter.chain places them)."""
         w, phase = self.w, self.w.logical.phase
         active, rows = self.routing.expert_rows(tokens) if tag else self.whole
         prefix = f"ep{self.ranks.index(g)}."
@@ -165,7 +172,8 @@ class ExpertLayer:
         for k, lop in self.experts:
             op = RESHAPE[lop.op.kind](lop.op, active, rows, self.whole) if tag else lop.op
             twin = self.twins.get((g, lop.twin if lop.twin >= 0 else k, j), -1)
-            step = w.add(Step(op, g, deps, phase, lop.allocs, twin, prefix + (lop.name or op.name) + tag))
+            name = prefix + (lop.name or op.name) + tag
+            step = w.add(Step(op, g, deps, phase, lop.allocs, twin, name, sm_share))
             self.twins.setdefault((g, k, j), step)
             w.placed.setdefault((g, k), step)
             deps = (step,)

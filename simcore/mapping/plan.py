@@ -33,6 +33,9 @@ class ExecutionPlan:
     #: token chunks of each MoE layer whose all-to-all overlaps the expert GEMMs of the others (1: dispatch,
     #: experts and combine one after the other)
     ep_chunks: int = 1
+    #: share of every SM the all-to-all of a chunked MoE layer takes while it overlaps the expert ops (Comet
+    #: drives it from thread blocks of its fused kernel): those ops run on 1 - this of the SMs
+    ep_comm_sm_share: float = 0.0
     dp: int = 1  # data-parallel replicas
     microbatches: int = 1
     schedule: str = "1f1b"  # forward-only passes run the same order under both (no backward to interleave)
@@ -40,6 +43,9 @@ class ExecutionPlan:
     offload_weights: bool = False
     precision: PrecisionPlan = field(default_factory=PrecisionPlan)
     framework: str = "pytorch"  # a key of simcore.mapping.frameworks.FRAMEWORKS
+    #: the prefill attention kernel (hardware.gpu.ATTENTION_KERNELS): the framework's for the placed GPUs'
+    #: architecture or the experiment's `kernels.attention` (mapping.with_kernels)
+    attention: str = "fa2"
     kv_devices: tuple[str, ...] = ()  # where the KV cache lives (offload.kv): one device, or a multiple of tp
     kv_attention: str = "near"  # near: decode attention runs on the KV device; stream: KV copied in per step
 
@@ -115,6 +121,13 @@ def place(system: System, spec: LLMSpec, plan: ExecutionPlan) -> Placement:
     if plan.ep_chunks > 1 and plan.ep == 1:
         raise ConfigError(f"ep_chunks={plan.ep_chunks} splits the all-to-all of expert parallelism; it needs "
                           "ep > 1", key="parallelism.ep_chunks")  # fmt: skip
+    if not 0.0 <= plan.ep_comm_sm_share < 1.0:
+        raise ConfigError(f"ep_comm_sm_share={plan.ep_comm_sm_share!r} is a share of the SMs in [0, 1)",
+                          key="parallelism.ep_comm_sm_share")  # fmt: skip
+    if plan.ep_comm_sm_share > 0.0 and plan.ep_chunks == 1:
+        raise ConfigError(f"ep_comm_sm_share={plan.ep_comm_sm_share:g} is the SMs the all-to-all takes "
+                          "while it overlaps the expert ops; it needs ep_chunks > 1",
+                          key="parallelism.ep_comm_sm_share")  # fmt: skip
     if plan.ep > 1:
         return place_experts(system, spec, plan, pool)
     per_copy = len(pool) // (plan.pp * plan.dp)

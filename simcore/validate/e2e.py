@@ -278,7 +278,7 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     weights and GEMM inputs in fp8, all-reduces in bf16; the KV cache follows the activations into fp8
     (vLLM keeps it in bf16, but a plan's attention reads the KV in its compute format: at these batches the
     KV is under a fifth of the bytes a step reads)."""
-    from simcore.mapping import ExecutionPlan
+    from simcore.mapping import ExecutionPlan, place, with_kernels
     from simcore.precision import plan_from
     from simcore.scenarios.base import LLMRun
 
@@ -297,8 +297,10 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     def iteration(extra: tuple[SeqGroup, ...]) -> tuple[float, float]:
         given = {"weights": "fp8", "activations": "fp8", "communication": "bf16"} if fp8 else None
         tp, ep = (1, devices) if expert_parallel else (devices, 1)
+        spec = load_llm(model)
         plan = ExecutionPlan(tp=tp, ep=ep, precision=plan_from("bf16", given), framework=framework)
-        run = LLMRun(system, load_llm(model), plan, False)
+        plan = with_kernels(system, place(system, spec, plan), plan)  # the framework's attention kernel
+        run = LLMRun(system, spec, plan, False)
         run.allocate_weights()
         (program,) = run.iteration((decode, *extra))
         t = run.engine.run(program)
