@@ -250,6 +250,9 @@ class FlashKernel:
     #: count: address arithmetic, masking, register spills); its per-pair time is divided by it
     efficiency: float = 1.0
     efficiency_source: str = "FlashAttention-2 defines the model (efficiency.tensor of the part)"
+    #: (architecture, efficiency) where a measurement of the kernel on that architecture sets another
+    arch_efficiency: tuple[tuple[str, float], ...] = ()
+    arch_efficiency_source: str = ""
     #: forward work unit: query rows (FlashAttention-2 tiles: 128 up to head_dim 128, else 64)
     block_q: BlockTable = ((128, 128), (ANY_HEAD_DIM, 64))
     #: keys per inner-loop block (FlashAttention-2: 128 up to head_dim 64, else 64)
@@ -321,7 +324,12 @@ class UnfusedKernel:
 
 
 FA2 = FlashKernel("fa2", "Dao 2023, FlashAttention-2 (arXiv 2307.08691): query blocks over SMs, one rescale at "
-                  "the end, backward over key blocks with dQ by fp32 atomics")  # fmt: skip
+                  "the end, backward over key blocks with dQ by fp32 atomics",
+                  arch_efficiency=(("hopper", 0.68),),
+                  arch_efficiency_source="Shah et al. 2024, FlashAttention-3 (arXiv 2407.08608), abstract: "
+                  "FlashAttention-2 reaches 35% of H100 peak (346 TFLOP/s fp16); the schedule alone reaches 506 "
+                  "(head_dim 128 forward, 16K tokens): 346 / 506 = 0.68. Its mma.sync loop does not use "
+                  "Hopper's asynchronous WGMMA and TMA, which FA3 adds")  # fmt: skip
 STANDARD = UnfusedKernel(
     "standard",
     "flash-attention benchmarks/benchmark_flash_attention.py attention_pytorch: baddbmm, causal mask add, "
@@ -903,7 +911,8 @@ class GPU(Component):
         else:
             t_pair = t_mm + 1.0 / sm_sfu + fp32_per_pair / sm_fma + atomic_B_per_pair / sm_l2
         t_smem = smem_B_per_pair / (self.params["smem_bytes_per_clk"] * self.clock_Hz)
-        t_pair = (max(t_pair, t_smem) if kernel.smem_overlap else t_pair + t_smem) / kernel.efficiency
+        efficiency = dict(kernel.arch_efficiency).get(self.params["architecture"], kernel.efficiency)
+        t_pair = (max(t_pair, t_smem) if kernel.smem_overlap else t_pair + t_smem) / efficiency
         kv_work = dequant_work(op.kv_dtype, op.dtype) if op.kv_dtype is not None else None
         kv_per_pair = 0.0
         if kv_work is not None:
