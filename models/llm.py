@@ -447,6 +447,42 @@ def _gpt(name: str, c: Mapping[str, Any]) -> LLMSpec:
                    bias=True)  # fmt: skip
 
 
+@family("gptj", keys=("n_embd", "n_head", "n_layer", "n_inner", "vocab_size", "activation_function",
+                      "n_positions", "rotary", "rotary_dim", "tie_word_embeddings", "scale_attn_weights",
+                      "gradient_checkpointing", "summary_type", "summary_use_proj", "summary_activation",
+                      "summary_proj_to_labels", "summary_first_dropout", "task_specific_params"))  # fmt: skip
+def _gptj(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    """GPT-J: attention and a two-matrix GELU MLP in parallel off one LayerNorm (the same ops as one after
+    the other, one norm fewer: a norm's cost, not modelled apart), rotary positions on part of each head
+    (`rotary_dim`: shapes unchanged), biases on the MLP and the LM head, untied embeddings."""
+    h = _pos(c, "n_embd")
+    heads, _, d = _heads(c, h, "n_head", None)
+    ffn = _pos(c, "n_inner") if c.get("n_inner") is not None else 4 * h
+    return LLMSpec(name, "gptj", h, _pos(c, "n_layer"), heads, heads, d, ffn, _pos(c, "vocab_size"), False,
+                   "layernorm", c.get("activation_function", "gelu_new"), _flag(c, "tie_word_embeddings"),
+                   _pos(c, "n_positions", 2048), bias=True, head_bias=True)  # fmt: skip
+
+
+@family("falcon", keys=("hidden_size", "num_hidden_layers", "num_attention_heads", "num_kv_heads", "vocab_size",
+                        "max_position_embeddings", "bias", "parallel_attn", "new_decoder_architecture",
+                        "multi_query", "alibi", "ffn_hidden_size", "tie_word_embeddings"))  # fmt: skip
+def _falcon(name: str, c: Mapping[str, Any]) -> LLMSpec:
+    """Falcon: attention and a two-matrix GELU MLP (4 x hidden) in parallel, rotary positions, grouped-query
+    attention with `num_kv_heads` (the new decoder architecture; the old one is multi-query: one KV head),
+    tied embeddings. ALiBi is refused: its bias is not modelled."""
+    if _flag(c, "alibi"):
+        raise ConfigError("ALiBi attention is not modelled", key="alibi")
+    h = _pos(c, "hidden_size")
+    kv_key = "num_kv_heads" if _flag(c, "new_decoder_architecture") else None
+    heads, kv, d = _heads(c, h, "num_attention_heads", kv_key)
+    if kv_key is None and _flag(c, "multi_query", True):
+        kv = 1
+    ffn = _pos(c, "ffn_hidden_size") if c.get("ffn_hidden_size") is not None else 4 * h
+    return LLMSpec(name, "falcon", h, _pos(c, "num_hidden_layers"), heads, kv, d, ffn, _pos(c, "vocab_size"), False,
+                   "layernorm", "gelu", _flag(c, "tie_word_embeddings", True),
+                   _pos(c, "max_position_embeddings", 2048), bias=_flag(c, "bias"))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------- mixture of experts
 
 #: keys that shape training only (load-balancing losses, router noise): no effect on inference costs

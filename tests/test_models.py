@@ -20,6 +20,8 @@ PUBLISHED = {
     "qwen3-14b": 14.8e9,
     "qwen3-32b": 32.8e9,
     "llama-3.1-405b": 405e9,
+    "gpt-j-6b": 6.053e9,
+    "falcon-180b": 180e9,
 }
 
 
@@ -31,7 +33,8 @@ def test_parameter_counts_match_the_published_sizes(name, params):
     microsoft/Phi-3-mini-4k-instruct and Phi-3-mini-128k-instruct model cards and config.json files (Abdin et
     al. 2024, "Phi-3 Technical Report": phi-3-mini, 3.8B parameters; 3,821,079,552 in the checkpoint). Qwen3:
     the Qwen/Qwen3-8B, -14B and -32B model cards ("Number of Parameters: 8.2B / 14.8B / 32.8B"). Llama 3.1:
-    The Llama 3 Herd of Models (Dubey et al., 2024), "405B parameters"."""
+    The Llama 3 Herd of Models (Dubey et al., 2024), "405B parameters". GPT-J: the EleutherAI/gpt-j-6b model card
+    (6,053,381,344 parameters). Falcon: the tiiuae/falcon-180B model card ("180B parameters")."""
     assert load_llm(name).params == pytest.approx(params, rel=0.01)
 
 

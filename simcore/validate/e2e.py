@@ -32,6 +32,8 @@ MODELS: tuple[tuple[str, str], ...] = (
     (r"llama-2-13b", "llama-2-13b"),
     (r"llama-2-70b", "llama-2-70b"),
     (r"mistral-7b", "mistral-7b"),
+    (r"gpt-j-6b", "gpt-j-6b"),
+    (r"falcon-180b", "falcon-180b"),
 )
 
 #: published weight formats -> (dtype, precision.weights)
