@@ -8,8 +8,8 @@ lanes; a step waits only for its dependencies on other lanes. Memory is allocate
 port (devices sharing one share its capacity); a tensor that does not fit raises OutOfMemory naming
 tensor, device, needed and free bytes.
 
-A program that nothing else can contend with (one lane, nothing in flight, nothing scheduled) runs as a
-single event whose duration is the closed-form sum of its steps; its bytes are booked directly.
+A program that nothing else can contend with (one lane or one chain, nothing in flight, nothing scheduled)
+runs as a single event whose duration is the closed-form sum of its steps; its bytes are booked directly.
 
 A program may be submitted on a partition of its devices' SMs (`partition=(name, fraction)`: Nexus,
 NanoFlow and semi-PD run prefill and decode side by side that way). Its kernels then use a compute
@@ -444,9 +444,9 @@ class Engine:
     def _run(self, c: Compiled, partition: tuple[str, float] | None = None):
         env, program = self.env, c.program
         start = env.now
-        # Alone for sure: one lane, no flow, no other program, and nothing else scheduled that could
-        # start one before this program ends (and on the whole device: a partition's times differ).
-        solo = (partition is None and program.single_lane and not self.net.active and self.in_flight == 1
+        # Alone for sure: one lane or one chain, no flow, no other program, and nothing else scheduled that
+        # could start one before this program ends (and on the whole device: a partition's times differ).
+        solo = (partition is None and program.serial and not self.net.active and self.in_flight == 1
                 and env.peek() == math.inf)  # fmt: skip
         rec = RunRecord(c, start, start, solo)
         if partition is not None and program.single_lane:

@@ -138,6 +138,12 @@ class Program:
         return len(self.lanes) == 1
 
     @cached_property
+    def serial(self) -> bool:
+        """Each step waits for the one before it (one lane, or a chain that hands off between devices):
+        nothing in it can overlap, so alone it takes the sum of its steps."""
+        return self.single_lane or all(s.deps == (i - 1,) for i, s in enumerate(self.steps) if i)
+
+    @cached_property
     def workspace(self) -> dict[str, tuple[float, str]]:
         """device -> (bytes, op name) of the largest activation, reserved while the program runs."""
         out: dict[str, tuple[float, str]] = {}

@@ -390,3 +390,21 @@ def test_a_copy_between_devices_on_one_memory_reads_and_writes_it() -> None:
     port = eng.res[eng.mem["gpu"]].capacity_Bps
     assert t == pytest.approx(eng.transfer_plan(op).delay_s + nbytes / (port / 2), rel=1e-9)
     assert eng.ledger().utilization("bf16")["gpu.memory_bw_of_achievable"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_a_chain_across_devices_alone_is_one_event_of_the_sum_of_its_steps() -> None:
+    # gpu0 computes, hands its output to gpu1 over NVLink, gpu1 computes: each step waits for the one
+    # before, so nothing can overlap and the program runs as one event of the summed solo times
+    system = load_system("dgx-a100-8")
+    g = Gemm("g", m=2048, n=2048, k=2048)
+    steps = [Step(g, ("gpu0",), (), "x"),
+             Step(Transfer("hand", nbytes=1e8, src="gpu0", dst="gpu1"), ("gpu0",), (0,), "x"),
+             Step(g, ("gpu1",), (1,), "x")]  # fmt: skip
+    program = Program.compile("chain", steps)
+    assert program.serial and not program.single_lane
+    eng = Engine(system)
+    t = eng.run(program)
+    assert eng.events == 1
+    assert t == pytest.approx(sum(eng.compile(program).plans[i].solo_s for i in range(3)), rel=1e-12)
+    two = Program.compile("fork", [*steps[:2], Step(g, ("gpu1",), (0,), "x")])  # gpu1 need not wait
+    assert not two.serial
