@@ -313,3 +313,22 @@ def test_the_accuracy_tables_in_the_readme_and_docs_are_current(shared: list[Pat
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "validation_tables.py"), "--check"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_convolution_rows_are_read_and_an_unnamed_gpu_is_listed(tmp_path: Path) -> None:
+    # The shared conv rows name no GPU: both are listed with that reason. Named, the fp32 (SIMT) row is an
+    # NHWC 3x3 convolution of 8 x 224 x 224 x 128 -> 128 whose forward FLOPs are 2 N P Q K C R S.
+    header = ("hardware,layer_or_model,dtype,N_batch,C_in,H_in,W_in,K_out,R_filter_h,S_filter_w,pad_h,pad_w,"
+              "stride_h,stride_w,P_out_h,Q_out_w,fwd_time_ms,bwd_data_time_ms,bwd_weight_time_ms,fwd_tflops_per_s,"
+              "throughput_samples_per_s,library_or_algo,software,value_kind,notes,source,source_locator,confidence")  # fmt: skip
+    row = "{hw},conv,fp32 (SIMT),8,128,224,224,128,3,3,1,1,1,1,224,224,8.13237,,,14.5693,,cutlass,,stated,,src,loc,low"
+    path = tmp_path / "cnn_conv_x.csv"
+    path.write_text("\n".join([header, row.format(hw="unstated in doc (likely A100)"),
+                               row.format(hw="NVIDIA A100 80GB SXM4")]) + "\n")  # fmt: skip
+    rows = validate.load_rows(path, validate.Simulator())
+    assert [r.mapped for r in rows] == [False, True]
+    assert "does not name the GPU" in rows[0].reason
+    assert rows[1].family == "conv" and rows[1].dtype == "fp32"
+    t, _ = rows[1].predict()  # type: ignore[misc]
+    flops = 2 * 8 * 224 * 224 * 128 * 128 * 9
+    assert 0 < flops / t < 19.5e12  # at most the A100's fp32 SIMT peak
