@@ -58,11 +58,6 @@ class RoutingTrace:
             out[e] = max(out.get(e, 0.0), s)
         return out
 
-    def rows(self, step: int, layer: int) -> dict[int, int]:
-        """Token rows each routed expert receives at (step, layer)."""
-        ids, counts = np.unique(self.experts[step, layer], return_counts=True)
-        return {int(e): int(c) for e, c in zip(ids, counts, strict=True)}
-
     def check(self, layers: int, experts: int, top_k: int, where: str = "") -> None:
         """Refuse a trace that does not fit a model (layer, expert or top-k count), one line naming it."""
         at = f"{where}: " if where else ""

@@ -296,22 +296,23 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     groups = tuple(g for g in (SeqGroup(whole, prompt, prompt) if whole else None,
                                SeqGroup(1, part, prompt) if part else None) if g)  # fmt: skip
 
+    given = {"weights": "fp8", "activations": "fp8", "communication": "bf16"} if fp8 else None
+    tp, ep = (1, devices) if expert_parallel else (devices, 1)
+    spec = load_llm(model)
+    plan = ExecutionPlan(tp=tp, ep=ep, precision=plan_from("bf16", given), framework=framework)
+    plan = with_kernels(system, place(system, spec, plan), plan)  # the framework's attention kernel
+    gpus = set(list(system.of_type("gpu"))[:devices])
+
     def iteration(extra: tuple[SeqGroup, ...]) -> tuple[float, float]:
-        given = {"weights": "fp8", "activations": "fp8", "communication": "bf16"} if fp8 else None
-        tp, ep = (1, devices) if expert_parallel else (devices, 1)
-        spec = load_llm(model)
-        plan = ExecutionPlan(tp=tp, ep=ep, precision=plan_from("bf16", given), framework=framework)
-        plan = with_kernels(system, place(system, spec, plan), plan)  # the framework's attention kernel
         run = LLMRun(system, spec, plan, False)
         run.allocate_weights()
         (program,) = run.iteration((decode, *extra))
         t = run.engine.run(program)
-        gpus = set(list(system.of_type("gpu"))[:devices])
         energy = run.engine.ledger().energy_breakdown_J()
         return t, sum(sum(v.values()) for dev, v in energy.items() if dev in gpus)
 
-    t_decode, _ = iteration(())
-    t_mixed, joules = iteration(groups) if groups else (t_decode, iteration(())[1])
+    t_decode, j_decode = iteration(())
+    t_mixed, joules = iteration(groups) if groups else (t_decode, j_decode)
     itl = t_mixed if batch / output >= 0.5 else t_decode
     states[key] = {"energy": joules / b, "power": joules / t_mixed, "time": itl}
     return states[key]
