@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from simcore.config import Doc, Schema, validate
 from simcore.errors import ConfigError
-from simcore.ops import Op
+from simcore.ops import Chain, Op
 
 COMPONENT_TYPES: dict[str, type[Component]] = {}
 #: rewrites of a component's document before it is validated, registered by hardware modules: each takes
@@ -81,12 +81,16 @@ class Component:
         return cls(name, validate(doc, cls.SCHEMA, ignore=ignore), doc)
 
     def supports(self, op: Op) -> bool:
+        if isinstance(op, Chain):
+            return all(self.supports(m) for m in op.ops)
         return op.kind in self.COSTS
 
     def op_cost(self, op: Op) -> OpCost:
         """Cached cost of `op` (its name ignored)."""
         sig = op.signature()
         cost = self._cache.get(sig)
+        if cost is None and isinstance(op, Chain):  # its members are costed (and power-capped) one by one
+            cost = self._cache[sig] = chain_cost([self.op_cost(m) for m in op.ops])
         if cost is None:
             method = self.COSTS.get(op.kind)
             if method is None:
@@ -169,3 +173,32 @@ def component_type(doc: Doc, path: tuple[str, ...] = ()) -> type[Component]:
             path + ("type",), f"unknown component type {t!r} (known: {', '.join(sorted(COMPONENT_TYPES))})"
         )
     return COMPONENT_TYPES[t]
+
+
+def chain_cost(costs: list[OpCost]) -> OpCost:
+    """Kernels run back to back as one: times, DRAM bytes and actions summed; bound by whichever of the SMs
+    and DRAM set more of the time, with both times kept (`partition_times`) and the members' costs in
+    `detail["parts"]` (records list them one by one)."""
+    t_sm = t_mem = 0.0
+    actions: dict[str, float] = {}
+    for c in costs:
+        s, m = partition_times(c)
+        t_sm += s
+        t_mem += m
+        for k, v in c.actions.items():
+            actions[k] = actions.get(k, 0.0) + v
+    duration = sum(c.duration_s for c in costs)
+    detail = {"t_compute_s": t_sm, "t_dram_s": t_mem, "parts": tuple(costs)}
+    return OpCost(duration, "compute" if t_sm >= t_mem else "memory", sum(c.dram_bytes for c in costs),
+                  actions, detail)  # fmt: skip
+
+
+def partition_times(cost: OpCost) -> tuple[float, float]:
+    """(t_sm, t_mem) of a kernel on its whole device: the time its SMs set and the time its DRAM traffic
+    sets, max(t_sm, t_mem) being its duration. A memory-bound kernel's SM time is its compute time where
+    the model states one (`t_compute_s`), else none; any other kernel's is its duration, its DRAM time
+    the model's `t_dram_s` (else none)."""
+    d = cost.duration_s
+    if cost.bound == "memory":
+        return min(float(cost.detail.get("t_compute_s", 0.0)), d), d
+    return d, min(float(cost.detail.get("t_dram_s", 0.0)), d)

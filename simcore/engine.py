@@ -8,8 +8,9 @@ lanes; a step waits only for its dependencies on other lanes. Memory is allocate
 port (devices sharing one share its capacity); a tensor that does not fit raises OutOfMemory naming
 tensor, device, needed and free bytes.
 
-A program that nothing else can contend with (one lane or one chain, nothing in flight, nothing scheduled)
-runs as a single event whose duration is the closed-form sum of its steps; its bytes are booked directly.
+A program that nothing else can contend with (nothing in flight, nothing scheduled) runs as a single
+event: one lane or one chain takes the closed-form sum of its steps, its bytes booked directly; lanes that
+overlap are played out off the event loop first (replay.py: the same lanes, waits and fair sharing).
 
 A program may be submitted on a partition of its devices' SMs (`partition=(name, fraction)`: Nexus,
 NanoFlow and semi-PD run prefill and decode side by side that way). Its kernels then use a compute
@@ -25,24 +26,30 @@ alone this is exactly the sum of its kernels' times, at two events instead of on
 compiled `coarse` pools the same way each run of kernels in a lane between synchronisation points (a wait
 for another lane, a step another lane waits for, a transfer or collective): a scenario that writes a
 program per decode step with copies beside it (expert offload) pays a few events per segment, not one per
-kernel. Its steps keep their records, laid out in each segment in proportion to their times alone.
+kernel. Its steps keep their records, laid out in each segment in proportion to their times alone. A
+writer may also chain kernels into one step itself (`ops.Chain`: priced as their sum, pooled as a segment
+in a coarse program, recorded member by member), so a program written per token holds a step per stretch
+of kernels rather than one per kernel.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import simpy
 
-from simcore.component import Component, OpCost
+from simcore.component import Component, OpCost, partition_times
 from simcore.errors import OutOfMemory
-from simcore.flows import FlowNetwork, Resource
+from simcore.flows import FlowNetwork, Resource, solo_rate
 from simcore.ledger import Compiled, Ledger, Plan, ResourceTally, RunRecord, Segment, Tally
-from simcore.ops import Collective, Transfer
+from simcore.ops import Chain, Collective, Transfer
 from simcore.program import Program, Step
+from simcore.replay import replay
 from simcore.system import System
 
 #: collective algorithms: name -> (latency steps, bytes each rank puts on its busiest link)
@@ -61,11 +68,26 @@ ALGORITHMS: dict[str, Callable[[Collective], tuple[int, float]]] = {
 SWITCH_ALGORITHMS = frozenset({"nvls"})
 
 
+@contextmanager
+def few_collections() -> Iterator[None]:
+    """Run a simulation with the cyclic garbage collector triggered less often: a run allocates millions of
+    short-lived records (steps, plans, flows) and keeps its caches, so the default thresholds spend a tenth
+    of the run re-scanning them. The thresholds are restored afterwards."""
+    before = gc.get_threshold()
+    gc.set_threshold(20_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 class Engine:
     """Runs programs on a System and books what they did into a ledger."""
 
-    def __init__(self, system: System, keep_records: bool = True) -> None:
+    def __init__(self, system: System, keep_records: bool = True, replay: bool = True) -> None:
+        """`replay`: play a program that runs alone off the event loop (replay.py; False: always on it)."""
         self.system = system
+        self.replay = replay
         self.env = simpy.Environment()
         self.net = FlowNetwork(self.env)
         self.keep_records = keep_records
@@ -109,6 +131,7 @@ class Engine:
         #: (devices, cost on the whole device, SM share) -> (cost on the share, plan)
         self._plans: dict[tuple[tuple[str, ...], OpCost, float], tuple[OpCost, Plan]] = {}
         self._res_tuple: dict[tuple[str, ...], tuple[Resource, ...]] = {}
+        self._shapes: dict[tuple, tuple[tuple[Resource, ...], tuple[float, ...], float]] = {}
         self.runs: list[RunRecord] = []
         self.costs: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
         self.dma_bytes: Counter[str] = Counter()
@@ -121,6 +144,7 @@ class Engine:
         self.steps_run = 0
         self.solo_events = 0
         self.step_events = 0
+        self.replayed_flows = 0  # flows of programs played out off the event loop (replay.py)
 
     def _resource(self, name: str, capacity_Bps: float, label: str, link: object = None) -> str:
         self.res[name] = Resource(name, capacity_Bps, kind="link" if link is not None else "memory")
@@ -187,9 +211,10 @@ class Engine:
                 dst.access(op.request_B, True, op.nbytes),
             )
             lat = sum(link.latency_s for _, _, link in hops) + lat_r + lat_w
-            self._paths[key] = (lat, tuple(res), min(cap_r, cap_w))
-        lat, path, cap = self._paths[key]
-        return Plan.make(lat, path, op.nbytes, cap, self.bw_Bps)
+            cap = min(cap_r, cap_w)
+            self._paths[key] = (lat, tuple(res), cap, Plan.rate(tuple(res), cap, self.bw_Bps))
+        lat, path, cap, rate = self._paths[key]
+        return Plan(lat, path, op.nbytes, cap, lat + (op.nbytes / rate if path else 0.0))
 
     def one_nvlink_switch(self, group: tuple[str, ...]) -> bool:
         """Whether every rank of `group` reaches every other through one switch over NVLink links (what an
@@ -283,7 +308,7 @@ class Engine:
         share = partition[1] if partition is not None else 1.0
         has_mem = devices[0] in self.mem
         pools = {True: [0.0, 0.0, 0.0], False: [0.0, 0.0, 0.0]}  # sm-limited? -> [t_sm, t_mem, bytes]
-        for cost in costs:
+        for cost in (part for c in costs for part in c.detail.get("parts", (c,))):  # a chain: its kernels
             t_sm, t_mem = partition_times(cost)
             pool = pools[t_sm / share >= t_mem]
             pool[0] += t_sm
@@ -340,7 +365,7 @@ class Engine:
                     and not (isinstance(step.op, Collective) and len(step.devices) > 1)
                 )
                 if run and (not kernel or run[-1] in signals or any(d not in mine for d in step.deps)):  # type: ignore[union-attr]
-                    if len(run) > 1:
+                    if len(run) > 1 or isinstance(steps[run[0]].op, Chain):
                         key = (steps[run[0]].devices, *(costs[j] for j in run))
                         flows = self._pools.get(key)
                         if flows is None:
@@ -454,10 +479,7 @@ class Engine:
             if delay:
                 yield env.timeout(delay)
             for f in flows:
-                path = self._res_tuple.get(f.path)
-                if path is None:
-                    path = self._res_tuple[f.path] = tuple(self.res[n] for n in f.path)
-                yield self.net.start(path, f.nbytes, f.cap_Bps, f.weights)
+                yield self.net.start(self._resources(f.path), f.nbytes, f.cap_Bps, f.weights)
             group = next((s.devices for s, cost in zip(program.steps, c.costs, strict=True) if cost), None)
             if group is not None:  # its share of the device, for the time its kernels ran
                 self.busy_group[group] += (env.now - start - delay) * partition[1]
@@ -468,13 +490,22 @@ class Engine:
                 for name, w in zip(path, weights or (1.0,) * len(path), strict=True):
                     self.res[name].bytes_carried += nbytes * w
             self.busy_group.update(c.tally.busy)
+        elif (self.replay and partition is None and not self.net.active and self.in_flight == 1
+              and env.peek() == math.inf):  # fmt: skip
+            # alone for sure, with lanes that overlap: played out off the event loop, then one wait
+            played = replay(c, start, self._shape, self.keep_records)
+            yield env.timeout(played.end_s - start)
+            rec.steps = played.steps
+            self.busy_group.update(played.busy_s)
+            self.step_events += played.items
+            self.replayed_flows += played.flows
         else:
             done = {i: env.event() for i in program.signals}
             lanes = [
                 env.process(self._lane(c, idxs, done, rec, partition)) for idxs in program.lanes.values()
             ]
             yield env.all_of(lanes)
-        self.steps_run += len(program.steps)
+        self.steps_run += program.op_count
         self.costs.update(c.tally.costs)
         self.dma_bytes.update(c.tally.dma_bytes)
         rec.end_s = env.now
@@ -483,6 +514,22 @@ class Engine:
         self.in_flight -= 1
         self._reserve_workspace(program, -1)
         return rec
+
+    def _resources(self, path: tuple[str, ...]) -> tuple[Resource, ...]:
+        out = self._res_tuple.get(path)
+        if out is None:
+            out = self._res_tuple[path] = tuple(self.res[n] for n in path)
+        return out
+
+    def _shape(self, plan: Plan) -> tuple[tuple[Resource, ...], tuple[float, ...], float]:
+        """A plan's flow as replay runs it: its resources, their weights and its rate alone."""
+        key = (plan.path, plan.weights, plan.cap_Bps)
+        out = self._shapes.get(key)
+        if out is None:
+            path = self._resources(plan.path)
+            weights = plan.weights or (1.0,) * len(path)
+            out = self._shapes[key] = (path, weights, solo_rate(path, weights, plan.cap_Bps))
+        return out
 
     def _lane(self, c: Compiled, idxs: tuple[int, ...], done: dict[int, simpy.Event], rec: RunRecord,
               partition: tuple[str, float] | None = None):  # fmt: skip
@@ -515,10 +562,7 @@ class Engine:
                 if plan.delay_s:
                     yield env.timeout(plan.delay_s)
                 if plan.path:
-                    path = self._res_tuple.get(plan.path)
-                    if path is None:
-                        path = self._res_tuple[plan.path] = tuple(self.res[n] for n in plan.path)
-                    yield self.net.start(path, plan.nbytes, plan.cap_Bps, plan.weights)
+                    yield self.net.start(self._resources(plan.path), plan.nbytes, plan.cap_Bps, plan.weights)
             self.step_events += 1
             if c.costs[i] is not None:  # a partition's kernel keeps its share of the device busy
                 busy_s += (env.now - start) * (partition[1] if partition is not None else 1.0)
@@ -549,8 +593,9 @@ class Engine:
     # --------------------------------------------------------------------------------- the ledger
     @property
     def events(self) -> int:
-        """Events that advanced time: one per solo program, per contended step and per flow completion."""
-        return self.solo_events + self.step_events + self.net.timeouts
+        """Events that advanced time: one per solo program, per contended step and per flow completion (a
+        replayed program's flows count as the event loop would have run them)."""
+        return self.solo_events + self.step_events + self.net.timeouts + self.replayed_flows
 
     def ledger(self) -> Ledger:
         """What was booked so far, as a record that needs no engine."""
@@ -579,14 +624,3 @@ def on_sm_share(cost: OpCost, share: float) -> OpCost:
     # t_dram_s: partition_times of the result are (t_sm / share, t_mem)
     detail = {**cost.detail, "t_dram_s": t_mem, "sm_share": share}
     return OpCost(t_sm / share, bound, cost.dram_bytes, cost.actions, detail)
-
-
-def partition_times(cost: OpCost) -> tuple[float, float]:
-    """(t_sm, t_mem) of a kernel on its whole device: the time its SMs set and the time its DRAM traffic
-    sets, max(t_sm, t_mem) being its duration. A memory-bound kernel's SM time is its compute time where
-    the model states one (`t_compute_s`), else none; any other kernel's is its duration, its DRAM time
-    the model's `t_dram_s` (else none)."""
-    d = cost.duration_s
-    if cost.bound == "memory":
-        return min(float(cost.detail.get("t_compute_s", 0.0)), d), d
-    return d, min(float(cost.detail.get("t_dram_s", 0.0)), d)

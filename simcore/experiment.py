@@ -27,6 +27,7 @@ from simcore.config import (
     positive,
     validate,
 )
+from simcore.engine import few_collections
 from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan, place, with_kernels
 from simcore.mapping.frameworks import FRAMEWORKS
@@ -65,7 +66,8 @@ def simulate(system: System | str, model: LLMSpec | str, scenario: Scenario, dty
     plan = ExecutionPlan(tp=tp, pp=pp, dp=dp, microbatches=microbatches, offload_weights=offload_weights,
                          precision=plan_from(dtype, precision), framework=framework)  # fmt: skip
     plan = with_kernels(system, place(system, spec, plan), plan, attention)
-    return scenario.run(system, spec, plan, keep_records)
+    with few_collections():
+        return scenario.run(system, spec, plan, keep_records)
 
 
 def check_context(spec: LLMSpec, scenario: Scenario) -> None:
@@ -196,7 +198,8 @@ class Experiment:
         return self.plan.dtype
 
     def run(self, keep_records: bool = True) -> Result:
-        res = self.scenario.run(self.system, self.model, self.plan, keep_records)
+        with few_collections():
+            res = self.scenario.run(self.system, self.model, self.plan, keep_records)
         res.summary = {"experiment": self.name, "hardware": self.system.name, **res.summary}
         return res
 

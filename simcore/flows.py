@@ -12,6 +12,7 @@ stale rate).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import simpy
@@ -37,7 +38,7 @@ class Flow:
     path: tuple[Resource, ...]
     remaining_B: float
     cap_Bps: float
-    done: simpy.Event
+    done: simpy.Event | None  # None: a flow of a program replayed off the event loop (engine)
     weights: tuple[float, ...]  # use of each resource of `path` per unit moved
     rate_Bps: float = 0.0
     updated_at: float = 0.0
@@ -52,6 +53,45 @@ def solo_rate(path: tuple[Resource, ...], weights: tuple[float, ...], cap_Bps: f
     for r, w in zip(path, weights, strict=True):
         use[r] = use.get(r, 0.0) + w
     return min(cap_Bps, min(r.capacity_Bps / w for r, w in use.items()))
+
+
+def fair_rates(flows: Collection[Flow]) -> dict[Flow, float]:
+    """Max-min fair rates of `flows` by progressive filling: raise all unfrozen rates together until a
+    resource or a cap saturates. `flows` must be closed (every flow on their resources is in it); where
+    nothing saturates (the common case) each gets its solo rate without filling."""
+    if len(flows) == 1:
+        return {f: f.solo_Bps for f in flows}
+    load: dict[Resource, float] = {}  # what each resource would carry with every flow at its solo rate
+    for f in flows:
+        for r, w in zip(f.path, f.weights, strict=True):
+            load[r] = load.get(r, 0.0) + w * f.solo_Bps
+    if all(x <= r.capacity_Bps * (1 + 1e-12) for r, x in load.items()):
+        return {f: f.solo_Bps for f in flows}
+    users: dict[Resource, float] = {}  # weight of the unfrozen flows on each resource
+    for f in flows:
+        for r, w in zip(f.path, f.weights, strict=True):
+            users[r] = users.get(r, 0.0) + w
+    left = {r: r.capacity_Bps for r in users}
+    rate = dict.fromkeys(flows, 0.0)
+    unfrozen = set(flows)
+    while unfrozen:
+        inc = min(left[r] / n for r, n in users.items() if n > 0)
+        for f in unfrozen:
+            inc = min(inc, f.cap_Bps - rate[f])
+        for f in unfrozen:
+            rate[f] += inc
+        for r, n in users.items():
+            if n > 0:
+                left[r] -= inc * n
+        frozen = [f for f in unfrozen if rate[f] >= f.cap_Bps * (1 - 1e-12)
+                  or any(left[r] <= r.capacity_Bps * 1e-12 for r in f.path)]  # fmt: skip
+        for f in frozen:
+            unfrozen.discard(f)
+            for r, w in zip(f.path, f.weights, strict=True):
+                users[r] -= w
+                if users[r] < 1e-12 * w:
+                    users[r] = 0.0
+    return rate
 
 
 class FlowNetwork:
@@ -132,48 +172,13 @@ class FlowNetwork:
             f.updated_at = now
 
     def _reallocate(self, flows: set[Flow]) -> None:
-        """Progressive filling: raise all unfrozen rates together until a resource or a cap saturates.
-
-        `flows` is a closed component (every flow on its resources is in it), so a resource's users are
-        simply its flows."""
+        """New fair rates for `flows`, a closed component (every flow on its resources is in it)."""
         self._advance(flows)
-        load: dict[Resource, float] = {}  # what each resource would carry with every flow at its solo rate
+        rates = fair_rates(flows)
         for f in flows:
-            for r, w in zip(f.path, f.weights, strict=True):
-                load[r] = load.get(r, 0.0) + w * f.solo_Bps
-        if all(x <= r.capacity_Bps * (1 + 1e-12) for r, x in load.items()):  # nothing saturates: all solo
-            for f in flows:
-                if f.rate_Bps != f.solo_Bps or f.generation == 0:
-                    f.rate_Bps = f.solo_Bps
-                    self._schedule(f)
-            return
-        users: dict[Resource, float] = {}  # weight of the unfrozen flows on each resource
-        for f in flows:
-            for r, w in zip(f.path, f.weights, strict=True):
-                users[r] = users.get(r, 0.0) + w
-        left = {r: r.capacity_Bps for r in users}
-        rate = dict.fromkeys(flows, 0.0)
-        unfrozen = set(flows)
-        while unfrozen:
-            inc = min(left[r] / n for r, n in users.items() if n > 0)
-            for f in unfrozen:
-                inc = min(inc, f.cap_Bps - rate[f])
-            for f in unfrozen:
-                rate[f] += inc
-            for r, n in users.items():
-                if n > 0:
-                    left[r] -= inc * n
-            frozen = [f for f in unfrozen if rate[f] >= f.cap_Bps * (1 - 1e-12)
-                      or any(left[r] <= r.capacity_Bps * 1e-12 for r in f.path)]  # fmt: skip
-            for f in frozen:
-                unfrozen.discard(f)
-                for r, w in zip(f.path, f.weights, strict=True):
-                    users[r] -= w
-                    if users[r] < 1e-12 * w:
-                        users[r] = 0.0
-        for f in flows:
-            if f.rate_Bps != rate[f] or f.generation == 0:
-                f.rate_Bps = rate[f]
+            rate = rates[f]
+            if f.rate_Bps != rate or f.generation == 0:
+                f.rate_Bps = rate
                 self._schedule(f)
 
     def _schedule(self, flow: Flow) -> None:
@@ -197,6 +202,7 @@ class FlowNetwork:
             r.flows.discard(flow)
             if not r.flows:
                 r.busy_s += now - r._busy_since
+        assert flow.done is not None
         flow.done.succeed()
         if any(r.flows for r in flow.path):  # the flows left beside it may speed up
             self._touch(flow.path)

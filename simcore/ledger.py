@@ -22,7 +22,7 @@ from hardware.links import link_energy_per_bit_J
 from simcore.component import OpCost
 from simcore.energy import energy_breakdown
 from simcore.invariants import check_records
-from simcore.ops import Transfer
+from simcore.ops import Chain, Transfer
 from simcore.program import Program, Step
 from simcore.system import System
 
@@ -50,11 +50,17 @@ class Plan:
     @classmethod
     def make(cls, delay_s: float, path: tuple[str, ...], nbytes: float, cap_Bps: float,
              capacity_Bps: Mapping[str, float], weights: tuple[float, ...] = ()) -> Plan:  # fmt: skip
+        rate = cls.rate(path, cap_Bps, capacity_Bps, weights)
+        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0), weights)
+
+    @staticmethod
+    def rate(path: tuple[str, ...], cap_Bps: float, capacity_Bps: Mapping[str, float],
+             weights: tuple[float, ...] = ()) -> float:  # fmt: skip
+        """Units per second over `path` alone: the cap or the tightest resource."""
         use: dict[str, float] = {}  # a resource crossed twice (a copy within one memory) counts both uses
         for r, x in zip(path, weights or (1.0,) * len(path), strict=True):
             use[r] = use.get(r, 0.0) + x
-        rate = min([cap_Bps] + [capacity_Bps[r] / x for r, x in use.items()])
-        return cls(delay_s, path, nbytes, cap_Bps, delay_s + (nbytes / rate if path else 0.0), weights)
+        return min([cap_Bps] + [capacity_Bps[r] / x for r, x in use.items()])
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +262,16 @@ class Ledger:
             else:
                 times = run.steps
             for i, t0, t1 in times:
-                step = prog.steps[i]
-                yield self._record(pid, prog, step, c.costs[i], t0, t1, energy)
+                step, cost = prog.steps[i], c.costs[i]
+                if isinstance(step.op, Chain) and cost is not None:  # members, in proportion to their times
+                    parts: tuple[OpCost, ...] = cost.detail["parts"]
+                    scale = (t1 - t0) / (cost.duration_s or 1.0)
+                    for op, name, part in zip(step.op.ops, step.op.labels, parts, strict=True):
+                        end = t0 + part.duration_s * scale
+                        yield self._record(pid, prog, step._replace(op=op, name=name), part, t0, end, energy)
+                        t0 = end
+                else:
+                    yield self._record(pid, prog, step, cost, t0, t1, energy)
 
     def _record(self, pid: int, prog: Program, step: Step, cost: OpCost | None, t0: float, t1: float,
                 energy: dict[int, float]) -> dict[str, Any]:  # fmt: skip

@@ -429,6 +429,40 @@ class Transfer(Op):
         return (Tensor("src", self.nbytes, "in"), Tensor("dst", self.nbytes, "out"))
 
 
+@dataclass(frozen=True, slots=True)
+class Chain(Op):
+    """Kernels run back to back on one device group, written as one step (a decode layer's dense part in a
+    program written per token): it costs the sum of its members, runs as one flow of their DRAM bytes, and
+    is recorded member by member. A writer uses it where one step per kernel would dominate the run time."""
+
+    ops: tuple[Op, ...] = ()
+    names: tuple[str, ...] = ()  # each member's record name (identical layers share their member ops)
+    _signature: tuple = field(default=(), init=False, repr=False, compare=False)
+    kind: ClassVar[str] = "chain"
+
+    @property
+    def flops(self) -> float:
+        return sum(op.flops for op in self.ops)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return tuple(t for op in self.ops for t in op.tensors())
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Each member's record name."""
+        return self.names or tuple(op.name for op in self.ops)
+
+    @property
+    def activation_bytes(self) -> float:
+        """One member runs at a time: the largest member's."""
+        return max((op.activation_bytes for op in self.ops), default=0.0)
+
+    def signature(self) -> tuple:
+        if not self._signature:  # built once: a chain is priced again each time it is reused
+            object.__setattr__(self, "_signature", (Chain, tuple(op.signature() for op in self.ops)))
+        return self._signature
+
+
 def register_op(cls: type[Op]) -> type[Op]:
     """Make an op kind known by its `kind` name (used by external op families such as CNN layers)."""
     OP_KINDS[cls.kind] = cls
@@ -448,6 +482,7 @@ for _cls in (
     AllGather,
     SendRecv,
     Transfer,
+    Chain,
 ):
     register_op(_cls)
 

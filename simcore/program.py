@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
 
-from simcore.ops import Op, OpGraph, Tensor, Transfer
+from simcore.ops import Chain, Op, OpGraph, Tensor, Transfer
 
 Lane = tuple[str, ...]
 
@@ -142,6 +142,11 @@ class Program:
         """Each step waits for the one before it (one lane, or a chain that hands off between devices):
         nothing in it can overlap, so alone it takes the sum of its steps."""
         return self.single_lane or all(s.deps == (i - 1,) for i, s in enumerate(self.steps) if i)
+
+    @cached_property
+    def op_count(self) -> int:
+        """Ops it runs, a chained step's members counted one by one."""
+        return sum(len(s.op.ops) if isinstance(s.op, Chain) else 1 for s in self.steps)
 
     @cached_property
     def workspace(self) -> dict[str, tuple[float, str]]:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from models.llm import build_pass, load_llm
-from simcore.engine import Engine, partition_times
+from simcore.component import partition_times
+from simcore.engine import Engine
 from simcore.errors import ConfigError
 from simcore.experiment import Prefill, load_experiment
 from simcore.mapping import ExecutionPlan, place

@@ -2,7 +2,8 @@
 
 import pytest
 
-from simcore.engine import Engine, partition_times
+from simcore.component import partition_times
+from simcore.engine import Engine
 from simcore.ops import Elementwise, Gemm, OpGraph
 from simcore.program import Program
 from simcore.system import load_system

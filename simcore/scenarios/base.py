@@ -79,7 +79,7 @@ class LLMScenario(Scenario):
         llm.allocate_weights()
         env = llm.engine.env
         proc = env.process(self.drive(llm))
-        env.run()
+        env.run(until=proc)  # not past its end: superseded flow timers may still be queued
         summary: dict[str, Any] = proc.value
         tokens = summary.get("output_tokens") or summary["tokens_per_s"] * summary["latency_s"]
         summary.update(model=model.name, params=model.params, tp=llm.tp, dtype=plan.dtype)

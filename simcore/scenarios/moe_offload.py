@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from simcore.errors import ConfigError
 from simcore.mapping import ExecutionPlan
 from simcore.mapping.plan import nearest_hosts
 from simcore.moe import POLICIES, LayerCaches
-from simcore.ops import Attention, Elementwise, Op, Transfer
+from simcore.ops import Attention, Chain, Elementwise, Op, Tensor, Transfer
 from simcore.precision import bits
 from simcore.program import Program, Step
 from simcore.results import Result
@@ -47,6 +48,7 @@ from simcore.system import System
 from traces.routing import RoutingTrace, load_routing, synthetic
 
 MISS_PLACES = ("gpu", "cpu", "balance")
+_NOTHING_STAGED: tuple[frozenset[int], int] = (frozenset(), -1)  # a layer nothing was prefetched for
 PREFETCH = ("none", "next-layer")
 STORES = ("host", "nvme")
 
@@ -149,7 +151,7 @@ class MoEOffload(LLMScenario):
         llm = LLMRun(system, model, replace(plan, tp=1), keep_records)
         env = llm.engine.env
         proc = env.process(self.drive(llm))
-        env.run()
+        env.run(until=proc)  # not past its end: superseded flow timers may still be queued
         summary: dict[str, Any] = proc.value
         summary.update(model=model.name, params=model.params, active_params=model.active_params, tp=1,
                        dtype=plan.dtype)  # fmt: skip
@@ -243,14 +245,29 @@ class MoEOffload(LLMScenario):
 
 
 @dataclass(frozen=True)
+class Run:
+    """A stretch of the pass between two MoE layers' expert parts, written as one step (a `Chain`)."""
+
+    ops: tuple[LogicalOp, ...]
+    names: tuple[str, ...]  # each op's record name in this layer
+    allocs: tuple[Tensor, ...]
+    layer: int | None  # the MoE layer whose expert part follows (None: the end of the pass)
+    prefix: str  # that layer's op-name prefix
+
+    @cached_property
+    def key(self) -> tuple[int, ...]:
+        """Its ops' identities: identical layers' runs have equal keys."""
+        return tuple(id(x.op) for x in self.ops)
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Where a logical pass's MoE pieces sit: per MoE layer the indices of its expert ops, and the pass in
-    order (index, op, whether an attention) with each layer's expert ops folded into its first."""
+    """Where a logical pass's MoE pieces sit: per MoE layer the indices of its expert ops, and the pass as
+    runs of other ops, each followed by an MoE layer's expert part."""
 
     logical: LogicalPass
     ops: dict[int, dict[str, int]]
-    order: list[tuple[int, LogicalOp, bool]]
-    firsts: dict[int, int]  # index of a layer's first expert op -> the layer
+    runs: tuple[Run, ...]
 
     @classmethod
     def of(cls, logical: LogicalPass, moe_layers: set[int]) -> Layout:
@@ -259,11 +276,27 @@ class Layout:
             tail = (lop.name or lop.op.name).rsplit(".", 1)[-1]
             if lop.block in moe_layers and tail in ("experts_gate_up", "experts_act_mul", "experts_down"):
                 ops.setdefault(lop.block, {})[tail] = k
+        firsts = {i["experts_gate_up"]: layer for layer, i in ops.items()}
         folded = {i[t] for i in ops.values() for t in ("experts_act_mul", "experts_down")}
-        order = [
-            (k, lop, isinstance(lop.op, Attention)) for k, lop in enumerate(logical.ops) if k not in folded
-        ]
-        return cls(logical, ops, order, {i["experts_gate_up"]: layer for layer, i in ops.items()})
+        runs: list[Run] = []
+        run: list[LogicalOp] = []
+        for k, lop in enumerate(logical.ops):
+            if k in folded:
+                continue
+            layer = firsts.get(k)
+            if layer is None:
+                run.append(lop)
+                continue
+            runs.append(cls._run(run, layer, (lop.name or lop.op.name).rsplit(".", 1)[0]))
+            run = []
+        if run:
+            runs.append(cls._run(run, None, ""))
+        return cls(logical, ops, tuple(runs))
+
+    @staticmethod
+    def _run(lops: list[LogicalOp], layer: int | None, prefix: str) -> Run:
+        return Run(tuple(lops), tuple(x.name or x.op.name for x in lops),
+                   tuple(t for x in lops for t in x.allocs), layer, prefix)  # fmt: skip
 
 
 class StepProgram:
@@ -286,7 +319,9 @@ class StepProgram:
         self.dtype = logical.ops[0].op.dtype
         self.decode = self.lay = Layout.of(logical, set(layers))
         self._cost: dict[tuple, float] = {}
-        self._ops: dict[tuple, list[Op]] = {}  # (layer op, n, rows, fmt) -> the expert ops
+        self._ops: dict[tuple, tuple[Op, ...]] = {}  # (layer op, n, rows, fmt) -> the expert ops
+        self._chains: dict[tuple, Chain] = {}  # (layout, layer, n, rows, fmt, tag) -> its expert chain
+        self._expert_B: dict[str, float] = {}  # format -> bytes of one expert
         #: (trace step, MoE layer) -> (routed experts and their scores, token rows in all, rows per expert)
         self._routes: dict[tuple[int, int], tuple[dict[int, float], int, int]] = {}
         #: the routing of the pass being written: MoE layer -> (routed experts, rows in all, rows per expert)
@@ -296,9 +331,22 @@ class StepProgram:
 
     def expert_B(self, fmt: str, n: int = 1) -> float:
         """Bytes of `n` experts' weights stored in `fmt`."""
-        return n * self.expert_params * bits(fmt) / 8
+        one = self._expert_B.get(fmt)
+        if one is None:
+            one = self._expert_B[fmt] = self.expert_params * bits(fmt) / 8
+        return n * one
 
-    def expert_ops(self, layer: int, n: int, rows: int, fmt: str | None) -> list[Op]:
+    def experts(self, layer: int, n: int, rows: int, fmt: str | None, prefix: str, tag: str) -> Chain:
+        """The layer's expert GEMMs (`expert_ops`) as one chained step, recorded as `{prefix}.{op}{tag}`."""
+        key = (id(self.lay), layer, n, rows, fmt, tag)
+        chain = self._chains.get(key)
+        if chain is None:
+            ops = self.expert_ops(layer, n, rows, fmt)
+            names = tuple(f"{prefix}.{op.name.rsplit('.', 1)[-1]}{tag}" for op in ops)
+            chain = self._chains[key] = Chain(names[0], ops[0].dtype, ops, names)
+        return chain
+
+    def expert_ops(self, layer: int, n: int, rows: int, fmt: str | None) -> tuple[Op, ...]:
         """The layer's three expert ops over `n` experts of `rows` token rows each, weights stored in `fmt`
         (`Gemm.weight_dtype`; None: the activations' dtype)."""
         idx, logical = self.lay.ops[layer], self.lay.logical
@@ -310,8 +358,8 @@ class StepProgram:
             down: ExpertGemm = logical.ops[idx["experts_down"]].op  # type: ignore[assignment]
             ef = gate_up.n // 2
             w = {} if fmt is None else {"weight_dtype": fmt}
-            ops = self._ops[key] = [replace(gate_up, batch=n, m=rows, **w),
-                                    replace(act, elements=n * rows * ef), replace(down, batch=n, m=rows, **w)]  # fmt: skip
+            ops = self._ops[key] = (replace(gate_up, batch=n, m=rows, **w),
+                                    replace(act, elements=n * rows * ef), replace(down, batch=n, m=rows, **w))  # fmt: skip
         return ops
 
     def seconds(self, key: tuple, make: Callable[[], float]) -> float:
@@ -334,14 +382,11 @@ class StepProgram:
         m = self.sc.moe
         return m.low_precision if m.low_precision is not None and score < m.low_score else self.full
 
-    def split(self, layer: int, misses: list[tuple[int, float]], rows: int, ready: int) -> int:
-        """How many of the misses (lowest gate score first) run on the CPU: the split whose later queue ends
-        first, the CPU queue being its experts' GEMMs, the GPU queue the `ready` cached experts' GEMMs
-        overlapped with the copy of the rest, then theirs (closed-form costs, no contention)."""
-        place = self.sc.moe.misses
-        if place == "gpu" or not misses:
-            return 0
-        if place == "cpu":
+    def split(self, layer: int, misses: list[tuple[float, int]], rows: int, ready: int) -> int:
+        """How many of the misses ((gate score, expert), lowest score first) run on the CPU: the split whose
+        later queue ends first, the CPU queue being its experts' GEMMs, the GPU queue the `ready` cached
+        experts' GEMMs overlapped with the copy of the rest, then theirs (closed-form costs, no contention)."""
+        if self.sc.moe.misses == "cpu":
             return len(misses)
         t_ready = (
             self.compute_s(self.gpu, layer, ready, rows, self.weight_dtype(layer, self.full))
@@ -354,7 +399,7 @@ class StepProgram:
             cpu_s = self.compute_s(self.host, layer, n_cpu, rows, None) if n_cpu else 0.0
             gpu_s = t_ready
             if gpu_part:
-                fmts = [self.fmt_of(sc) for _, sc in gpu_part]
+                fmts = [self.fmt_of(sc) for sc, _ in gpu_part]
                 gpu_s = max(t_ready, self.copy_s(sum(self.expert_B(f) for f in fmts))) + sum(
                     self.compute_s(self.gpu, layer, 1, rows, self.weight_dtype(layer, f)) for f in fmts)  # fmt: skip
             if max(cpu_s, gpu_s) < best_s - 1e-15:
@@ -372,12 +417,17 @@ class StepProgram:
 
     def write(self, name: str, lay: Layout, routes: Callable[[int], tuple[dict[int, float], int, int]],
               kv_len: int | None) -> Program:  # fmt: skip
-        """The program of the pass `lay` routed by `routes`, its attention at `kv_len` (None: as built)."""
+        """The program of the pass `lay` routed by `routes`, its attention at `kv_len` (None: as built): each
+        run of ops between MoE layers one chained step (identical layers' runs are twins), each layer's
+        expert part as `moe_layer` writes it."""
         self.lay, self.routes = lay, routes
         steps: list[Step] = []
-        placed: dict[int, int] = {}
-        staged: dict[int, tuple[set[int], int]] = {}  # MoE layer -> (prefetched experts, their copy step)
+        staged: dict[
+            int, tuple[frozenset[int], int]
+        ] = {}  # MoE layer -> (prefetched experts, their copy step)
         attention: dict[int, Op] = {}  # id of the pass's attention op -> at this step's kv_len
+        members: dict[tuple[int, ...], tuple[Op, ...]] = {}  # a run's op ids -> its ops in this pass
+        twins: dict[int, int] = {}  # id of a run's ops -> its first step
         after: tuple[int, ...] = ()
         gpu, phase = (self.gpu,), lay.logical.phase
 
@@ -385,20 +435,19 @@ class StepProgram:
             steps.append(step)
             return len(steps) - 1
 
-        for k, lop, is_attention in lay.order:
-            layer = lay.firsts.get(k)
-            if layer is not None:
-                assert len(after) == 1
-                prefix = (lop.name or lop.op.name).rsplit(".", 1)[0]
-                after = self.moe_layer(layer, after[0], add, staged, prefix)
-                continue
-            op = lop.op
-            if is_attention and kv_len is not None:
-                op = attention.get(id(lop.op)) or attention.setdefault(id(lop.op), op.with_kv_len(kv_len))  # type: ignore[attr-defined]
-            twin = placed.get(lop.twin if lop.twin >= 0 else k, -1)
-            steps.append(Step(op, gpu, after, phase, lop.allocs, twin, lop.name or op.name))
+        def at_kv(op: Op) -> Op:
+            if kv_len is None or not isinstance(op, Attention):
+                return op
+            return attention.get(id(op)) or attention.setdefault(id(op), op.with_kv_len(kv_len))
+
+        for run in lay.runs:
+            ops = members.get(run.key) or members.setdefault(run.key, tuple(at_kv(x.op) for x in run.ops))
+            op = ops[0] if len(ops) == 1 else Chain(run.names[0], ops[0].dtype, ops, run.names)
+            twin = twins.setdefault(id(ops), len(steps))
+            add(Step(op, gpu, after, phase, run.allocs, -1 if twin == len(steps) else twin, run.names[0]))
             after = (len(steps) - 1,)
-            placed.setdefault(k, after[0])
+            if run.layer is not None:
+                after = self.moe_layer(run.layer, after[0], add, staged, run.prefix)
         return Program.compile(name, steps, coarse=True)
 
     def prompt_route(self, prompt_len: int) -> Callable[[int], tuple[dict[int, float], int, int]]:
@@ -433,7 +482,7 @@ class StepProgram:
         return add(Step(op, (src,), deps, self.lay.logical.phase))
 
     def prefetch(self, layer: int, after: int, add: Callable[[Step], int],
-                 staged: dict[int, tuple[set[int], int]]) -> None:  # fmt: skip
+                 staged: dict[int, tuple[frozenset[int], int]]) -> None:  # fmt: skip
         """Copy the experts predicted for the next MoE layer once this layer's router has run (queued
         behind this layer's own copy on the link's DMA lane)."""
         j = self.moe_index[layer] + 1
@@ -442,8 +491,9 @@ class StepProgram:
         nxt = self.layers[j]
         truth = self.routes(j)[0]
         predicted: dict[int, float] = {}
+        accuracy = self.sc.moe.prefetch_accuracy
         for e, score in truth.items():
-            if self.rng.random() >= self.sc.moe.prefetch_accuracy:
+            if accuracy < 1.0 and self.rng.random() >= accuracy:
                 wrong = [x for x in range(self.trace.num_experts) if x not in truth and x not in predicted]
                 e = int(self.rng.choice(wrong)) if wrong else e
             predicted[e] = score
@@ -461,7 +511,7 @@ class StepProgram:
         self.tally.fetched += len(fetch)
         self.tally.fetched_B += nbytes
         step = self.copy(add, f"L{nxt}.prefetch_experts", nbytes, self.store, self.gpu, (after,))
-        staged[j] = (set(fetch), step)
+        staged[j] = (frozenset(fetch), step)
 
     def weight_dtype(self, layer: int, fmt: str) -> str | None:
         """`Gemm.weight_dtype` of experts held in `fmt` (the plan's own format: as the pass has it)."""
@@ -470,27 +520,29 @@ class StepProgram:
         return fmt
 
     def moe_layer(self, layer: int, last: int, add: Callable[[Step], int],
-                  staged: dict[int, tuple[set[int], int]], p: str) -> tuple[int, ...]:  # fmt: skip
+                  staged: dict[int, tuple[frozenset[int], int]], p: str) -> tuple[int, ...]:  # fmt: skip
         """The expert part of MoE layer `layer` after its permute (step `last`): the steps the combine
         waits for."""
         j = self.moe_index[layer]
         cache, m = self.caches[j], self.sc.moe
         routed, total_rows, rows = self.routes(j)
-        pre, pre_step = staged.pop(j, (set(), -1))
+        pre, pre_step = staged.pop(j, _NOTHING_STAGED)
         hits, misses = cache.lookup(routed)
-        hits += [e for e in misses if e in pre]  # prefetched into a staging buffer (an empty cache)
-        misses = [e for e in misses if e not in pre]
-        self.tally.accesses += len(routed)
-        self.tally.hits += len(hits)
-        self.tally.cached += sum(e not in pre for e in hits)
-        self.tally.prefetch_used += len(pre & set(routed))
-        ranked = sorted(((e, routed[e]) for e in misses), key=lambda x: (x[1], x[0]))
-        n_cpu = self.split(layer, ranked, rows, sum(e not in pre for e in hits))
+        used = pre.intersection(routed)  # prefetched into a staging buffer (an empty cache)
+        if used:
+            hits += [e for e in misses if e in used]
+            misses = [e for e in misses if e not in used]
+        tally = self.tally
+        tally.accesses += len(routed)
+        tally.hits += len(hits)
+        tally.cached += len(hits) - len(used)
+        tally.prefetch_used += len(used)
+        ranked = sorted([(routed[e], e) for e in misses])
+        n_cpu = self.split(layer, ranked, rows, len(hits) - len(used)) if m.misses != "gpu" and ranked else 0
         on_cpu, fetched = ranked[:n_cpu], ranked[n_cpu:]
-        waits = {last}
-        if pre_step >= 0 and pre & set(routed):
-            waits.add(pre_step)
-        low = m.low_precision or self.full
+        waits = {last, pre_step} if used else {last}
+        full = self.full
+        low = m.low_precision or full
         #: (waits for a copy, weight format) -> experts run on the GPU: cached ones first, then those
         #: copied in this step (this layer's misses, the previous layer's prefetch)
         groups: dict[tuple[bool, str], int] = {}
@@ -499,7 +551,7 @@ class StepProgram:
             groups[key] = groups.get(key, 0) + 1
         if fetched:
             nbytes = 0.0
-            for e, sc in fetched:
+            for sc, e in fetched:
                 fmt = self.fmt_of(sc)
                 nbytes += self.expert_B(fmt)
                 groups[(True, fmt)] = groups.get((True, fmt), 0) + 1
@@ -513,22 +565,18 @@ class StepProgram:
             self.tally.cpu += len(on_cpu)
             h_B = self.lay.logical.activation_B
             c = self.copy(add, f"{p}.tokens_to_cpu", h_B, self.gpu, self.host, (last,))
-            for op in self.expert_ops(layer, len(on_cpu), rows, None):
-                name = f"{p}.{op.name.rsplit('.', 1)[-1]}_cpu"
-                c = add(Step(op, (self.host,), (c,), self.lay.logical.phase, (), -1, name))
+            op = self.experts(layer, len(on_cpu), rows, None, p, "_cpu")
+            c = add(Step(op, (self.host,), (c,), self.lay.logical.phase, (), -1, op.name))
             ends.append(self.copy(add, f"{p}.experts_out_to_gpu", h_B * len(on_cpu) * rows / total_rows,
                                   self.host, self.gpu, (c,)))  # fmt: skip
         if m.prefetch != "none":  # one DMA queue per direction: behind this layer's own copies
             self.prefetch(layer, last, add, staged)
         prev = -1
-        for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != self.full)):
+        for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full)):
             tag = ("_copied" if copied else "") + ("" if fmt == self.full else f"_{fmt}")
-            for q, op in enumerate(self.expert_ops(layer, n, rows, self.weight_dtype(layer, fmt))):
-                deps = {prev} if prev >= 0 else {last}
-                if copied and q == 0:
-                    deps |= waits
-                name = f"{p}.{op.name.rsplit('.', 1)[-1]}{tag}"
-                prev = add(Step(op, (self.gpu,), tuple(sorted(deps)), self.lay.logical.phase, (), -1, name))
+            op = self.experts(layer, n, rows, self.weight_dtype(layer, fmt), p, tag)
+            deps = ({prev} if prev >= 0 else {last}) | (waits if copied else set())
+            prev = add(Step(op, (self.gpu,), tuple(sorted(deps)), self.lay.logical.phase, (), -1, op.name))
         if prev >= 0:
             ends.append(prev)
         return tuple(sorted(ends))
