@@ -49,7 +49,7 @@ from simcore.flows import FlowNetwork, Resource, solo_rate
 from simcore.ledger import Compiled, Ledger, Plan, ResourceTally, RunRecord, Segment, Tally
 from simcore.ops import Chain, Collective, Transfer
 from simcore.program import Program, Step
-from simcore.replay import replay
+from simcore.replay import Work, replay
 from simcore.system import System
 
 #: collective algorithms: name -> (latency steps, bytes each rank puts on its busiest link)
@@ -132,6 +132,7 @@ class Engine:
         self._plans: dict[tuple[tuple[str, ...], OpCost, float], tuple[OpCost, Plan]] = {}
         self._res_tuple: dict[tuple[str, ...], tuple[Resource, ...]] = {}
         self._shapes: dict[tuple, tuple[tuple[Resource, ...], tuple[float, ...], float]] = {}
+        self._prepared: dict[int, tuple[tuple[Plan, ...], Work]] = {}  # id(segment flows) -> (them, work)
         self.runs: list[RunRecord] = []
         self.costs: Counter[tuple[tuple[str, ...], OpCost]] = Counter()
         self.dma_bytes: Counter[str] = Counter()
@@ -493,7 +494,7 @@ class Engine:
         elif (self.replay and partition is None and not self.net.active and self.in_flight == 1
               and env.peek() == math.inf):  # fmt: skip
             # alone for sure, with lanes that overlap: played out off the event loop, then one wait
-            played = replay(c, start, self._shape, self.keep_records)
+            played = replay(c, start, self._work, self.keep_records)
             yield env.timeout(played.end_s - start)
             rec.steps = played.steps
             self.busy_group.update(played.busy_s)
@@ -521,14 +522,27 @@ class Engine:
             out = self._res_tuple[path] = tuple(self.res[n] for n in path)
         return out
 
-    def _shape(self, plan: Plan) -> tuple[tuple[Resource, ...], tuple[float, ...], float]:
-        """A plan's flow as replay runs it: its resources, their weights and its rate alone."""
-        key = (plan.path, plan.weights, plan.cap_Bps)
-        out = self._shapes.get(key)
-        if out is None:
-            path = self._resources(plan.path)
-            weights = plan.weights or (1.0,) * len(path)
-            out = self._shapes[key] = (path, weights, solo_rate(path, weights, plan.cap_Bps))
+    def _work(self, plans: tuple[Plan, ...]) -> Work:
+        """Plans as replay runs them: each one's delay, then its flow (resources, weights, rate alone, bytes,
+        cap); a segment's, reused by every program that pools the same kernels, are prepared once."""
+        cached = self._prepared.get(id(plans))
+        if cached is not None and cached[0] is plans:
+            return cached[1]
+        work: list = []
+        for p in plans:
+            if p.delay_s:
+                work.append(p.delay_s)
+            if p.path and p.nbytes > 0:
+                key = (p.path, p.weights, p.cap_Bps)
+                shape = self._shapes.get(key)
+                if shape is None:
+                    path = self._resources(p.path)
+                    weights = p.weights or (1.0,) * len(path)
+                    shape = self._shapes[key] = (path, weights, solo_rate(path, weights, p.cap_Bps))
+                work.append((*shape, p.nbytes, p.cap_Bps))
+        out = tuple(work)
+        if len(plans) > 1:  # a segment's pooled flows (one-step plans are mostly one-off copies)
+            self._prepared[id(plans)] = (plans, out)
         return out
 
     def _lane(self, c: Compiled, idxs: tuple[int, ...], done: dict[int, simpy.Event], rec: RunRecord,

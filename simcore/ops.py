@@ -429,6 +429,22 @@ class Transfer(Op):
         return (Tensor("src", self.nbytes, "in"), Tensor("dst", self.nbytes, "out"))
 
 
+class HashedOnce:
+    """A tuple that hashes once (a chain's signature nests its members': cost caches look it up often)."""
+
+    __slots__ = ("items", "_hash")
+
+    def __init__(self, items: tuple) -> None:
+        self.items, self._hash = items, hash(items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, HashedOnce) and self._hash == other._hash
+                                 and self.items == other.items)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Chain(Op):
     """Kernels run back to back on one device group, written as one step (a decode layer's dense part in a
@@ -459,7 +475,9 @@ class Chain(Op):
 
     def signature(self) -> tuple:
         if not self._signature:  # built once: a chain is priced again each time it is reused
-            object.__setattr__(self, "_signature", (Chain, tuple(op.signature() for op in self.ops)))
+            object.__setattr__(
+                self, "_signature", (Chain, HashedOnce(tuple(op.signature() for op in self.ops)))
+            )
         return self._signature
 
 

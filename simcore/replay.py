@@ -30,6 +30,11 @@ class Played:
     flows: int = 0  # flows that ran
 
 
+#: a lane item's waits and flows in order: a float is a delay, a tuple a flow's (resources, weights, rate
+#: alone, bytes, cap)
+Work = tuple[float | tuple[tuple[Resource, ...], tuple[float, ...], float, float, float], ...]
+
+
 @dataclass(slots=True)
 class _Item:
     """A lane's step or segment in progress: its waits and flows in order (`k`: the next one)."""
@@ -37,14 +42,14 @@ class _Item:
     first: int
     last: int
     start_s: float
-    work: list[float | Plan]  # a float is a delay
+    work: Work
     k: int = 0
 
 
-def replay(c: Compiled, start_s: float, shape: Callable[[Plan], tuple[tuple[Resource, ...], tuple[float, ...], float]],
-           keep: bool) -> Played:  # fmt: skip
-    """Play `c` out from `start_s` with the lanes, dependencies and sharing rules of Engine._lane; `shape`
-    gives a plan's resources (bytes carried are booked on them), weights and rate alone."""
+def replay(c: Compiled, start_s: float, prepare: Callable[[tuple[Plan, ...]], Work], keep: bool) -> Played:
+    """Play `c` out from `start_s` with the lanes, dependencies and sharing rules of Engine._lane; `prepare`
+    turns a step's or segment's plans into its work (the engine's resources: bytes carried are booked on
+    them)."""
     program = c.program
     steps, costs, segments, signals = program.steps, c.costs, c.segments, program.signals
     lanes = list(program.lanes.values())
@@ -77,15 +82,12 @@ def replay(c: Compiled, start_s: float, shape: Callable[[Plan], tuple[tuple[Reso
                         waiters.setdefault(d, []).append(lane)
                         return
                 seg = segments.get(i)
-                plans = seg.flows if seg is not None else (c.plans[i],)
-                work: list[float | Plan] = []
-                for p in plans:
-                    if p.delay_s:
-                        work.append(p.delay_s)
-                    if p.path and p.nbytes > 0:
-                        work.append(p)
-                last = seg.steps[-1] if seg is not None else i
-                pos[lane] += len(seg.steps) if seg is not None else 1
+                if seg is not None:
+                    work, last = prepare(seg.flows), seg.steps[-1]
+                    pos[lane] += len(seg.steps)
+                else:
+                    work, last = prepare((c.plans[i],)), i
+                    pos[lane] += 1
                 item = cur[lane] = _Item(i, last, t, work)
             if item.k < len(item.work):
                 w = item.work[item.k]
@@ -93,8 +95,8 @@ def replay(c: Compiled, start_s: float, shape: Callable[[Plan], tuple[tuple[Reso
                 if isinstance(w, float):
                     timers[lane] = t + w
                 else:
-                    path, weights, solo = shape(w)
-                    f = Flow(path, w.nbytes, w.cap_Bps, None, weights, updated_at=t, solo_Bps=solo)
+                    path, weights, solo, nbytes, cap = w
+                    f = Flow(path, nbytes, cap, None, weights, 0.0, t, 0, solo)
                     flows[f] = lane
                     out.flows += 1
                     fits = True

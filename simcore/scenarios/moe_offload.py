@@ -440,14 +440,22 @@ class StepProgram:
                 return op
             return attention.get(id(op)) or attention.setdefault(id(op), op.with_kv_len(kv_len))
 
+        lead: Chain | None = None  # the last expert group of the MoE layer before, run as this step's head
         for run in lay.runs:
             ops = members.get(run.key) or members.setdefault(run.key, tuple(at_kv(x.op) for x in run.ops))
-            op = ops[0] if len(ops) == 1 else Chain(run.names[0], ops[0].dtype, ops, run.names)
+            names = run.names
+            if lead is not None:
+                key = (id(lead.ops), run.key)
+                ops = members.get(key) or members.setdefault(key, lead.ops + ops)
+                names = lead.names + names
+            op = ops[0] if len(ops) == 1 else Chain(names[0], ops[0].dtype, ops, names)
             twin = twins.setdefault(id(ops), len(steps))
-            add(Step(op, gpu, after, phase, run.allocs, -1 if twin == len(steps) else twin, run.names[0]))
-            after = (len(steps) - 1,)
+            add(Step(op, gpu, after, phase, run.allocs, -1 if twin == len(steps) else twin, names[0]))
+            after, lead = (len(steps) - 1,), None
             if run.layer is not None:
-                after = self.moe_layer(run.layer, after[0], add, staged, run.prefix)
+                after, lead = self.moe_layer(run.layer, after[0], add, staged, run.prefix)
+        if lead is not None:
+            add(Step(lead, gpu, after, phase, (), -1, lead.name))
         return Program.compile(name, steps, coarse=True)
 
     def prompt_route(self, prompt_len: int) -> Callable[[int], tuple[dict[int, float], int, int]]:
@@ -520,9 +528,10 @@ class StepProgram:
         return fmt
 
     def moe_layer(self, layer: int, last: int, add: Callable[[Step], int],
-                  staged: dict[int, tuple[frozenset[int], int]], p: str) -> tuple[int, ...]:  # fmt: skip
-        """The expert part of MoE layer `layer` after its permute (step `last`): the steps the combine
-        waits for."""
+                  staged: dict[int, tuple[frozenset[int], int]], p: str) -> tuple[tuple[int, ...], Chain | None]:  # fmt: skip
+        """The expert part of MoE layer `layer` after its permute (step `last`): the steps the combine waits
+        for, and the last expert group left unwritten where the combine waits for nothing else (it then heads
+        the combine's chained step, waiting for those steps: the same segment a coarse program pools)."""
         j = self.moe_index[layer]
         cache, m = self.caches[j], self.sc.moe
         routed, total_rows, rows = self.routes(j)
@@ -572,11 +581,14 @@ class StepProgram:
         if m.prefetch != "none":  # one DMA queue per direction: behind this layer's own copies
             self.prefetch(layer, last, add, staged)
         prev = -1
-        for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full)):
+        ordered = sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full))
+        for k, ((copied, fmt), n) in enumerate(ordered):
             tag = ("_copied" if copied else "") + ("" if fmt == self.full else f"_{fmt}")
             op = self.experts(layer, n, rows, self.weight_dtype(layer, fmt), p, tag)
-            deps = ({prev} if prev >= 0 else {last}) | (waits if copied else set())
-            prev = add(Step(op, (self.gpu,), tuple(sorted(deps)), self.lay.logical.phase, (), -1, op.name))
+            deps = tuple(sorted(({prev} if prev >= 0 else {last}) | (waits if copied else set())))
+            if k == len(ordered) - 1 and not ends:  # what the combine waits for alone: it heads the next step
+                return deps, op
+            prev = add(Step(op, (self.gpu,), deps, self.lay.logical.phase, (), -1, op.name))
         if prev >= 0:
             ends.append(prev)
-        return tuple(sorted(ends))
+        return tuple(sorted(ends)), None
