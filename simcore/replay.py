@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simcore.flows import Flow, Resource, fair_rates
-from simcore.ledger import Compiled, Plan
+from simcore.ledger import Compiled, Plan, Segment
 
 _TIE = 1e-12  # flows ending within this relative distance of the next instant end at it (float round-off)
 
@@ -43,6 +43,8 @@ class _Item:
     last: int
     start_s: float
     work: Work
+    segment: Segment | None
+    group: tuple[str, ...] | None  # the devices a kernel keeps busy (None: a transfer)
     k: int = 0
 
 
@@ -88,7 +90,8 @@ def replay(c: Compiled, start_s: float, prepare: Callable[[tuple[Plan, ...]], Wo
                 else:
                     work, last = prepare((c.plans[i],)), i
                     pos[lane] += 1
-                item = cur[lane] = _Item(i, last, t, work)
+                group = steps[i].devices if costs[i] is not None else None
+                item = cur[lane] = _Item(i, last, t, work, seg, group)
             if item.k < len(item.work):
                 w = item.work[item.k]
                 item.k += 1
@@ -114,9 +117,8 @@ def replay(c: Compiled, start_s: float, prepare: Callable[[tuple[Plan, ...]], Wo
     def finish(lane: int, item: _Item) -> None:
         cur[lane] = None
         out.items += 1
-        seg = segments.get(item.first)
-        if costs[item.first] is not None:
-            group = steps[item.first].devices
+        seg, group = item.segment, item.group
+        if group is not None:  # a kernel's (or a segment's) time keeps its devices busy
             out.busy_s[group] = out.busy_s.get(group, 0.0) + (t - item.start_s)
         if keep:
             if seg is None:

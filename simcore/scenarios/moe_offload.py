@@ -322,6 +322,7 @@ class StepProgram:
         self._ops: dict[tuple, tuple[Op, ...]] = {}  # (layer op, n, rows, fmt) -> the expert ops
         self._chains: dict[tuple, Chain] = {}  # (layout, layer, n, rows, fmt, tag) -> its expert chain
         self._expert_B: dict[str, float] = {}  # format -> bytes of one expert
+        self._weight_dtype: dict[tuple[int, int], str | None] = {}  # (layout, layer) -> its experts' format
         #: (trace step, MoE layer) -> (routed experts and their scores, token rows in all, rows per expert)
         self._routes: dict[tuple[int, int], tuple[dict[int, float], int, int]] = {}
         #: the routing of the pass being written: MoE layer -> (routed experts, rows in all, rows per expert)
@@ -498,13 +499,16 @@ class StepProgram:
             return
         nxt = self.layers[j]
         truth = self.routes(j)[0]
-        predicted: dict[int, float] = {}
         accuracy = self.sc.moe.prefetch_accuracy
-        for e, score in truth.items():
-            if accuracy < 1.0 and self.rng.random() >= accuracy:
-                wrong = [x for x in range(self.trace.num_experts) if x not in truth and x not in predicted]
-                e = int(self.rng.choice(wrong)) if wrong else e
-            predicted[e] = score
+        predicted: dict[int, float] = truth if accuracy >= 1.0 else {}
+        if accuracy < 1.0:
+            for e, score in truth.items():
+                if self.rng.random() >= accuracy:
+                    wrong = [
+                        x for x in range(self.trace.num_experts) if x not in truth and x not in predicted
+                    ]
+                    e = int(self.rng.choice(wrong)) if wrong else e
+                predicted[e] = score
         cache = self.caches[j]
         fetch = {e: sc for e, sc in predicted.items() if e not in cache.held}
         if not fetch:
@@ -523,9 +527,13 @@ class StepProgram:
 
     def weight_dtype(self, layer: int, fmt: str) -> str | None:
         """`Gemm.weight_dtype` of experts held in `fmt` (the plan's own format: as the pass has it)."""
-        if fmt == self.full:
-            return self.lay.logical.ops[self.lay.ops[layer]["experts_gate_up"]].op.weight_dtype  # type: ignore[attr-defined]
-        return fmt
+        if fmt != self.full:
+            return fmt
+        key = (id(self.lay), layer)
+        if key not in self._weight_dtype:
+            gate_up = self.lay.logical.ops[self.lay.ops[layer]["experts_gate_up"]].op
+            self._weight_dtype[key] = gate_up.weight_dtype  # type: ignore[attr-defined]
+        return self._weight_dtype[key]
 
     def moe_layer(self, layer: int, last: int, add: Callable[[Step], int],
                   staged: dict[int, tuple[frozenset[int], int]], p: str) -> tuple[tuple[int, ...], Chain | None]:  # fmt: skip
