@@ -38,7 +38,7 @@ import gc
 import math
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import simpy
@@ -367,17 +367,33 @@ class Engine:
                 )
                 if run and (not kernel or run[-1] in signals or any(d not in mine for d in step.deps)):  # type: ignore[union-attr]
                     if len(run) > 1 or isinstance(steps[run[0]].op, Chain):
-                        key = (steps[run[0]].devices, *(costs[j] for j in run))
-                        flows = self._pools.get(key)
-                        if flows is None:
-                            flows = self._pools[key] = tuple(
-                                self.pool(steps[run[0]].devices, [costs[j] for j in run], None)  # type: ignore[misc]
-                            )
+                        flows = self._segment_pool(steps[run[0]].devices, [costs[j] for j in run])  # type: ignore[misc]
                         out[run[0]] = Segment(tuple(run), flows, tuple(plans[j].solo_s for j in run))
                     run = []
                 if kernel:
                     run.append(i)
         return out
+
+    def _resegment(self, base: Mapping[int, Segment], changed: tuple[int, ...], costs: list[OpCost | None],
+                   plans: list[Plan], steps: tuple[Step, ...]) -> dict[int, Segment]:  # fmt: skip
+        """A derived program's segments: its base's (same structure, so the same cuts), those holding a
+        changed step pooled again from the new costs."""
+        touched = set(changed)
+        out = dict(base)
+        for first, seg in base.items():
+            if touched.isdisjoint(seg.steps):
+                continue
+            flows = self._segment_pool(steps[first].devices, [costs[j] for j in seg.steps])  # type: ignore[misc]
+            out[first] = Segment(seg.steps, flows, tuple(plans[j].solo_s for j in seg.steps))
+        return out
+
+    def _segment_pool(self, devices: tuple[str, ...], costs: list[OpCost]) -> tuple[Plan, ...]:
+        """A segment's pooled flows on the whole devices (`pool`), cached by its kernels' costs."""
+        key = (devices, *costs)
+        flows = self._pools.get(key)
+        if flows is None:
+            flows = self._pools[key] = tuple(self.pool(devices, costs, None))
+        return flows
 
     def _price(self, step: Step) -> tuple[OpCost | None, Plan]:
         if isinstance(step.op, Transfer):
@@ -441,7 +457,14 @@ class Engine:
                 (dev, t.name, t.bytes) for step in program.steps for t in step.allocs for dev in step.devices
             )
         )
-        segments = self._segments(program, costs, plans) if program.coarse else {}
+        if not program.coarse:
+            segments = {}
+        elif program.base is not None and all(
+            (costs[i] is None) == (b.costs[i] is None) for i in program.changed
+        ):
+            segments = self._resegment(b.segments, program.changed, costs, plans, program.steps)
+        else:
+            segments = self._segments(program, costs, plans)
         c = Compiled(program, costs, plans, tally, solo, allocs, segments)
         if program.base is None:  # derived programs are one-offs; their bases are the templates
             self._compiled[program] = c

@@ -12,7 +12,7 @@ stale rate).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 import simpy
@@ -53,6 +53,17 @@ def solo_rate(path: tuple[Resource, ...], weights: tuple[float, ...], cap_Bps: f
     for r, w in zip(path, weights, strict=True):
         use[r] = use.get(r, 0.0) + w
     return min(cap_Bps, min(r.capacity_Bps / w for r, w in use.items()))
+
+
+def advance(flows: Iterable[Flow], now: float) -> None:
+    """Move `flows` on to `now` at their current rates, booking the bytes on their resources."""
+    for f in flows:
+        moved = f.rate_Bps * (now - f.updated_at)
+        if moved:
+            f.remaining_B -= moved
+            for r, w in zip(f.path, f.weights, strict=True):
+                r.bytes_carried += moved * w
+        f.updated_at = now
 
 
 def fair_rates(flows: Collection[Flow]) -> dict[Flow, float]:
@@ -162,14 +173,7 @@ class FlowNetwork:
         return seen
 
     def _advance(self, flows: set[Flow]) -> None:
-        now = self.env.now
-        for f in flows:
-            moved = f.rate_Bps * (now - f.updated_at)
-            if moved:
-                f.remaining_B -= moved
-                for r, w in zip(f.path, f.weights, strict=True):
-                    r.bytes_carried += moved * w
-            f.updated_at = now
+        advance(flows, self.env.now)
 
     def _reallocate(self, flows: set[Flow]) -> None:
         """New fair rates for `flows`, a closed component (every flow on its resources is in it)."""

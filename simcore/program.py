@@ -101,6 +101,7 @@ class Program:
         workspace = dict(self.group_workspace)
         changed = []
         made: dict[int, Op | None] = {}  # id(old op) -> its replacement, with `uniform`
+        size: dict[tuple[tuple[str, ...], str], float] = {}  # (group, label) of a swapped op -> its new bytes
         for i in range(len(steps)) if only is None else only:
             s = steps[i]
             if uniform:
@@ -113,12 +114,11 @@ class Program:
                 twin = s.twin if uniform and steps[s.twin].op is not self.steps[s.twin].op else -1
                 steps[i] = Step(new, s.devices, s.deps, s.phase, s.allocs, twin, s.name, s.sm_share)
                 if twin < 0:
-                    _grow_workspace(workspace, steps[i])
+                    size[(s.devices, s.label)] = _grow_workspace(workspace, steps[i])
                 changed.append(i)
-        # a group whose largest activation was a swapped op may now hold less: take its maximum again
-        swapped = {steps[i].label for i in changed}
-        for group in [g for g, (_, holder) in self.group_workspace.items()
-                      if holder in swapped and workspace[g] == self.group_workspace[g]]:  # fmt: skip
+        # a group whose largest activation was a swapped op that now holds less: take its maximum again
+        for group in [g for g, (old_B, holder) in self.group_workspace.items()
+                      if size.get((g, holder), old_B) < old_B and workspace[g] == self.group_workspace[g]]:  # fmt: skip
             del workspace[group]
             for st in steps:
                 if st.devices == group and st.twin < 0:
@@ -162,12 +162,22 @@ class Program:
 _ACTIVATION_B: dict[tuple, float] = {}  # op signature -> transient bytes (identical layers share it)
 
 
-def _grow_workspace(workspace: dict[tuple[str, ...], tuple[float, str]], s: Step) -> None:
-    if isinstance(s.op, Transfer):
-        return
-    sig = s.op.signature()
+def _activation_B(op: Op) -> float:
+    """An op's transient bytes, cached by signature; a chain's are its largest member's (they run in turn)."""
+    if isinstance(op, Chain):
+        return max((_activation_B(m) for m in op.ops), default=0.0)
+    sig = op.signature()
     nbytes = _ACTIVATION_B.get(sig)
     if nbytes is None:
-        nbytes = _ACTIVATION_B[sig] = s.op.activation_bytes
+        nbytes = _ACTIVATION_B[sig] = op.activation_bytes
+    return nbytes
+
+
+def _grow_workspace(workspace: dict[tuple[str, ...], tuple[float, str]], s: Step) -> float:
+    """Raise `s`'s group's workspace to its activation bytes if larger; returns them (0 for a transfer)."""
+    if isinstance(s.op, Transfer):
+        return 0.0
+    nbytes = _activation_B(s.op)
     if nbytes > workspace.get(s.devices, (-1.0, ""))[0]:
         workspace[s.devices] = (nbytes, s.label)
+    return nbytes

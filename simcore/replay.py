@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from simcore.flows import Flow, Resource, fair_rates
+from simcore.flows import Flow, Resource, advance, fair_rates
 from simcore.ledger import Compiled, Plan, Segment
 
 _TIE = 1e-12  # flows ending within this relative distance of the next instant end at it (float round-off)
@@ -142,13 +142,7 @@ def replay(c: Compiled, start_s: float, prepare: Callable[[tuple[Plan, ...]], Wo
         if not flows and not timers:
             break
         if stale:
-            for f in flows:  # bytes moved so far at the old rates
-                moved = f.rate_Bps * (t - f.updated_at)
-                if moved:
-                    f.remaining_B -= moved
-                    for r, w in zip(f.path, f.weights, strict=True):
-                        r.bytes_carried += moved * w
-                f.updated_at = t
+            advance(flows, t)  # the bytes moved so far at the old rates
             throttled.clear()
             for f, rate in fair_rates(flows.keys()).items():
                 f.rate_Bps = rate

@@ -8,7 +8,7 @@ class and a line. State is plain Python: a cache is updated in trace order, inde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import ClassVar, Protocol
 
 from simcore.errors import ConfigError
@@ -35,20 +35,26 @@ class ExpertCache:
     def lookup(self, routed: Mapping[int, float]) -> tuple[list[int], list[int]]:
         """(hits, misses) among the routed experts (expert -> gate score); records the access."""
         self.now += 1
+        now, last, count, held = self.now, self.last, self.count, self.held
+        hits, misses = [], []
         for e in routed:
-            self.last[e] = self.now
-            self.count[e] += 1
-            if self.held.get(e) == "full":
-                self.full_uses[e] += 1
+            last[e] = now
+            count[e] += 1
+            precision = held.get(e)
+            if precision is None:
+                misses.append(e)
+            else:
+                hits.append(e)
+                if precision == "full":
+                    self.full_uses[e] += 1
         if self.scored:
             for e in range(self.experts):
                 self.score[e] *= self.decay
             for e, s in routed.items():
                 self.score[e] += s
-        hits = [e for e in routed if e in self.held]
-        return hits, [e for e in routed if e not in self.held]
+        return hits, misses
 
-    def admit(self, expert: int, pinned: Iterable[int] = (), precision: str = "full") -> int | None:
+    def admit(self, expert: int, pinned: Container[int] = (), precision: str = "full") -> int | None:
         """Put `expert` in the cache (held at `precision`); returns the expert it evicted, if any. Experts in
         `pinned` (the current layer's) are never evicted; with no room left, nothing is admitted."""
         if expert in self.held:
@@ -58,11 +64,10 @@ class ExpertCache:
             return None
         victim = None
         if len(self.held) >= self.capacity:
-            keep = set(pinned)
-            free = [e for e in self.held if e not in keep]
+            free = [e for e in self.held if e not in pinned]
             if not free:
                 return None
-            victim = min(free, key=lambda e: (self.priority(e), e))
+            victim = free[0] if len(free) == 1 else min(free, key=lambda e: (self.priority(e), e))
             del self.held[victim]
         self.held[expert] = precision
         return victim

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,7 +48,6 @@ from simcore.system import System
 from traces.routing import RoutingTrace, load_routing, synthetic
 
 MISS_PLACES = ("gpu", "cpu", "balance")
-_NOTHING_STAGED: tuple[frozenset[int], int] = (frozenset(), -1)  # a layer nothing was prefetched for
 PREFETCH = ("none", "next-layer")
 STORES = ("host", "nvme")
 
@@ -220,7 +219,8 @@ class MoEOffload(LLMScenario):
             ctx = self.context_len
             lay = Layout.of(build_pass(spec, 1, self.batch, ctx, ctx, prec, "prefill"), set(layers))
             t0 = eng.env.now
-            yield eng.submit(writer.write(lay.logical.name, lay, writer.prompt_route(ctx), None))
+            plans = writer.decide(lay, writer.prompt_route(ctx))
+            yield eng.submit(writer.write(lay.logical.name, lay, plans, None))
             done = writer.tally
             prefill = {"prefill_s": eng.env.now - t0, "prefill_tokens_per_s": self.batch * ctx / (eng.env.now - t0),
                        "prefill_experts_fetched": done.fetched, "prefill_experts_on_cpu": done.cpu}  # fmt: skip
@@ -299,6 +299,21 @@ class Layout:
                    tuple(t for x in lops for t in x.allocs), layer, prefix)  # fmt: skip
 
 
+class LayerPlan(NamedTuple):
+    """One MoE layer's part of a step as the caches decide it: what is copied in, run on the host and
+    prefetched for the next layer, and the expert groups the GPU runs in order. Equal plans write equal
+    steps, so a step whose plans repeat an earlier step's reuses that step's program."""
+
+    layer: int
+    rows: int  # token rows per expert
+    waits_prefetch: bool  # its copied groups wait for the previous layer's prefetch
+    copy_B: float  # this layer's misses copied to the GPU (0: none)
+    cpu: int  # misses run on the host
+    cpu_out_B: float  # their outputs' bytes back to the GPU
+    prefetch_B: float  # the next layer's predicted experts copied ahead (0: none)
+    groups: tuple[tuple[bool, str | None, int, str], ...]  # (waits for a copy, weight format, experts, tag)
+
+
 class StepProgram:
     """Writes one decode step's program: the decode pass on the GPU with each MoE layer's expert GEMMs
     split by where their weights are (cached, copied in, low precision, on the CPU) and the copies."""
@@ -323,6 +338,8 @@ class StepProgram:
         self._chains: dict[tuple, Chain] = {}  # (layout, layer, n, rows, fmt, tag) -> its expert chain
         self._expert_B: dict[str, float] = {}  # format -> bytes of one expert
         self._weight_dtype: dict[tuple[int, int], str | None] = {}  # (layout, layer) -> its experts' format
+        self._templates: dict[tuple[LayerPlan, ...], Program] = {}  # a step's layer plans -> its program
+        self._attention_at: dict[Program, tuple[int, ...]] = {}  # a template -> its steps with attention
         #: (trace step, MoE layer) -> (routed experts and their scores, token rows in all, rows per expert)
         self._routes: dict[tuple[int, int], tuple[dict[int, float], int, int]] = {}
         #: the routing of the pass being written: MoE layer -> (routed experts, rows in all, rows per expert)
@@ -410,27 +427,66 @@ class StepProgram:
     # ---------------------------------------------------------------------------------------- program
 
     def program(self, s: int, kv_len: int) -> Program:
-        """Decode step `s` (trace step s mod its length) with `kv_len` tokens of context."""
+        """Decode step `s` (trace step s mod its length) with `kv_len` tokens of context. The caches decide
+        first; a step whose decisions repeat an earlier step's (the routing trace wraps, the caches settle)
+        is that step's program with every attention's context grown (`Program.replace_ops`: the engine
+        reprices only those steps)."""
         ts = s % self.trace.steps
-        return self.write(
-            f"{self.decode.logical.name}-step{s}", self.decode, lambda j: self.route(ts, j), kv_len
-        )
+        name = f"{self.decode.logical.name}-step{s}"
+        plans = self.decide(self.decode, lambda j: self.route(ts, j))
+        template = self._templates.get(plans)
+        if template is None:
+            program = self._templates[plans] = self.write(name, self.decode, plans, kv_len)
+            return program
+        attention: dict[int, Op] = {}  # id of a template attention -> at kv_len
+        members: dict[int, tuple[Op, ...]] = {}  # id of a chain's ops -> with its attention at kv_len
 
-    def write(self, name: str, lay: Layout, routes: Callable[[int], tuple[dict[int, float], int, int]],
-              kv_len: int | None) -> Program:  # fmt: skip
-        """The program of the pass `lay` routed by `routes`, its attention at `kv_len` (None: as built): each
-        run of ops between MoE layers one chained step (identical layers' runs are twins), each layer's
-        expert part as `moe_layer` writes it."""
+        def at_kv(op: Op) -> Op:
+            if isinstance(op, Attention):
+                return attention.get(id(op)) or attention.setdefault(id(op), op.with_kv_len(kv_len))
+            return op
+
+        def grown(op: Op) -> Op | None:
+            if isinstance(op, Chain):
+                ops = members.get(id(op.ops)) or members.setdefault(
+                    id(op.ops), tuple(at_kv(m) for m in op.ops)
+                )
+                return Chain(op.name, op.dtype, ops, op.names)
+            return at_kv(op) if isinstance(op, Attention) else None
+
+        return template.replace_ops(grown, name, only=self._attention_steps(template), uniform=True)
+
+    def _attention_steps(self, program: Program) -> tuple[int, ...]:
+        """Steps of `program` that run an attention (alone or in a chain)."""
+        out = self._attention_at.get(program)
+        if out is None:
+            out = self._attention_at[program] = tuple(
+                i for i, st in enumerate(program.steps)
+                if isinstance(st.op, Attention) or (isinstance(st.op, Chain) and any(isinstance(m, Attention) for m in st.op.ops))
+            )  # fmt: skip
+        return out
+
+    def decide(
+        self, lay: Layout, routes: Callable[[int], tuple[dict[int, float], int, int]]
+    ) -> tuple[LayerPlan, ...]:
+        """Every MoE layer's plan for a pass of `lay` routed by `routes`, in order (the caches move on)."""
         self.lay, self.routes = lay, routes
+        staged: dict[int, frozenset[int]] = {}  # MoE layer -> experts prefetched for it
+        return tuple(self.decide_layer(run.layer, staged) for run in lay.runs if run.layer is not None)
+
+    def write(self, name: str, lay: Layout, plans: tuple[LayerPlan, ...], kv_len: int | None) -> Program:
+        """The program of the pass `lay` whose MoE layers do as `plans` say, its attention at `kv_len` (None:
+        as built): each run of ops between MoE layers one chained step (identical layers' runs are twins),
+        each layer's expert part as `write_layer` writes it."""
+        self.lay = lay
         steps: list[Step] = []
-        staged: dict[
-            int, tuple[frozenset[int], int]
-        ] = {}  # MoE layer -> (prefetched experts, their copy step)
+        staged: dict[int, int] = {}  # MoE layer -> the step that prefetches its experts
         attention: dict[int, Op] = {}  # id of the pass's attention op -> at this step's kv_len
         members: dict[tuple[int, ...], tuple[Op, ...]] = {}  # a run's op ids -> its ops in this pass
         twins: dict[int, int] = {}  # id of a run's ops -> its first step
         after: tuple[int, ...] = ()
         gpu, phase = (self.gpu,), lay.logical.phase
+        layer_plans = iter(plans)
 
         def add(step: Step) -> int:
             steps.append(step)
@@ -454,7 +510,7 @@ class StepProgram:
             add(Step(op, gpu, after, phase, run.allocs, -1 if twin == len(steps) else twin, names[0]))
             after, lead = (len(steps) - 1,), None
             if run.layer is not None:
-                after, lead = self.moe_layer(run.layer, after[0], add, staged, run.prefix)
+                after, lead = self.write_layer(next(layer_plans), run.prefix, after[0], add, staged)
         if lead is not None:
             add(Step(lead, gpu, after, phase, (), -1, lead.name))
         return Program.compile(name, steps, coarse=True)
@@ -490,14 +546,12 @@ class StepProgram:
         op = Transfer(name, self.dtype, nbytes=nbytes, src=src, dst=dst)
         return add(Step(op, (src,), deps, self.lay.logical.phase))
 
-    def prefetch(self, layer: int, after: int, add: Callable[[Step], int],
-                 staged: dict[int, tuple[frozenset[int], int]]) -> None:  # fmt: skip
-        """Copy the experts predicted for the next MoE layer once this layer's router has run (queued
-        behind this layer's own copy on the link's DMA lane)."""
+    def prefetch(self, layer: int) -> tuple[frozenset[int], float]:
+        """The experts predicted for the next MoE layer, copied once this layer's router has run (queued
+        behind this layer's own copy on the link's DMA lane), and their bytes; admitted to its cache."""
         j = self.moe_index[layer] + 1
         if j >= len(self.caches.layers):
-            return
-        nxt = self.layers[j]
+            return frozenset(), 0.0
         truth = self.routes(j)[0]
         accuracy = self.sc.moe.prefetch_accuracy
         predicted: dict[int, float] = truth if accuracy >= 1.0 else {}
@@ -511,8 +565,6 @@ class StepProgram:
                 predicted[e] = score
         cache = self.caches[j]
         fetch = {e: sc for e, sc in predicted.items() if e not in cache.held}
-        if not fetch:
-            return
         nbytes = 0.0
         for e, sc in fetch.items():
             fmt = self.fmt_of(sc)
@@ -522,8 +574,7 @@ class StepProgram:
         self.tally.prefetched += len(fetch)
         self.tally.fetched += len(fetch)
         self.tally.fetched_B += nbytes
-        step = self.copy(add, f"L{nxt}.prefetch_experts", nbytes, self.store, self.gpu, (after,))
-        staged[j] = (frozenset(fetch), step)
+        return frozenset(fetch), nbytes
 
     def weight_dtype(self, layer: int, fmt: str) -> str | None:
         """`Gemm.weight_dtype` of experts held in `fmt` (the plan's own format: as the pass has it)."""
@@ -535,15 +586,14 @@ class StepProgram:
             self._weight_dtype[key] = gate_up.weight_dtype  # type: ignore[attr-defined]
         return self._weight_dtype[key]
 
-    def moe_layer(self, layer: int, last: int, add: Callable[[Step], int],
-                  staged: dict[int, tuple[frozenset[int], int]], p: str) -> tuple[tuple[int, ...], Chain | None]:  # fmt: skip
-        """The expert part of MoE layer `layer` after its permute (step `last`): the steps the combine waits
-        for, and the last expert group left unwritten where the combine waits for nothing else (it then heads
-        the combine's chained step, waiting for those steps: the same segment a coarse program pools)."""
+    def decide_layer(self, layer: int, staged: dict[int, frozenset[int]]) -> LayerPlan:
+        """What MoE layer `layer` does this step: its routed experts looked up (hits run from the cache or
+        the prefetch staged for it), its misses split between the CPU and copies, the next layer's experts
+        prefetched; the caches and the tally move on."""
         j = self.moe_index[layer]
         cache, m = self.caches[j], self.sc.moe
         routed, total_rows, rows = self.routes(j)
-        pre, pre_step = staged.pop(j, _NOTHING_STAGED)
+        pre = staged.pop(j, frozenset())
         hits, misses = cache.lookup(routed)
         used = pre.intersection(routed)  # prefetched into a staging buffer (an empty cache)
         if used:
@@ -557,44 +607,62 @@ class StepProgram:
         ranked = sorted([(routed[e], e) for e in misses])
         n_cpu = self.split(layer, ranked, rows, len(hits) - len(used)) if m.misses != "gpu" and ranked else 0
         on_cpu, fetched = ranked[:n_cpu], ranked[n_cpu:]
-        waits = {last, pre_step} if used else {last}
         full = self.full
         low = m.low_precision or full
         #: (waits for a copy, weight format) -> experts run on the GPU: cached ones first, then those
         #: copied in this step (this layer's misses, the previous layer's prefetch)
         groups: dict[tuple[bool, str], int] = {}
         for e in hits:
-            key = (e in pre, self.full if cache.held.get(e, "full") == "full" else low)
+            key = (e in pre, full if cache.held.get(e, "full") == "full" else low)
             groups[key] = groups.get(key, 0) + 1
-        if fetched:
-            nbytes = 0.0
-            for sc, e in fetched:
-                fmt = self.fmt_of(sc)
-                nbytes += self.expert_B(fmt)
-                groups[(True, fmt)] = groups.get((True, fmt), 0) + 1
-                cache.admit(e, routed, "full" if fmt == self.full else "low")
-                self.tally.low_precision += fmt != self.full
-            self.tally.fetched += len(fetched)
-            self.tally.fetched_B += nbytes
-            waits.add(self.copy(add, f"{p}.experts_to_gpu", nbytes, self.store, self.gpu, (last,)))
+        copy_B = 0.0
+        for sc, e in fetched:
+            fmt = self.fmt_of(sc)
+            copy_B += self.expert_B(fmt)
+            groups[(True, fmt)] = groups.get((True, fmt), 0) + 1
+            cache.admit(e, routed, "full" if fmt == full else "low")
+            tally.low_precision += fmt != full
+        tally.fetched += len(fetched)
+        tally.fetched_B += copy_B
+        tally.cpu += len(on_cpu)
+        prefetch_B = 0.0
+        if m.prefetch != "none":
+            staged[j + 1], prefetch_B = self.prefetch(layer)
+        ordered = tuple(
+            (copied, self.weight_dtype(layer, fmt), n, ("_copied" if copied else "") + ("" if fmt == full else f"_{fmt}"))
+            for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full))
+        )  # fmt: skip
+        cpu_out_B = self.lay.logical.activation_B * len(on_cpu) * rows / total_rows
+        return LayerPlan(layer, rows, bool(used), copy_B, len(on_cpu), cpu_out_B, prefetch_B, ordered)
+
+    def write_layer(self, plan: LayerPlan, p: str, last: int, add: Callable[[Step], int],
+                    staged: dict[int, int]) -> tuple[tuple[int, ...], Chain | None]:  # fmt: skip
+        """The expert part of `plan`'s layer after its permute (step `last`): the steps the combine waits
+        for, and the last expert group left unwritten where the combine waits for nothing else (it then heads
+        the combine's chained step, waiting for those steps: the same segment a coarse program pools)."""
+        j, layer, rows = self.moe_index[plan.layer], plan.layer, plan.rows
+        pre_step = staged.pop(j, -1)
+        waits = {last, pre_step} if plan.waits_prefetch else {last}
+        if plan.copy_B:
+            waits.add(self.copy(add, f"{p}.experts_to_gpu", plan.copy_B, self.store, self.gpu, (last,)))
         ends: list[int] = []
-        if on_cpu:  # the tokens to the host, the experts there, their outputs back
-            self.tally.cpu += len(on_cpu)
-            h_B = self.lay.logical.activation_B
-            c = self.copy(add, f"{p}.tokens_to_cpu", h_B, self.gpu, self.host, (last,))
-            op = self.experts(layer, len(on_cpu), rows, None, p, "_cpu")
+        if plan.cpu:  # the tokens to the host, the experts there, their outputs back
+            c = self.copy(
+                add, f"{p}.tokens_to_cpu", self.lay.logical.activation_B, self.gpu, self.host, (last,)
+            )
+            op = self.experts(layer, plan.cpu, rows, None, p, "_cpu")
             c = add(Step(op, (self.host,), (c,), self.lay.logical.phase, (), -1, op.name))
-            ends.append(self.copy(add, f"{p}.experts_out_to_gpu", h_B * len(on_cpu) * rows / total_rows,
-                                  self.host, self.gpu, (c,)))  # fmt: skip
-        if m.prefetch != "none":  # one DMA queue per direction: behind this layer's own copies
-            self.prefetch(layer, last, add, staged)
+            ends.append(self.copy(add, f"{p}.experts_out_to_gpu", plan.cpu_out_B, self.host, self.gpu, (c,)))
+        if plan.prefetch_B:  # one DMA queue per direction: behind this layer's own copies
+            name = f"L{self.layers[j + 1]}.prefetch_experts"
+            staged[j + 1] = self.copy(add, name, plan.prefetch_B, self.store, self.gpu, (last,))
         prev = -1
-        ordered = sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full))
-        for k, ((copied, fmt), n) in enumerate(ordered):
-            tag = ("_copied" if copied else "") + ("" if fmt == self.full else f"_{fmt}")
-            op = self.experts(layer, n, rows, self.weight_dtype(layer, fmt), p, tag)
+        for k, (copied, weight_dtype, n, tag) in enumerate(plan.groups):
+            op = self.experts(layer, n, rows, weight_dtype, p, tag)
             deps = tuple(sorted(({prev} if prev >= 0 else {last}) | (waits if copied else set())))
-            if k == len(ordered) - 1 and not ends:  # what the combine waits for alone: it heads the next step
+            if (
+                k == len(plan.groups) - 1 and not ends
+            ):  # what the combine waits for alone: it heads the next step
                 return deps, op
             prev = add(Step(op, (self.gpu,), deps, self.lay.logical.phase, (), -1, op.name))
         if prev >= 0:
