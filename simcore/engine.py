@@ -74,7 +74,7 @@ def few_collections() -> Iterator[None]:
     short-lived records (steps, plans, flows) and keeps its caches, so the default thresholds spend a tenth
     of the run re-scanning them. The thresholds are restored afterwards."""
     before = gc.get_threshold()
-    gc.set_threshold(20_000, 20, 100)
+    gc.set_threshold(50_000, 50, 100)
     try:
         yield
     finally:

@@ -339,6 +339,7 @@ class StepProgram:
         self._expert_B: dict[str, float] = {}  # format -> bytes of one expert
         self._weight_dtype: dict[tuple[int, int], str | None] = {}  # (layout, layer) -> its experts' format
         self._templates: dict[tuple[LayerPlan, ...], Program] = {}  # a step's layer plans -> its program
+        self._ordered: dict[tuple, tuple[tuple[bool, str | None, int, str], ...]] = {}  # groups -> run order
         self._attention_at: dict[Program, tuple[int, ...]] = {}  # a template -> its steps with attention
         #: (trace step, MoE layer) -> (routed experts and their scores, token rows in all, rows per expert)
         self._routes: dict[tuple[int, int], tuple[dict[int, float], int, int]] = {}
@@ -628,10 +629,13 @@ class StepProgram:
         prefetch_B = 0.0
         if m.prefetch != "none":
             staged[j + 1], prefetch_B = self.prefetch(layer)
-        ordered = tuple(
-            (copied, self.weight_dtype(layer, fmt), n, ("_copied" if copied else "") + ("" if fmt == full else f"_{fmt}"))
-            for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full))
-        )  # fmt: skip
+        gkey = (id(self.lay), layer, *groups.items())
+        ordered = self._ordered.get(gkey)
+        if ordered is None:  # cached ones first, then copied ones; the plan's format first in each
+            ordered = self._ordered[gkey] = tuple(
+                (copied, self.weight_dtype(layer, fmt), n, ("_copied" if copied else "") + ("" if fmt == full else f"_{fmt}"))
+                for (copied, fmt), n in sorted(groups.items(), key=lambda x: (x[0][0], x[0][1] != full))
+            )  # fmt: skip
         cpu_out_B = self.lay.logical.activation_B * len(on_cpu) * rows / total_rows
         return LayerPlan(layer, rows, bool(used), copy_B, len(on_cpu), cpu_out_B, prefetch_B, ordered)
 
