@@ -145,8 +145,14 @@ class Program:
 
     @cached_property
     def op_count(self) -> int:
-        """Ops it runs, a chained step's members counted one by one."""
-        return sum(len(s.op.ops) if isinstance(s.op, Chain) else 1 for s in self.steps)
+        """Ops it runs, a chained step's members counted one by one (a derived program: its base's count
+        and the changed steps' difference)."""
+        if self.base is not None:
+            old = self.base.steps
+            return self.base.op_count + sum(
+                _op_count(self.steps[i].op) - _op_count(old[i].op) for i in self.changed
+            )
+        return sum(_op_count(s.op) for s in self.steps)
 
     @cached_property
     def workspace(self) -> dict[str, tuple[float, str]]:
@@ -157,6 +163,10 @@ class Program:
                 if nbytes > out.get(d, (-1.0, ""))[0]:
                     out[d] = (nbytes, name)
         return out
+
+
+def _op_count(op: Op) -> int:
+    return len(op.ops) if isinstance(op, Chain) else 1
 
 
 _ACTIVATION_B: dict[tuple, float] = {}  # op signature -> transient bytes (identical layers share it)
