@@ -103,10 +103,10 @@ def replay(c: Compiled, start_s: float, prepare: Callable[[tuple[Plan, ...]], Wo
                     flows[f] = lane
                     out.flows += 1
                     fits = True
-                    for r, x in zip(path, weights):  # noqa: B905
+                    for r, x in zip(path, weights, strict=True):
                         load[r] = x = load.get(r, 0.0) + x * solo
                         fits = fits and x <= r.capacity_Bps * (1 + 1e-12)
-                    if fits and not throttled:  # nothing saturates: it runs alone's rate, nobody slows
+                    if fits and not throttled:  # nothing saturates: it runs at its rate alone, nobody slows
                         f.rate_Bps = solo
                         end[f] = t + f.remaining_B / solo
                     else:  # rates are shared out again before time moves
@@ -160,7 +160,7 @@ def replay(c: Compiled, start_s: float, prepare: Callable[[tuple[Plan, ...]], Wo
             moved = f.remaining_B  # all it had left since its last update
             f.remaining_B = 0.0
             solo = f.solo_Bps
-            for r, w in zip(f.path, f.weights):  # noqa: B905 (equal lengths: Flow's invariant)
+            for r, w in zip(f.path, f.weights, strict=True):
                 r.bytes_carried += moved * w
                 load[r] -= w * solo
             if throttled:  # the flows it slowed may speed up
