@@ -22,7 +22,8 @@ def _decode(steps: int) -> tuple[float, int]:
 def run() -> dict:
     _decode(4)  # warm the imports and cost caches, as a second run in a session would find them
     t_256, _ = _decode(256)
-    t_1k, events = _decode(1024)
+    runs = [_decode(1024) for _ in range(3)]  # the median of three: these machines are noisy
+    t_1k, events = sorted(runs)[1]
     return {
         "moe_offload_mixtral_rtx4090_1024_tokens_wall_s": round(t_1k, 3),
         "moe_offload_events_per_token": round(events / 1024, 1),

@@ -387,3 +387,41 @@ def test_on_unified_memory_every_expert_is_read_in_place() -> None:
     assert run["unified_memory"] is True and run["expert_hit_rate"] == 1.0 and run["experts_fetched"] == 0
     assert run["latency_s"] == pytest.approx(plain["latency_s"], rel=1e-9)
     assert not _offload(cache_ratio=0.25)["unified_memory"]
+
+
+def test_a_step_that_repeats_an_earlier_steps_plans_reuses_its_program_with_the_same_figures(
+    monkeypatch,
+) -> None:
+    # The shipped trace wraps after 64 steps and the caches settle, so most of 160 steps repeat an earlier
+    # step's layer plans and run as its program with the attention's context grown; writing every step
+    # afresh must give the same times, energy, bytes and per-op records (to round-off).
+    from simcore.scenarios import moe_offload
+
+    exp = "configs/experiments/moe-offload-mixtral-rtx4090.yaml"
+    sets = ["scenario.steps=160"]
+    write, written_steps = moe_offload.StepProgram.write, []
+
+    def counted(self, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        written_steps.append(name)
+        return write(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(moe_offload.StepProgram, "write", counted)
+    reused = load_experiment(exp, sets).run()
+    assert len(written_steps) < 160 / 2  # most steps reused an earlier step's program
+    init = moe_offload.StepProgram.__init__
+
+    class Forgetful(dict):
+        def get(self, key, default=None):  # type: ignore[override]
+            return default
+
+    def fresh(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        self._templates = Forgetful()
+
+    monkeypatch.setattr(moe_offload.StepProgram, "__init__", fresh)
+    written = load_experiment(exp, sets).run()
+    for key in ("latency_s", "energy_j", "expert_hit_rate", "experts_fetched", "ops"):
+        assert reused.summary[key] == pytest.approx(written.summary[key], rel=1e-12)
+    a, b = list(reused.ledger.records()), list(written.ledger.records())
+    assert [r["name"] for r in a] == [r["name"] for r in b]
+    assert [r["end_s"] for r in a] == pytest.approx([r["end_s"] for r in b], rel=1e-12)
