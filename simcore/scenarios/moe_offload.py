@@ -244,6 +244,19 @@ class MoEOffload(LLMScenario):
                 "routing_trace": trace.name, "unified_memory": unified, **prefill}  # fmt: skip
 
 
+def attention_at(kv_len: int | None) -> Callable[[Op], Op]:
+    """An op with its attention's context at `kv_len` (other ops, and every op for None, as they are); each
+    attention is grown once, so identical layers keep sharing one op."""
+    grown: dict[int, Op] = {}  # id of an attention -> at kv_len
+
+    def at_kv(op: Op) -> Op:
+        if kv_len is None or not isinstance(op, Attention):
+            return op
+        return grown.get(id(op)) or grown.setdefault(id(op), op.with_kv_len(kv_len))
+
+    return at_kv
+
+
 @dataclass(frozen=True)
 class Run:
     """A stretch of the pass between two MoE layers' expert parts, written as one step (a `Chain`)."""
@@ -439,13 +452,8 @@ class StepProgram:
         if template is None:
             program = self._templates[plans] = self.write(name, self.decode, plans, kv_len)
             return program
-        attention: dict[int, Op] = {}  # id of a template attention -> at kv_len
+        at_kv = attention_at(kv_len)
         members: dict[int, tuple[Op, ...]] = {}  # id of a chain's ops -> with its attention at kv_len
-
-        def at_kv(op: Op) -> Op:
-            if isinstance(op, Attention):
-                return attention.get(id(op)) or attention.setdefault(id(op), op.with_kv_len(kv_len))
-            return op
 
         def grown(op: Op) -> Op | None:
             if isinstance(op, Chain):
@@ -482,7 +490,7 @@ class StepProgram:
         self.lay = lay
         steps: list[Step] = []
         staged: dict[int, int] = {}  # MoE layer -> the step that prefetches its experts
-        attention: dict[int, Op] = {}  # id of the pass's attention op -> at this step's kv_len
+        at_kv = attention_at(kv_len)
         members: dict[tuple[int, ...], tuple[Op, ...]] = {}  # a run's op ids -> its ops in this pass
         twins: dict[int, int] = {}  # id of a run's ops -> its first step
         after: tuple[int, ...] = ()
@@ -492,11 +500,6 @@ class StepProgram:
         def add(step: Step) -> int:
             steps.append(step)
             return len(steps) - 1
-
-        def at_kv(op: Op) -> Op:
-            if kv_len is None or not isinstance(op, Attention):
-                return op
-            return attention.get(id(op)) or attention.setdefault(id(op), op.with_kv_len(kv_len))
 
         lead: Chain | None = None  # the last expert group of the MoE layer before, run as this step's head
         for run in lay.runs:
