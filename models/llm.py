@@ -210,6 +210,16 @@ class LLMSpec:
             return (last - first) * self.layer_params_of(0)
         return sum(self.layer_params_of(i, active, ep) for i in range(first, last))
 
+    def routed_params(self, first: int = 0, last: int | None = None, ep: int = 1) -> int:
+        """Routed-expert parameters of blocks first..last-1 (one expert-parallel rank's 1/ep of them): the
+        weights a precision plan's `experts` format stores."""
+        moe = self.moe
+        if moe is None:
+            return 0
+        last = self.layers if last is None else last
+        n = sum(1 for i in range(first, last) if moe.is_moe(i))
+        return n * (moe.experts // ep) * moe.expert_params(self.hidden)
+
     @property
     def layer_params(self) -> int:
         """Parameters of the largest transformer block (attention, MLP or every expert, norms, biases):
@@ -509,11 +519,11 @@ def _layer_list(c: Mapping[str, Any], key: str, layers: int) -> frozenset[int]:
 #: a checkpoint's quantization_config quant_method -> (the precision plan's format with the same bits per
 #: weight, the keys that method's block may have). fp8: e4m3 with 128x128 block scales (DeepSeek-V3: one
 #: fp32 scale per 16,384 weights, +0.002 bits, left out). mxfp4 (OCP microscaling): 4-bit E2M1 values with
-#: one 8-bit E8M0 scale per 32 = 4.25 bits, the bits of the plan's int4 (4 + 32/128); both dequantize on
-#: the CUDA cores inside the GEMM's main loop on GPUs without FP4 tensor cores.
+#: one 8-bit E8M0 scale per 32 = 4.25 bits; gpt-oss quantizes only its routed experts (the plan's
+#: `experts`). Both dequantize on the CUDA cores inside the GEMM's main loop on GPUs without FP4 tensor cores.
 CHECKPOINT_FORMATS: dict[str, tuple[str, frozenset[str]]] = {
     "fp8": ("fp8", frozenset({"quant_method", "fmt", "activation_scheme", "weight_block_size"})),
-    "mxfp4": ("int4", frozenset({"quant_method", "modules_to_not_convert"})),
+    "mxfp4": ("mxfp4", frozenset({"quant_method", "modules_to_not_convert"})),
 }
 
 
@@ -930,9 +940,10 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
     e, ce = dtype_bytes(dtype), dtype_bytes(comm)
     kv_dtype = plan.attention_kv_dtype
 
-    def weights(tensor: str, layer: int | None = None) -> str | None:
-        """`Gemm.weight_dtype` of one weight matrix (a mixture such as q4_k_m varies by tensor and layer)."""
-        w = plan.gemm_weight_dtype
+    def weights(tensor: str, layer: int | None = None, routed: bool = False) -> str | None:
+        """`Gemm.weight_dtype` of one weight matrix (a mixture such as q4_k_m varies by tensor and layer;
+        `routed`: a routed expert's, in the plan's `experts` format)."""
+        w = plan.expert_weight_dtype if routed else plan.gemm_weight_dtype
         return tensor_format(w, tensor, layer, spec.layers) if w is not None else None
 
     h, d, T = spec.hidden, spec.head_dim, sum(g.count * g.q_len for g in groups)
@@ -1053,11 +1064,11 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
             Elementwise(p + "permute", dtype, elements=T * k * h, inputs=1, flops_per_element=0.0,
                         function="gather"),
             ExpertGemm(p + "experts_gate_up", dtype, m=rows, n=2 * ef, k=h, batch=active, b_is_weight=False,
-                       weight_dtype=weights("ffn_up", i)),
+                       weight_dtype=weights("ffn_up", i, routed=True)),
             Elementwise(p + "experts_act_mul", dtype, elements=active * rows * ef, inputs=2, flops_per_element=5,
                         function=spec.activation),
             ExpertGemm(p + "experts_down", dtype, m=rows, n=h, k=ef, batch=active, b_is_weight=False,
-                       weight_dtype=weights("ffn_down", i)),
+                       weight_dtype=weights("ffn_down", i, routed=True)),
         ]  # fmt: skip
         if moe.shared_ffn:
             out += dense_mlp(i, moe.shared_ffn // tp, "shared_")
@@ -1087,6 +1098,7 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
         attention window and the MLP's kind (dense or experts)."""
         return (
             *(weights(t, i) for t in ("attn_qkv", "attn_output", "ffn_up", "ffn_down")),
+            *(weights(t, i, routed=True) for t in ("ffn_up", "ffn_down")),
             spec.layer_window(i),
             moe is not None and moe.is_moe(i),
         )
@@ -1128,7 +1140,7 @@ def build_pass(spec: LLMSpec, tp: int, batch: int, q_len: int, kv_len: int,
             AllGather("logits_allgather", comm, bytes_per_device=batch * (spec.vocab // tp) * ce, group=tp)
         )
     ops += [LogicalOp(op, spec.layers) for op in head]
-    layer_B = plan.weight_bytes(max(spec.layer_params_of(i, ep=ep) for i in range(spec.layers)) if ep > 1
-                                else spec.layer_params)  # fmt: skip
+    layer_B = max(plan.weight_bytes(spec.layer_params_of(i, ep=ep), spec.routed_params(i, i + 1, ep))
+                  for i in range(spec.layers)) if moe is not None else plan.weight_bytes(spec.layer_params)  # fmt: skip
     return LogicalPass(f"{spec.name}-{phase}", phase, tuple(ops), spec.layers, tp, layer_B / tp,
                        T * h * e / tp, ep, tuple(exchanges))  # fmt: skip

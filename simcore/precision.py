@@ -86,6 +86,11 @@ Q4_K_TO_F16 = Dequant(int_ops=5 / 8 + 8 / 32, fp_ops=2.0)
 #   merged (one LOP3 per 4 weights: 1/4 int); magic subtraction incl. the -32 offset (1 fp), d*sc scale
 #   (1 fp).
 Q6_K_TO_F16 = Dequant(int_ops=5 / 8 + 1 / 2 + 1 / 4, fp_ops=2.0)
+# mxfp4 -> fp16/bf16 (W4A16 on GPUs without FP4 tensor cores; Marlin's and Triton's MXFP4 MoE kernels): one
+#   32-bit word of 8 E2M1 nibbles becomes 4 half2 pairs, each placed under the half layout's sign and
+#   exponent with one shift/PRMT and one LOP3 (8 int / 8 elements); one HMUL2 per half2 applies the block's
+#   E8M0 scale 2^(e - 127) folded with the E2M1 -> half exponent-bias fix (1 fp op per element).
+MXFP4_TO_F16 = Dequant(int_ops=1.0, fp_ops=1.0)
 # between plain floating dtypes (an fp16 KV cache under bf16 activations, fp32 master weights): one convert
 # per element (F2F, or a packed cvt for 16-bit pairs).
 CONVERT = Dequant(int_ops=0.0, fp_ops=1.0)
@@ -153,6 +158,11 @@ _quantized("int4", 4.0 + (16 + 16) / 128, "fp16", 128, {**{t: INT4_TO_F16 for t 
            "int4, group 128, fp16 scale + fp16 zero")  # fmt: skip
 # fp8 e4m3 with one per-tensor scale (TensorRT-LLM / vLLM fp8 checkpoints).
 _quantized("fp8", 8.0, "fp8", 0, {t: FP8_TO_F16 for t in _HALF}, "fp8 e4m3, per-tensor fp32 scale")
+# mxfp4 (OCP Microscaling Formats v1.0, "MXFP4"): blocks of 32 E2M1 values sharing one 8-bit E8M0 scale,
+# 4 + 8/32 = 4.25 bits (gpt-oss ships its routed experts in it).
+_quantized(
+    "mxfp4", 4.0 + 8 / 32, "bf16", 32, {t: MXFP4_TO_F16 for t in _HALF}, "MXFP4 (E2M1), E8M0 scale per 32"
+)
 # GGUF blocks, llama.cpp ggml/src/ggml-common.h (block_* structs):
 # block_q8_0: one fp16 scale d and 32 int8 quants -> 34 bytes per 32 weights = 8.5 bits.
 _quantized("q8_0", _block_bits(32, 2 + 32), "fp16", 32, {t: Q8_0_TO_F16 for t in _HALF}, "GGUF Q8_0")
@@ -307,24 +317,29 @@ FORMATS["q4_k_m"] = Format("q4_k_m", _llama2_7b_bits("q4_k_m"), "fp16", _Q4_K_M_
 
 # ---------------------------------------------------------------------------------- precision plan
 
-_FIELDS = ("weights", "activations", "kv_cache", "communication")
+_FIELDS = ("weights", "activations", "kv_cache", "communication", "experts")
 
 
 @dataclass(frozen=True, slots=True)
 class PrecisionPlan:
-    """Formats of the four tensor classes of a model run; validated on construction.
+    """Formats of the tensor classes of a model run; validated on construction.
 
     weights: any format whose data can feed the activation dtype (its own, natively, or dequantized);
     activations, communication: compute dtypes (COMPUTE_DTYPES); kv_cache: the activation dtype or one
-    of KV_FORMATS. A weight or KV format equal to the activation dtype is that plain dtype.
+    of KV_FORMATS; experts: the routed experts' weights of an MoE model ("": as `weights`), for
+    checkpoints that quantize only those (gpt-oss: MXFP4 experts, everything else bf16). A weight or KV
+    format equal to the activation dtype is that plain dtype.
     """
 
     weights: str = "bf16"
     activations: str = "bf16"
     kv_cache: str = "bf16"
     communication: str = "bf16"
+    experts: str = ""
 
     def __post_init__(self) -> None:
+        if not self.experts:
+            object.__setattr__(self, "experts", self.weights)
         for name in _FIELDS:
             get_format(getattr(self, name), key=f"precision.{name}")
         for name in ("activations", "communication"):
@@ -335,8 +350,8 @@ class PrecisionPlan:
         if self.kv_cache != self.activations and self.kv_cache not in KV_FORMATS:
             raise ConfigError(f"{self.kv_cache!r} is not a KV-cache format (known: {', '.join(KV_FORMATS)}, or the "
                               f"activation dtype {self.activations})", key="precision.kv_cache")  # fmt: skip
-        dequant_work(self.weights, self.activations, key="precision.weights")
-        dequant_work(self.kv_cache, self.activations, key="precision.kv_cache")
+        for name in ("weights", "experts", "kv_cache"):
+            dequant_work(getattr(self, name), self.activations, key=f"precision.{name}")
 
     bits = staticmethod(bits)  # bits(fmt): bits per element of a format, scales included
 
@@ -347,13 +362,18 @@ class PrecisionPlan:
 
     @property
     def is_uniform(self) -> bool:
-        return self.weights == self.activations == self.kv_cache == self.communication
+        return self.weights == self.experts == self.activations == self.kv_cache == self.communication
 
     # what the ops carry: None = the op's own dtype (today's byte counts and costs)
     @property
     def gemm_weight_dtype(self) -> str | None:
         """`Gemm.weight_dtype` of weight GEMMs under this plan (None: weights in the activation dtype)."""
         return None if self.weights == self.activations else self.weights
+
+    @property
+    def expert_weight_dtype(self) -> str | None:
+        """`Gemm.weight_dtype` of the routed experts' GEMMs (None: in the activation dtype)."""
+        return None if self.experts == self.activations else self.experts
 
     @property
     def attention_kv_dtype(self) -> str | None:
@@ -368,23 +388,31 @@ class PrecisionPlan:
             return bits(tensor_format(self.weights, tensor, layer, n_layers))
         return bits(self.weights)
 
-    def weight_bytes(self, n_params: float) -> float:
-        """Bytes of `n_params` weights (uniform plans: n_params x dtype bytes, exactly as before)."""
-        if self.weights == self.activations:
-            return n_params * DTYPE_BYTES[self.weights]
-        return n_params * bits(self.weights) / 8.0
+    def weight_bytes(self, n_params: float, routed: float = 0.0) -> float:
+        """Bytes of `n_params` weights of which `routed` are routed experts' (stored as `experts`); uniform
+        plans: n_params x dtype bytes, exactly as before."""
+        if not routed or self.experts == self.weights:
+            return self._bytes(self.weights, n_params)
+        return self._bytes(self.weights, n_params - routed) + self._bytes(self.experts, routed)
+
+    def _bytes(self, fmt: str, n: float) -> float:
+        """Bytes of `n` elements stored in `fmt` (the activation dtype: exactly n x its plain bytes)."""
+        if fmt == self.activations:
+            return n * DTYPE_BYTES[fmt]
+        return n * bits(fmt) / 8.0
 
     def kv_bytes(self, n_elements: float) -> float:
         """Bytes of `n_elements` KV-cache elements."""
-        if self.kv_cache == self.activations:
-            return n_elements * DTYPE_BYTES[self.kv_cache]
-        return n_elements * bits(self.kv_cache) / 8.0
+        return self._bytes(self.kv_cache, n_elements)
 
     def communication_bytes(self, n_elements: float) -> float:
         return n_elements * DTYPE_BYTES[self.communication]
 
     def as_dict(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in _FIELDS}
+        """The plan's formats; `experts` only where it differs from `weights`."""
+        return {
+            name: getattr(self, name) for name in _FIELDS if name != "experts" or self.experts != self.weights
+        }
 
 
 # Experiment schema of the `precision:` key, as keyword arguments of simcore.config.Param (this module may
@@ -398,6 +426,8 @@ PRECISION_SCHEMA: dict[str, dict[str, Any]] = {
                  "choices": tuple(dict.fromkeys((*KV_FORMATS, *COMPUTE_DTYPES)))},
     "communication": {"doc": "dtype of collective buffers (default: dtype)", "type": str, "default": None,
                       "choices": COMPUTE_DTYPES},
+    "experts": {"doc": "storage format of an MoE model's routed-expert weights (default: weights)", "type": str,
+                "default": None, "choices": tuple(FORMATS)},
 }  # fmt: skip
 
 
@@ -414,5 +444,8 @@ def plan_from(dtype: str, precision: Mapping[str, Any] | None = None) -> Precisi
     for k in given:
         if k not in _FIELDS:
             raise ConfigError(f"unknown key {k!r} (known: {', '.join(_FIELDS)})", key=f"precision.{k}")
-    base = given.get("activations") or dtype  # a class not named follows the activations
-    return PrecisionPlan(**{name: given.get(name) or base for name in _FIELDS})
+    base = given.get("activations") or dtype  # a class not named follows the activations; experts the weights
+    return PrecisionPlan(
+        **{name: given.get(name) or base for name in _FIELDS if name != "experts"},
+        experts=given.get("experts") or "",
+    )

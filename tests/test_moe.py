@@ -93,7 +93,7 @@ def test_shapes_read_from_each_moe_config():
     assert lite.mla.q_lora_rank is None and lite.moe.dense_layers == frozenset({0})
     assert oss.layer_window(0) == 128 and oss.layer_window(1) is None and oss.moe.expert_bias
     # the checkpoints' quantization_config, as the precision plan's format of the same bits
-    assert (ds.checkpoint_format, oss.checkpoint_format, mx.checkpoint_format) == ("fp8", "int4", None)
+    assert (ds.checkpoint_format, oss.checkpoint_format, mx.checkpoint_format) == ("fp8", "mxfp4", None)
 
 
 # ----------------------------------------------------------------------------------------- routing

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from models.llm import build_pass, load_llm
 from simcore.config import Param, parse_yaml, validate
 from simcore.errors import ConfigError
 from simcore.ops import DTYPE_BYTES, Attention, AttentionGrad, Elementwise, Gemm, Norm
@@ -97,6 +98,28 @@ def test_q4_k_m_llama2_7b_matches_the_published_file_size():
     assert bits("q4_k_m") == pytest.approx(bpw)  # the registry's nominal figure is this file's average
 
 
+def test_mxfp4_expert_plan_matches_the_gpt_oss_checkpoints():
+    # OCP Microscaling Formats v1.0: 32 E2M1 values (4 bits) share one 8-bit E8M0 scale
+    assert bits("mxfp4") == (32 * 4 + 8) / 32 == 4.25
+    # the gpt-oss model card (OpenAI, arXiv 2508.10925, table 1): 116.8 B / 20.9 B parameters, checkpoints
+    # of 60.8 GiB / 12.8 GiB with the routed experts in MXFP4 and every other tensor in bf16
+    plan = plan_from("bf16", {"experts": "mxfp4"})
+    assert plan.as_dict()["experts"] == "mxfp4" and not plan.is_uniform
+    for name, params, gib in (("gpt-oss-120b", 116.8e9, 60.8), ("gpt-oss-20b", 20.9e9, 12.8)):
+        spec = load_llm(name)
+        assert spec.params == pytest.approx(params, rel=1e-3)
+        assert plan.weight_bytes(spec.params, spec.routed_params()) / 2**30 == pytest.approx(gib, rel=0.005)
+    # the routed experts' GEMMs dequantize MXFP4; attention, router and head stay bf16
+    ops = {
+        o.op.name.split(".")[-1]: o.op for o in build_pass(load_llm("gpt-oss-20b"), 1, 8, 1, 512, plan).ops
+    }
+    assert ops["experts_gate_up"].weight_dtype == ops["experts_down"].weight_dtype == "mxfp4"
+    assert ops["qkv"].weight_dtype is ops["router"].weight_dtype is ops["lm_head"].weight_dtype is None
+    # a plan that does not name the experts stores them as its weights
+    assert plan_from("fp16", {"weights": "int4"}).experts == "int4"
+    assert "experts" not in plan_from("fp16", {"weights": "int4"}).as_dict()
+
+
 # -------------------------------------------------------------------------------------- the plan
 
 
@@ -158,7 +181,13 @@ def test_precision_schema_validates_as_experiment_params():
     schema = {"precision": {k: Param(**v) for k, v in PRECISION_SCHEMA.items()}}
     doc = parse_yaml("precision:\n  weights: q4_k_m\n  kv_cache: fp8\n", "e.yaml")
     out = validate(doc, schema)["precision"]
-    assert out == {"weights": "q4_k_m", "activations": None, "kv_cache": "fp8", "communication": None}
+    assert out == {
+        "weights": "q4_k_m",
+        "activations": None,
+        "kv_cache": "fp8",
+        "communication": None,
+        "experts": None,
+    }
     assert plan_from("fp16", out) == PrecisionPlan("q4_k_m", "fp16", "fp8", "fp16")
     with pytest.raises(ConfigError, match=r"e.yaml:2: precision.weights: .*q4_k_m.*got 'int3'"):
         validate(parse_yaml("precision:\n  weights: int3\n", "e.yaml"), schema)

@@ -118,7 +118,7 @@ def kv_batch_limit(system: System, spec: LLMSpec, plan: ExecutionPlan, tokens: i
         raise ConfigError(f"{kv_dev!r} has no memory to hold a KV cache", key="offload.kv")
     resident = 0.0
     if placement.hosts is not None and system.memory_of(next(iter(placement.hosts.values()))) is port:
-        resident = plan.precision.weight_bytes(spec.params)
+        resident = plan.precision.weight_bytes(spec.params, spec.routed_params())
     # a sequence's KV cache, and its share of the attention's working set (q and output) while it runs
     probe = build_pass(spec, placement.tp, 1, 1, tokens, plan.precision, "decode")
     work_B = max(lop.op.activation_bytes for lop in probe.ops if isinstance(lop.op, Attention))

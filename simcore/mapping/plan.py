@@ -262,15 +262,17 @@ def weight_bytes(spec: LLMSpec, placement: Placement, stage: int, precision: Pre
     tp = placement.tp
     lo, hi = placement.layer_bounds[stage], placement.layer_bounds[stage + 1]
     ep = len(placement.expert_groups) or 1  # an expert-parallel rank holds 1/ep of the routed experts
-    blocks = (
-        spec.layers_params(lo, hi, ep=ep) if placement.hosts is None else min(2, hi - lo) * spec.layer_params
-    )
+    if placement.hosts is None:
+        blocks, routed = spec.layers_params(lo, hi, ep=ep), spec.routed_params(lo, hi, ep)
+    else:  # two buffers of the largest layer
+        blocks = min(2, hi - lo) * spec.layer_params
+        routed = min(2, hi - lo) * max(spec.routed_params(i, i + 1) for i in range(spec.layers))
     if len(placement.stages) == 1:  # one stage holds everything; tied embeddings counted once
-        return precision.weight_bytes(spec.outer_params + blocks) / tp
+        return precision.weight_bytes(spec.outer_params + blocks, routed) / tp
     h = spec.hidden
     outer = 0.0
     if stage == 0:
         outer += spec.vocab * h + (spec.max_positions * h if spec.family in ("opt", "gpt3") else 0)
     if stage == len(placement.stages) - 1:
         outer += spec.vocab * h + h  # a pipeline's last stage keeps its own LM head, tied or not
-    return precision.weight_bytes(blocks + outer) / tp
+    return precision.weight_bytes(blocks + outer, routed) / tp

@@ -186,7 +186,9 @@ class LLMRun:
                     self.engine.allocate(dev, f"{self.spec.name} weights", nbytes)
         for host in dict.fromkeys((self.placement.hosts or {}).values()):
             self.engine.allocate(
-                host, f"{self.spec.name} weights (host copy)", precision.weight_bytes(self.spec.params)
+                host,
+                f"{self.spec.name} weights (host copy)",
+                precision.weight_bytes(self.spec.params, self.spec.routed_params()),
             )
 
     def allocate_kv(self, batch: int, tokens: int) -> None:

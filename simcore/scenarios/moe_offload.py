@@ -203,14 +203,12 @@ class MoEOffload(LLMScenario):
         capacity = moe.experts if unified else round(m.cache_ratio * moe.experts)
         # weights: everything but the routed experts on the GPU, plus the cached ones; all experts on the host
         expert_params = moe.expert_params(spec.hidden)
-        routed = len(layers) * moe.experts * expert_params
+        routed, cached = (len(layers) * n * expert_params for n in (moe.experts, capacity))
         prec = plan.precision
         eng.allocate(gpu, f"{spec.name} weights", prec.weight_bytes(spec.params - routed))
         if not unified:
-            eng.allocate(
-                gpu, f"{spec.name} expert cache", prec.weight_bytes(len(layers) * capacity * expert_params)
-            )
-        eng.allocate(store, f"{spec.name} experts ({m.store} copy)", prec.weight_bytes(routed))
+            eng.allocate(gpu, f"{spec.name} expert cache", prec.weight_bytes(cached, routed=cached))
+        eng.allocate(store, f"{spec.name} experts ({m.store} copy)", prec.weight_bytes(routed, routed=routed))
         run.allocate_kv(self.batch, self.context_len + self.steps)
         logical = build_pass(spec, 1, self.batch, 1, self.context_len + 1, prec, "decode")
         writer = StepProgram(self, run, logical, trace, layers, gpu, host, store, capacity)
@@ -343,7 +341,7 @@ class StepProgram:
         self.tally = Tally()
         self.rng = np.random.default_rng(sc.moe.seed + 1)
         self.expert_params = spec.moe.expert_params(spec.hidden)
-        self.full = run.plan.precision.weights
+        self.full = run.plan.precision.experts
         self.dtype = logical.ops[0].op.dtype
         self.decode = self.lay = Layout.of(logical, set(layers))
         self._cost: dict[tuple, float] = {}

@@ -192,6 +192,15 @@ TASK_PROMPT_TOKENS: tuple[tuple[str, int], ...] = (
     (r"gpqa", 300),  # a graduate-level multiple-choice question with its instructions
 )
 
+#: how vLLM serves a checkpoint format (the precision plan's entries): an FP8 checkpoint (a "-FP8" repository)
+#: with weights and GEMM inputs in fp8 and all-reduces in bf16; an MXFP4 one (gpt-oss: routed experts in
+#: MXFP4, attention, router, embeddings and head in bf16, its quantization_config's modules_to_not_convert)
+#: with only the experts in mxfp4, dequantized to bf16 in the MoE GEMMs on GPUs without FP4 tensor cores.
+SERVED_PRECISION: dict[str, tuple[tuple[str, str], ...]] = {
+    "fp8": (("weights", "fp8"), ("activations", "fp8"), ("communication", "bf16")),
+    "mxfp4": (("experts", "mxfp4"),),
+}
+
 _BATCH = re.compile(r"avg batch ([\d.]+)")
 _OUTPUT = re.compile(r"avg output len ([\d.]+)")
 _TP = re.compile(r"\bTP(\d+)\b")
@@ -209,6 +218,9 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
     name = shipped_model(f.text("model"))
     model = (name,) if name else None
     fp8 = bool(re.search(r"-fp8\b", f.text("model"), re.IGNORECASE))
+    checkpoint = "fp8" if fp8 else load_llm(name).checkpoint_format if name else None
+    precision = dict(SERVED_PRECISION[checkpoint]) if checkpoint else {}
+    dtype = precision.get("activations") or precision.get("experts") or "bf16"
     prompt = next((n for pattern, n in TASK_PROMPT_TOKENS if re.search(pattern, workload)), None)
     batch_m, out_m, tp_m, ep_m = (
         _BATCH.search(config),
@@ -227,9 +239,6 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
         reason = why
     elif model is None:
         reason = f"model {f.text('model')!r} is not shipped"
-    elif load_llm(model[0]).checkpoint_format is not None and not fp8:
-        reason = (f"{model[0]} ships its experts in {load_llm(model[0]).checkpoint_format}-sized blocks and its "
-                  "attention in bf16: a precision plan has one weight format")  # fmt: skip
     elif prompt is None:
         reason = f"no prompt length assumed for the task of {workload!r}"
     elif not (batch_m and out_m):
@@ -243,12 +252,12 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
         if value is None:
             continue
         shape = f"{f.text('model')} x{devices} {config[:48]}"
-        row = Row(f.file, f.line, device, family, "fp8" if fp8 else "bf16", shape, quantity, value, _approx(f),
-                  f.text("source"), preset)  # fmt: skip
+        row = Row(f.file, f.line, device, family, dtype, shape, quantity, value, _approx(f), f.text("source"),
+                  preset)  # fmt: skip
         row.reason = reason
         if not reason and model is not None and prompt is not None and batch_m and out_m:
             state = (sim, preset, devices, model[0], float(batch_m.group(1)), prompt, float(out_m.group(1)),
-                     framework_of(f.text("framework")), fp8, ep > 1)  # fmt: skip
+                     framework_of(f.text("framework")), tuple(precision.items()), ep > 1)  # fmt: skip
             row.predict = _serving_figure(state, quantity)
         rows.append(row)
     return rows
@@ -269,15 +278,17 @@ _STATES: weakref.WeakKeyDictionary[Simulator, dict[tuple[Any, ...], dict[str, fl
 
 
 def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: float, prompt: int,
-                  output: float, framework: str, fp8: bool = False, expert_parallel: bool = False) -> dict[str, float]:  # fmt: skip
+                  output: float, framework: str, precision: tuple[tuple[str, str], ...] = (),
+                  expert_parallel: bool = False) -> dict[str, float]:  # fmt: skip
     """Continuous batching in steady state at `batch` running sequences: each iteration decodes one token
     of every sequence (context: the prompt plus half the average output) and, as batch / output requests
     finish per iteration, prefills as many new prompts' tokens (chunked prefill spreads them over the
     iterations), on `devices` GPUs in tensor parallel or, `expert_parallel`, as many expert-parallel ranks
     (attention data-parallel). Energy per output token and power are the mean iteration's (joules of the GPUs used);
     the median inter-token latency is the mixed iteration's when most iterations carry prefill tokens
-    (batch / output >= 1/2), else a decode-only iteration's. `fp8`: an FP8 checkpoint served as vLLM does:
-    weights and GEMM inputs in fp8, all-reduces in bf16; the KV cache follows the activations into fp8
+    (batch / output >= 1/2), else a decode-only iteration's. `precision`: the plan's entries other than bf16
+    (SERVED_PRECISION: how vLLM serves an FP8 or MXFP4 checkpoint). Under FP8 the KV cache follows the
+    activations into fp8
     (vLLM keeps it in bf16, but a plan's attention reads the KV in its compute format: at these batches the
     KV is under a fifth of the bytes a step reads)."""
     from simcore.mapping import ExecutionPlan, place, with_kernels
@@ -285,7 +296,7 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     from simcore.scenarios.base import LLMRun
 
     states = _STATES.setdefault(sim, {})
-    key = (preset, devices, model, batch, prompt, output, framework, fp8, expert_parallel)
+    key = (preset, devices, model, batch, prompt, output, framework, precision, expert_parallel)
     if key in states:
         return states[key]
     system = sim.system(preset if devices == 1 else SYSTEMS[preset])
@@ -296,10 +307,9 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     groups = tuple(g for g in (SeqGroup(whole, prompt, prompt) if whole else None,
                                SeqGroup(1, part, prompt) if part else None) if g)  # fmt: skip
 
-    given = {"weights": "fp8", "activations": "fp8", "communication": "bf16"} if fp8 else None
     tp, ep = (1, devices) if expert_parallel else (devices, 1)
     spec = load_llm(model)
-    plan = ExecutionPlan(tp=tp, ep=ep, precision=plan_from("bf16", given), framework=framework)
+    plan = ExecutionPlan(tp=tp, ep=ep, precision=plan_from("bf16", dict(precision)), framework=framework)
     plan = with_kernels(system, place(system, spec, plan), plan)  # the framework's attention kernel
     gpus = set(list(system.of_type("gpu"))[:devices])
 

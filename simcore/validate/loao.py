@@ -23,7 +23,7 @@ from typing import Any
 from models.llm import load_llm
 from simcore.config import load_preset
 from simcore.system import load_system
-from simcore.validate.e2e import shipped_model, steady_state
+from simcore.validate.e2e import SERVED_PRECISION, shipped_model, steady_state
 from simcore.validate.intervals import MIN_ROWS, fit_intervals
 from simcore.validate.rows import Row, Simulator, _approx, _Fields, _read_csv, load_rows, map_device
 
@@ -166,14 +166,12 @@ def load_totals_rows(path: str | Path, sim: Simulator) -> list[Row]:
             row.reason = why
         elif name is None:
             row.reason = f"model {published!r} is not shipped"
-        elif load_llm(name).checkpoint_format is not None:
-            row.reason = (
-                f"{name} ships its experts in {load_llm(name).checkpoint_format}: one weight format per plan"
-            )
         elif devices != 1:
             row.reason = "only single-GPU totals rows are mapped"
         else:
-            state = (sim, preset, devices, name, batch, A100_PROMPT_TOKENS, output, "vllm")
+            fmt = load_llm(name).checkpoint_format
+            state = (sim, preset, devices, name, batch, A100_PROMPT_TOKENS, output, "vllm",
+                     SERVED_PRECISION[fmt] if fmt else ())  # fmt: skip
             row.predict = lambda s=state: (steady_state(*s)["power"], "serving")  # type: ignore[misc]
         rows.append(row)
     return rows
