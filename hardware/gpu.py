@@ -20,7 +20,7 @@ from typing import Any
 
 from hardware.memory import MEMORY_SCHEMA, PCIE_SCHEMA, POWER_SCHEMA
 from hardware.power import default_action_energy, tdp_flop_energy
-from simcore.component import Component, OpCost, register, ridge_point
+from simcore.component import Component, OpCost, chain_cost, register, ridge_point
 from simcore.config import MapOf, Param, count, fraction, nonneg, positive
 from simcore.errors import ConfigError
 from simcore.ops import (
@@ -214,6 +214,9 @@ class GemmPlan:
 
 # ----------------------------------------------------------------------------------- attention kernels
 ANY_HEAD_DIM = 1 << 30  # the last row of a (largest head_dim, value) table
+#: Winograd output tiles m of F(m x m, 3 x 3) the convolution library has (cuDNN's non-fused Winograd)
+WINOGRAD_TILES = (2, 4)
+
 #: queries at or below which an attention is a decode step (flash-decoding, whatever the kernel)
 DECODE_Q_LEN = 16
 FA1_MAX_SPLITS = 30  # flash-attn v1.0 fmha_fwd_launch_template.h: at most 30 query splits per (batch, head)
@@ -749,6 +752,26 @@ class GPU(Component):
         return OpCost(plan.t_s + self.launch_s, plan.bound, plan.dram_bytes, actions, detail)
 
     def conv2d_cost(self, op: Op) -> OpCost:
+        """The algorithm the op names (`Conv2d.algo`), or with `auto` the fastest the library has, as cuDNN's
+        benchmark mode times them and keeps the fastest: implicit GEMM, and for a 3x3 stride-1 filter
+        non-fused Winograd F(2x2) or F(4x4) (`Conv2d.winograd`, its kernels back to back).
+        `detail["algo"]` names the choice."""
+        implicit = self.implicit_gemm_cost(op)
+        best = None if op.algo == "winograd" else implicit
+        for m in WINOGRAD_TILES:
+            parts = op.winograd(m)
+            if parts is not None:
+                costs = [self.op_cost(p) for p in parts]
+                cost = chain_cost(costs)
+                if best is None or cost.duration_s < best.duration_s:
+                    kernels = " + ".join(f"{p.name.rsplit('_', 1)[-1]} {c.duration_s * 1e6:.1f} us"
+                                         for p, c in zip(parts, costs, strict=True))  # fmt: skip
+                    detail = {"t_compute_s": cost.detail["t_compute_s"], "t_dram_s": cost.detail["t_dram_s"],
+                              "algo": f"winograd F({m}x{m},3x3)", "kernels": kernels}  # fmt: skip
+                    best = replace(cost, detail=detail)
+        return best or implicit
+
+    def implicit_gemm_cost(self, op: Op) -> OpCost:
         """Implicit GEMM (im2col done on chip): the lowered GEMM's tiles and waves, but the input is read
         from DRAM once rather than once per filter tap. Convolutions too thin for tensor-core tiles
         (depthwise: one output channel per group) run as direct kernels that stream their tensors."""
@@ -765,7 +788,8 @@ class GPU(Component):
         t = max(plan.t_compute_s, t_dram, plan.t_l2_s, plan.t_smem_s) + self.launch_s
         bound = "memory" if t_dram >= max(plan.t_compute_s, plan.t_l2_s, plan.t_smem_s) else cost.bound
         actions = {**cost.actions, "dram.byte": dram}
-        detail = {**cost.detail, "t_dram_s": t_dram, "gemm_m": g.m, "gemm_n": g.n, "gemm_k": g.k}
+        detail = {**cost.detail, "t_dram_s": t_dram, "gemm_m": g.m, "gemm_n": g.n, "gemm_k": g.k,
+                  "algo": "implicit gemm"}  # fmt: skip
         return OpCost(t, bound, dram, actions, detail)
 
     # ----------------------------------------------------------------------------------- attention
@@ -1062,7 +1086,7 @@ class GPU(Component):
         nccl = self.launch_s + coll["latency"]
         algorithms: tuple[tuple[str, float, float], ...] = (("ring", nccl, coll["efficiency"]),)
         if op.kind == "allreduce":
-            algorithms += (("tree", nccl, coll["efficiency"]),)
+            algorithms += (("tree", nccl, coll["efficiency"]), ("hierarchical", nccl, coll["efficiency"]))
             if coll["nvls_efficiency"] is not None:  # offered; the engine takes it only on an NVSwitch
                 algorithms += (("nvls", nccl, coll["nvls_efficiency"]),)
             if (op.library == "custom" and coll["custom_latency"] is not None

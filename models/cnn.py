@@ -33,10 +33,58 @@ class GemmDims:
         return self.groups * self.m * self.n * self.k
 
 
+#: Winograd minimal filtering F(m x m, 3 x 3) (Lavin and Gray 2016, "Fast Algorithms for Convolutional
+#: Neural Networks", arXiv 1509.09308, §4): m -> (B^T, G, A^T), the input-tile (B^T d B), filter (G g G^T)
+#: and output (A^T M A) transforms of an alpha x alpha tile, alpha = m + 2.
+WINOGRAD: dict[int, tuple[tuple[tuple[float, ...], ...], ...]] = {
+    2: (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1))),
+    4: (((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+         (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+        ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+         (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))),
+}  # fmt: skip
+
+
+def transform_flops(matrix: tuple[tuple[float, ...], ...]) -> int:
+    """FLOPs of one pass of a transform matrix over one column: per row, an addition per nonzero after the
+    first and a multiplication per coefficient other than +-1 (F(2x2, 3x3)'s input transform B^T d B:
+    2 passes x 4 columns x 4 = 32, its output transform 24, as Lavin and Gray count them)."""
+    return sum(
+        max(0, sum(1 for c in row if c) - 1) + sum(1 for c in row if c and abs(c) != 1) for row in matrix
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Transform(Op):
+    """A streaming kernel reading `read` elements and writing `written` (a Winograd transform): priced like
+    an elementwise kernel from its bytes and `total_flops`."""
+
+    read: int = 1
+    written: int = 1
+    total_flops: float = 0.0
+    kind: ClassVar[str] = "elementwise"
+
+    @property
+    def flops(self) -> float:
+        return self.total_flops
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        e = self.elem_bytes
+        return (Tensor("x", self.read * e, "in"), Tensor("y", self.written * e, "out"))
+
+
+#: convolution algorithms a run may name: the library's fastest (cuDNN's benchmark mode), or one of them
+CONV_ALGOS = ("auto", "implicit_gemm", "winograd")
+
+
 @register_op
 @dataclass(frozen=True, slots=True)
 class Conv2d(Op):
-    """2-D convolution, NHWC. `groups == c_in == c_out` is a depthwise convolution."""
+    """2-D convolution, NHWC. `groups == c_in == c_out` is a depthwise convolution. `algo` (CONV_ALGOS):
+    the algorithm the library runs; `auto` is the fastest one that applies."""
 
     batch: int = 1
     h: int = 1
@@ -49,6 +97,7 @@ class Conv2d(Op):
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     bias: bool = False
+    algo: str = "auto"
     kind: ClassVar[str] = "conv2d"
 
     def __post_init__(self) -> None:
@@ -65,6 +114,13 @@ class Conv2d(Op):
             )
         if self.h_out < 1 or self.w_out < 1:
             raise ValueError(f"conv2d {self.name!r}: kernel larger than the padded input")
+        if self.algo not in CONV_ALGOS:
+            raise ValueError(
+                f"conv2d {self.name!r}: unknown algo {self.algo!r} (known: {', '.join(CONV_ALGOS)})"
+            )
+        if self.algo == "winograd" and self.winograd(2) is None:
+            raise ValueError(f"conv2d {self.name!r}: winograd needs a 3x3, stride-1, undilated, ungrouped "
+                             "floating-point convolution")  # fmt: skip
 
     @property
     def depthwise(self) -> bool:
@@ -89,6 +145,32 @@ class Conv2d(Op):
     @property
     def macs(self) -> int:
         return self.gemm().macs
+
+    def winograd(self, m: int) -> tuple[Op, ...] | None:
+        """The convolution as non-fused Winograd F(m x m, 3 x 3) kernels (cuDNN's WINOGRAD_NONFUSED, Lavin and
+        Gray §4-5): the filter and input tiles transformed into alpha^2 planes, alpha^2 independent GEMMs of
+        [tiles x c_in] @ [c_in x c_out] (m^2 outputs per 9 m^2 / alpha^2 times fewer multiplications), the
+        output planes transformed back. None where it does not apply: a 3x3, stride-1, undilated, ungrouped
+        convolution in a floating-point dtype only."""
+        if (self.kernel, self.stride, self.dilation, self.groups) != ((3, 3), (1, 1), (1, 1), 1) or \
+                self.dtype not in ("fp32", "tf32", "fp16", "bf16") or m not in WINOGRAD or \
+                self.algo == "implicit_gemm":  # fmt: skip
+            return None
+        bt, g, at = WINOGRAD[m]
+        a = m + 2
+        c, k = self.c_in, self.c_out
+        tiles = self.batch * -(-self.h_out // m) * -(-self.w_out // m)
+        n, dt = self.name, self.dtype
+        return (
+            Transform(f"{n}.winograd_filter", dt, read=9 * c * k, written=a * a * c * k,
+                      total_flops=(3 + a) * transform_flops(g) * c * k),
+            Transform(f"{n}.winograd_input", dt, read=self.batch * self.h * self.w * c, written=a * a * tiles * c,
+                      total_flops=2 * a * transform_flops(bt) * tiles * c),
+            Gemm(f"{n}.winograd_gemm", dt, m=tiles, n=k, k=c, batch=a * a, b_is_weight=False),
+            Transform(f"{n}.winograd_output", dt, read=a * a * tiles * k,
+                      written=self.batch * self.h_out * self.w_out * k,
+                      total_flops=(a + m) * transform_flops(at) * tiles * k),
+        )  # fmt: skip
 
     @property
     def params(self) -> int:
@@ -494,6 +576,8 @@ def conv2d_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--padding", type=_int_arg("--padding", 0), default=0)
     p.add_argument("--dilation", type=_int_arg("--dilation", 1), default=1)
     p.add_argument("--groups", type=_int_arg("--groups", 1), default=1, help="c_in for depthwise")
+    p.add_argument("--algo", choices=CONV_ALGOS, default="auto",
+                   help="convolution algorithm (default: the library's fastest)")  # fmt: skip
 
 
 def conv2d_from_args(a: argparse.Namespace) -> Conv2d:
@@ -501,6 +585,7 @@ def conv2d_from_args(a: argparse.Namespace) -> Conv2d:
     try:
         return Conv2d(name="conv2d", dtype=getattr(a, "dtype", "bf16"), batch=a.batch, h=a.h,
                       w=a.w if a.w is not None else a.h, c_in=a.c_in, c_out=a.c_out, kernel=a.kernel,
-                      stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups)  # fmt: skip
+                      stride=a.stride, padding=a.padding, dilation=a.dilation, groups=a.groups,
+                      algo=getattr(a, "algo", "auto"))  # fmt: skip
     except ValueError as e:
         raise ConfigError(str(e), key="simcore op conv2d") from None

@@ -52,20 +52,25 @@ from simcore.program import Program, Step
 from simcore.replay import Work, replay
 from simcore.system import System
 
-#: collective algorithms: name -> (latency steps, bytes each rank puts on its busiest link)
-ALGORITHMS: dict[str, Callable[[Collective], tuple[int, float]]] = {
-    "ring": lambda op: (op.ring_steps, op.wire_bytes_per_device),
+#: how a collective algorithm crosses the links: (latency s, link directions, units, bytes per unit on each
+#: of them (empty: 1 each)); the flow runs at the rate of its tightest link
+Wire = tuple[float, tuple[str, ...], float, tuple[float, ...]]
+
+#: collective algorithms: name -> its wire over a group (None: it cannot run on that group)
+ALGORITHMS: dict[str, Callable[[Engine, Collective, tuple[str, ...]], Wire | None]] = {
+    "ring": lambda eng, op, g: eng.over_ring(g, op.ring_steps, op.wire_bytes_per_device),
     # reduce up and broadcast down a binary tree (NCCL's double binary tree): ~2x the buffer
-    "tree": lambda op: (op.tree_steps, 2.0 * op.bytes_per_device),  # type: ignore[attr-defined]
+    "tree": lambda eng, op, g: eng.over_ring(g, op.tree_steps, 2.0 * op.bytes_per_device),  # type: ignore[attr-defined]
     # every rank reads its peers' buffers over NVLink and reduces locally, in one synchronised step; the
     # bytes are counted as a ring's, at the kernel's measured share of the link rate
-    "one-shot": lambda op: (1, op.wire_bytes_per_device),
+    "one-shot": lambda eng, op, g: eng.over_ring(g, 1, op.wire_bytes_per_device),
     # NVLink SHARP: each rank sends its buffer to the NVSwitch, which reduces, and receives the result: the
-    # buffer crosses each rank's link once each way, two hops of latency
-    "nvls": lambda op: (2, op.bytes_per_device),
+    # buffer crosses each rank's link once each way, two hops of latency; every rank on one switch
+    "nvls": lambda eng, op, g: eng.over_ring(g, 2, op.bytes_per_device) if eng.one_nvlink_switch(g) else None,
+    # a group spanning NVLink islands (nodes): reduce-scatter inside each, all-reduce of the 1/g shares
+    # between the islands over every rail at once, all-gather inside each
+    "hierarchical": lambda eng, op, g: eng.hierarchical(g, op.bytes_per_device),
 }
-#: algorithms that need every rank of the group on one switch over NVLink
-SWITCH_ALGORITHMS = frozenset({"nvls"})
 
 
 @contextmanager
@@ -228,6 +233,52 @@ class Engine:
             self._paths[key] = (ok and len(mids) == 1 and mids <= set(self.system.switches), 0.0)
         return bool(self._paths[key][0])
 
+    def over_ring(self, group: tuple[str, ...], steps: int, nbytes: float) -> Wire:
+        """`nbytes` per rank over a ring of `group` (each link direction carrying one rank's), `steps` hops."""
+        path, lat = self.ring_path(group)
+        return steps * lat, path, nbytes, ()
+
+    def islands(self, group: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+        """`group` split into the sets of ranks that reach each other over NVLink alone (one per node), in
+        group order."""
+        key = ("islands", group)
+        if key not in self._paths:
+            out: list[list[str]] = []
+            for d in group:
+                home = next((isl for isl in out if all(link.type == "nvlink" for _, _, link in
+                                                       self.system.route(isl[0], d))), None)  # fmt: skip
+                if home is None:
+                    out.append([d])
+                else:
+                    home.append(d)
+            self._paths[key] = (tuple(tuple(isl) for isl in out), 0.0)
+        return self._paths[key][0]  # type: ignore[return-value]
+
+    def hierarchical(self, group: tuple[str, ...], nbytes: float) -> Wire | None:
+        """A 2-D all-reduce of `nbytes` per rank over n islands of g ranks each (NCCL's multi-node rings
+        and trees use every rail this way): a ring reduce-scatter and all-gather inside each island
+        (2 (g-1)/g of the buffer on each NVLink direction), and a ring all-reduce of the 1/g shares among
+        the ranks of equal position in their islands, each over its own rail (2 (n-1)/(n g) on every link
+        of those rings). None unless the group spans 2+ islands of equal size."""
+        isl = self.islands(group)
+        n, g = len(isl), len(isl[0])
+        if n < 2 or any(len(i) != g for i in isl):
+            return None
+        path: list[str] = []
+        weights: list[float] = []
+        lat_in = lat_out = 0.0
+        for inner in isl if g > 1 else ():
+            p, lat = self.ring_path(inner)
+            path += p
+            weights += [2.0 * (g - 1) / g] * len(p)
+            lat_in = max(lat_in, lat)
+        for rank in range(g):
+            p, lat = self.ring_path(tuple(i[rank] for i in isl))
+            path += p
+            weights += [2.0 * (n - 1) / (n * g)] * len(p)
+            lat_out = max(lat_out, lat)
+        return 2 * (g - 1) * lat_in + 2 * (n - 1) * lat_out, tuple(path), nbytes, tuple(weights)
+
     def ring_path(self, group: tuple[str, ...]) -> tuple[tuple[str, ...], float]:
         """Every link direction a ring over `group` uses, and one hop's worst latency."""
         key = ("ring", group)
@@ -246,14 +297,15 @@ class Engine:
         op = step.op
         if isinstance(op, Collective) and len(step.devices) > 1:
             # the protocol's efficiency is modelled as more bytes on the wire at the links' rate; an
-            # all-reduce takes the fastest algorithm its library offers (NCCL: ring or tree)
-            path, lat = self.ring_path(step.devices)
+            # all-reduce takes the fastest algorithm its library offers that can run on the group
             plans = []
             for name, fixed_s, eff in cost.detail.get("algorithms", (("ring", cost.duration_s, 1.0),)):
-                if name in SWITCH_ALGORITHMS and not self.one_nvlink_switch(step.devices):
-                    continue
-                steps, wire_B = ALGORITHMS[name](op)
-                plans.append(Plan.make(fixed_s + steps * lat, path, wire_B / eff, math.inf, self.bw_Bps))
+                wire = ALGORITHMS[name](self, op, step.devices)
+                if wire is not None:
+                    lat_s, path, units, weights = wire
+                    plans.append(
+                        Plan.make(fixed_s + lat_s, path, units / eff, math.inf, self.bw_Bps, weights)
+                    )
             return min(plans, key=lambda p: p.solo_s)
         # A kernel occupies its devices' compute for its whole duration (two kernels on one device at once
         # progress at half speed each, as time-sliced streams do) and moves its DRAM bytes through their

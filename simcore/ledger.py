@@ -7,7 +7,9 @@ step durations, and its records are laid out from them on demand.
 Energy of an op (`energy_j` in the records) means one thing everywhere: the dynamic energy of the
 actions it causes on every device of its group (compute, on-chip and DRAM traffic), priced by each
 device's energy per action. Transfers cost the DRAM bytes they read and write at both ends; link bits
-and static power are booked per component for the whole run, never to an op.
+and static power are booked per component for the whole run, never to an op. A record's `power_w` is the
+draw of its devices while it ran: its dynamic joules over its duration plus their idle and active power (a
+transfer: its DRAM joules over its duration).
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class Ledger:
     events: int
     ops: int
     _epa_cache: dict[str, Mapping[str, float]] = field(default_factory=dict, repr=False)
+    _base_cache: dict[tuple[str, ...], float] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------------------------- energy
     def _epa(self, device: str) -> Mapping[str, float]:
@@ -280,11 +283,24 @@ class Ledger:
             if id(cost) not in energy:
                 energy[id(cost)] = sum(sum(self.op_energy_J(d, cost).values()) for d in step.devices)
             e = energy[id(cost)]
+            base_W = self._base_W(step.devices)
         else:
             e = sum(op.nbytes * self._epa(d).get("dram.byte", 0.0) for d in (op.src, op.dst))
+            base_W = 0.0
         return {
             "name": step.label, "kind": op.kind, "phase": step.phase or prog.name, "program": pid,
             "devices": ",".join(step.lane if isinstance(op, Transfer) else step.devices),
             "start_s": t0, "end_s": t1, "duration_s": t1 - t0, "flops": op.flops, "bytes": op.bytes,
             "bound": cost.bound if cost else "transfer", "dtype": op.dtype, "energy_j": e,
+            "power_w": (e / (t1 - t0) if t1 > t0 else 0.0) + base_W,
         }  # fmt: skip
+
+    def _base_W(self, devices: tuple[str, ...]) -> float:
+        """Idle plus active power of `devices` while a kernel runs on them (what a record's power adds to
+        its dynamic joules per second)."""
+        w = self._base_cache.get(devices)
+        if w is None:
+            w = self._base_cache[devices] = sum(
+                self.system.devices[d].static_power_W + self.system.devices[d].active_power_W for d in devices
+            )
+        return w

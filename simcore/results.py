@@ -108,7 +108,7 @@ class Result:
                                          "ts": r["start_s"] * 1e6, "dur": r["duration_s"] * 1e6,
                                          "args": {"phase": r["phase"], "program": r["program"],
                                                   "bound": r["bound"], "flops": r["flops"], "bytes": r["bytes"],
-                                                  "energy_j": r["energy_j"]}}))  # fmt: skip
+                                                  "energy_j": r["energy_j"], "power_w": r["power_w"]}}))  # fmt: skip
                 size = sum(len(e) + 1 for e in events)
                 if cap is not None and written + pending + size > cap:  # (gzip: buffered bytes uncompressed)
                     truncated_at = r["start_s"]

@@ -7,6 +7,7 @@ import pytest
 from hardware.systolic import SystolicArray, scalesim_conv
 from models.cnn import (
     BUILDERS,
+    WINOGRAD,
     Conv2d,
     ElementwiseLayer,
     Pool,
@@ -14,9 +15,11 @@ from models.cnn import (
     mac_count,
     param_count,
     resnet50,
+    transform_flops,
 )
 from simcore.errors import ConfigError
 from simcore.ops import OP_KINDS, Attention, Gemm
+from simcore.system import load_system
 
 
 def test_conv_shapes_flops_and_bytes() -> None:
@@ -215,3 +218,51 @@ def test_conv2d_cli_hooks_parse_flags_into_an_op() -> None:
         conv2d_from_args(p.parse_args("--h 5 --c-in 3 --c-out 8 --kernel 7".split()))
     with pytest.raises(SystemExit):
         p.parse_args("--h -5 --c-in 3 --c-out 8".split())
+
+
+def test_winograd_transform_counts_and_multiplications() -> None:
+    # Lavin and Gray 2016 (arXiv 1509.09308) §5: F(2x2,3x3) transforms an input tile with 32 additions and
+    # an output tile with 24; F(m x m, 3 x 3) multiplies (m + 2)^2 times per m^2 outputs instead of 9 m^2
+    bt2, _, at2 = WINOGRAD[2]
+    assert 2 * 4 * transform_flops(bt2) == 32 and (4 + 2) * transform_flops(at2) == 24
+    for m, saving in ((2, 2.25), (4, 4.0)):
+        op = Conv2d("c", "fp32", batch=2, h=16, w=16, c_in=64, c_out=32, kernel=(3, 3), padding=(1, 1))
+        filt, inp, gemm, out = op.winograd(m)
+        tiles = 2 * (16 // m) ** 2
+        assert gemm.batch * gemm.m * gemm.n * gemm.k == (m + 2) ** 2 * tiles * 64 * 32
+        assert op.macs / (gemm.batch * gemm.m * gemm.n * gemm.k) == pytest.approx(saving)
+        # each transform reads its input once and writes its planes once (fp32: 4 bytes)
+        assert inp.bytes == 4 * (2 * 16 * 16 * 64 + (m + 2) ** 2 * tiles * 64)
+        assert out.bytes == 4 * ((m + 2) ** 2 * tiles * 32 + 2 * 16 * 16 * 32)
+        assert filt.bytes == 4 * (9 + (m + 2) ** 2) * 64 * 32
+    for other in (dict(stride=(2, 2)), dict(kernel=(1, 1), padding=(0, 0)), dict(groups=64)):
+        kw = dict(batch=2, h=16, w=16, c_in=64, c_out=64, kernel=(3, 3), padding=(1, 1)) | other
+        assert Conv2d("c", "fp32", **kw).winograd(2) is None
+    assert Conv2d("c", "int8", batch=1, h=8, w=8, c_in=16, c_out=16, kernel=(3, 3)).winograd(2) is None
+
+
+def test_library_picks_winograd_for_fp32_simt_and_implicit_gemm_on_tensor_cores() -> None:
+    gpu = load_system("a100-sxm4-80gb").devices["gpu"]
+    shape = dict(batch=32, h=28, w=28, c_in=128, c_out=128, kernel=(3, 3), padding=(1, 1))
+    fp32 = Conv2d("c", "fp32", **shape)
+    cost, implicit = gpu.op_cost(fp32), gpu.implicit_gemm_cost(fp32)
+    # on the CUDA cores 4x fewer multiplications outweigh the transforms' extra traffic
+    assert cost.detail["algo"] == "winograd F(4x4,3x3)" and cost.duration_s < 0.5 * implicit.duration_s
+    parts = [gpu.op_cost(p) for p in fp32.winograd(4)]
+    assert cost.duration_s == pytest.approx(sum(p.duration_s for p in parts))  # four kernels back to back
+    # on the tensor cores the transformed planes' DRAM traffic costs more than the saved MACs
+    assert gpu.op_cost(Conv2d("c", "bf16", **shape)).detail["algo"] == "implicit gemm"
+
+
+def test_a_named_conv_algorithm_is_the_one_priced() -> None:
+    gpu = load_system("a100-sxm4-80gb").devices["gpu"]
+    shape = dict(batch=32, h=28, w=28, c_in=128, c_out=128, kernel=(3, 3), padding=(1, 1))
+    forced = gpu.op_cost(Conv2d("c", "fp32", algo="implicit_gemm", **shape))
+    assert forced.detail["algo"] == "implicit gemm"
+    assert forced.duration_s == gpu.implicit_gemm_cost(Conv2d("c", "fp32", **shape)).duration_s
+    # Winograd named where implicit GEMM is faster: still Winograd, the faster of its two tiles
+    assert gpu.op_cost(Conv2d("c", "bf16", algo="winograd", **shape)).detail["algo"].startswith("winograd")
+    with pytest.raises(ValueError, match="winograd needs a 3x3"):
+        Conv2d("c", "fp32", batch=1, h=8, w=8, c_in=16, c_out=16, kernel=(1, 1), algo="winograd")
+    with pytest.raises(ValueError, match="unknown algo"):
+        Conv2d("c", "fp32", batch=1, h=8, w=8, c_in=16, c_out=16, algo="fft")

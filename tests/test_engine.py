@@ -142,6 +142,35 @@ def test_all_reduce_takes_ring_for_large_and_tree_for_small_messages():
         assert t == pytest.approx(fixed + steps * hop + wire / (bw * eff), rel=1e-9)
 
 
+def test_all_reduce_across_nodes_is_hierarchical_over_every_rail():
+    # Two DGX A100 (8 GPUs on NVSwitch each, one 200 Gb/s HCA per GPU): reduce-scatter and all-gather
+    # inside each node put 2 (g-1)/g of the buffer on each NVLink direction; the 1/g shares are all-reduced
+    # between the nodes on all 8 rails at once, 2 (n-1)/(n g) of the buffer on each rail's PCIe and IB
+    # links. The flow runs at its tightest link; a ring over one rail would carry 2 (N-1)/N on one HCA.
+    from simcore.ops import AllReduce
+
+    system = load_system("dgx-a100-x2")
+    group = tuple(system.of_type("gpu"))
+    eng = Engine(system)
+    assert eng.islands(group) == (group[:8], group[8:]) and eng.hierarchical(group[:8], 1.0) is None
+    link = {pair: system.graph.edges[pair]["link"].bw_Bps
+            for pair in (("node0.gpu0", "node0.nvswitch"), ("node0.nic0", "ib-leaf"), ("node0.gpu0", "node0.pcie-sw0"))}  # fmt: skip
+    nv, ib, pcie = link.values()
+    gpu = system.devices["node0.gpu0"]
+    fixed = gpu.launch_s + gpu.params["collective"]["latency"]
+    eff = gpu.params["collective"]["efficiency"]
+    _, hop_in = eng.ring_path(group[:8])
+    _, hop_out = eng.ring_path((group[0], group[8]))
+    nbytes = 1 << 30
+    g = OpGraph("ar")
+    g.add(AllReduce("ar", "bf16", bytes_per_device=nbytes, group=16), (), group)
+    t = Engine(system).run(Program.from_graph(g))
+    wire = nbytes / eff * max(2 * 7 / 8 / nv, 2 / 16 / ib, 2 / 16 / pcie)
+    assert t == pytest.approx(fixed + 2 * 7 * hop_in + 2 * hop_out + wire, rel=1e-9)
+    one_rail = fixed + 30 * hop_out + 2 * 15 / 16 * nbytes / eff / ib
+    assert t < one_rail / 10
+
+
 def test_energy_of_a_run_is_the_sum_of_its_op_energies_plus_idle_and_active_power():
     res = simulate("a100-sxm4-80gb", "llama-2-7b", Decode(batch=1, context_len=256))
     gpu = res.ledger.system.devices["gpu"]
@@ -151,6 +180,30 @@ def test_energy_of_a_run_is_the_sum_of_its_op_energies_plus_idle_and_active_powe
     assert gpu.active_power_W == pytest.approx(0.6 * 350)
     assert res.summary["energy_j"] == pytest.approx(dynamic + static + active, rel=1e-9)
     assert res.ledger.energy_breakdown_J()["gpu"]["dram.byte"] > 0
+    # a record's power: its dynamic joules over its time plus idle and active power, so the records'
+    # power x time plus the idle time between kernels adds up to the run's energy
+    base = gpu.static_power_W + gpu.active_power_W
+    for r in res.records():
+        assert r["power_w"] == pytest.approx(r["energy_j"] / r["duration_s"] + base, rel=1e-12)
+    gaps = res.summary["latency_s"] - res.ledger.busy_s["gpu"]
+    drawn = sum(r["power_w"] * r["duration_s"] for r in res.records()) + gpu.static_power_W * gaps
+    assert drawn == pytest.approx(res.summary["energy_j"], rel=1e-9)
+
+
+def test_a_power_capped_kernel_draws_the_tdp():
+    # a large fp16 GEMM would draw more than a T4's 70 W: it runs at the clock whose dynamic power fills
+    # TDP - idle - active, so its record shows the TDP
+    from simcore.ops import Gemm
+
+    system = load_system("t4")
+    g = OpGraph("g")
+    g.add(Gemm("g", "fp16", m=4096, n=4096, k=4096), (), ("gpu",))
+    eng = Engine(system)
+    eng.run(Program.from_graph(g))
+    (r,) = eng.ledger().records()
+    assert r["bound"] == "power" and r["power_w"] == pytest.approx(
+        system.devices["gpu"].params["power"]["tdp"]
+    )
 
 
 def test_a_transfer_costs_link_bits_and_dram_bytes_at_both_ends():

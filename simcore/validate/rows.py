@@ -425,8 +425,9 @@ def _base(f: _Fields, device_col: str, family: str, dtype: str, shape: str, quan
 @csv_format("cnn_conv_*.csv", ("C_in", "K_out", "R_filter_h"), ("hardware",), ("N_batch",), ("H_in",), ("W_in",),
             ("S_filter_w",), ("dtype",), ("fwd_time_ms", "fwd_tflops_per_s"))  # fmt: skip
 def _conv_row(f: _Fields, sim: Simulator) -> Row:
-    """A convolution's forward time (cuDNN / CUTLASS profiler rows): an NHWC Conv2d through the GPU's
-    implicit-GEMM cost; `fp16 in, fp32 accum` is an fp16 op, `fp32 (SIMT)` an fp32 one without TF32."""
+    """A convolution's forward time (cuDNN / CUTLASS profiler rows): an NHWC Conv2d through the GPU's cost,
+    with the algorithm the row names (CUTLASS has implicit GEMM only), else the fastest; `fp16 in, fp32
+    accum` is an fp16 op, `fp32 (SIMT)` an fp32 one without TF32."""
     from models.cnn import Conv2d
 
     n, c, h, w, k, r, s_ = (f.integer(col) for col in ("N_batch", "C_in", "H_in", "W_in", "K_out", "R_filter_h",
@@ -435,7 +436,24 @@ def _conv_row(f: _Fields, sim: Simulator) -> Row:
     pad = (f.integer("pad_h", required=False) or 0, f.integer("pad_w", required=False) or 0)
     stride = (f.integer("stride_h", required=False) or 1, f.integer("stride_w", required=False) or 1)
     dtype = _dtype(f.text("dtype")) or "fp32"
-    op = Conv2d("conv", dtype, batch=n, h=h, w=w, c_in=c, c_out=k, kernel=(r, s_), stride=stride, padding=pad)
+    algo = (
+        "implicit_gemm"
+        if re.search(r"cutlass|implicit", f.text("library_or_algo"), re.IGNORECASE)
+        else "auto"
+    )
+    op = Conv2d(
+        "conv",
+        dtype,
+        batch=n,
+        h=h,
+        w=w,
+        c_in=c,
+        c_out=k,
+        kernel=(r, s_),
+        stride=stride,
+        padding=pad,
+        algo=algo,
+    )
     t_ms, tflops = f.number("fwd_time_ms"), f.number("fwd_tflops_per_s")
     measured = t_ms * 1e-3 if t_ms else (op.flops / (tflops * 1e12) if tflops else math.nan)
     row = _base(f, "hardware", "conv", dtype, f"n{n} {h}x{w}x{c} -> {k} {r}x{s_}", "time", measured)
