@@ -385,6 +385,20 @@ def test_the_shipped_moe_experiment_runs_fast():
     assert r.summary["active_params"] == load_llm("qwen3-30b-a3b").active_params
 
 
+def test_gpt_oss_120b_fits_one_h100_only_with_its_mxfp4_experts():
+    from simcore.errors import OutOfMemory
+    from simcore.experiment import run
+
+    path = "configs/experiments/gpt-oss-120b-mxfp4-h100.yaml"
+    r = run(path, keep_records=False)
+    spec = load_llm("gpt-oss-120b")
+    weights_B = spec.routed_params() * 4.25 / 8 + (spec.params - spec.routed_params()) * 2
+    assert r.summary["precision"]["experts"] == "mxfp4"
+    assert weights_B < r.summary["peak_memory_B"]["gpu"] < 80 * 2**30  # weights plus KV and workspace
+    with pytest.raises(OutOfMemory, match="gpt-oss-120b weights"):
+        run(path, ["precision.experts=bf16"], keep_records=False)
+
+
 def test_gpt_oss_alternates_sliding_window_and_full_attention_layers():
     s = load_llm("gpt-oss-20b")
     p = build_pass(s, 1, 1, 1, 4096)
