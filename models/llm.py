@@ -147,6 +147,14 @@ class LLMSpec:
     #: with the same bits); the experiment's precision decides what a run uses
     checkpoint_format: str | None = None
 
+    @property
+    def checkpoint_precision(self) -> dict[str, str]:
+        """The precision-plan entry that stores the weights as the checkpoint ships them ({}: unquantized):
+        DeepSeek's FP8 blocks cover every linear layer (`weights`), gpt-oss's MXFP4 only the routed experts
+        (`experts`; its quantization_config's modules_to_not_convert lists the rest)."""
+        fmt = self.checkpoint_format
+        return {CHECKPOINT_FORMATS[fmt][2]: fmt} if fmt else {}
+
     def layer_window(self, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full causal attention)."""
         if self.window is None:
@@ -517,13 +525,13 @@ def _layer_list(c: Mapping[str, Any], key: str, layers: int) -> frozenset[int]:
 
 
 #: a checkpoint's quantization_config quant_method -> (the precision plan's format with the same bits per
-#: weight, the keys that method's block may have). fp8: e4m3 with 128x128 block scales (DeepSeek-V3: one
+#: weight, the keys that method's block may have, the plan entry it stores). fp8: e4m3 with 128x128 block scales (DeepSeek-V3: one
 #: fp32 scale per 16,384 weights, +0.002 bits, left out). mxfp4 (OCP microscaling): 4-bit E2M1 values with
 #: one 8-bit E8M0 scale per 32 = 4.25 bits; gpt-oss quantizes only its routed experts (the plan's
 #: `experts`). Both dequantize on the CUDA cores inside the GEMM's main loop on GPUs without FP4 tensor cores.
-CHECKPOINT_FORMATS: dict[str, tuple[str, frozenset[str]]] = {
-    "fp8": ("fp8", frozenset({"quant_method", "fmt", "activation_scheme", "weight_block_size"})),
-    "mxfp4": ("mxfp4", frozenset({"quant_method", "modules_to_not_convert"})),
+CHECKPOINT_FORMATS: dict[str, tuple[str, frozenset[str], str]] = {
+    "fp8": ("fp8", frozenset({"quant_method", "fmt", "activation_scheme", "weight_block_size"}), "weights"),
+    "mxfp4": ("mxfp4", frozenset({"quant_method", "modules_to_not_convert"}), "experts"),
 }
 
 
@@ -537,7 +545,7 @@ def _checkpoint_format(c: Mapping[str, Any]) -> str | None:
     if method not in CHECKPOINT_FORMATS:
         raise ConfigError(f"unsupported quant_method {method!r} (known: {', '.join(CHECKPOINT_FORMATS)})",
                           key="quant_method")  # fmt: skip
-    fmt, keys = CHECKPOINT_FORMATS[method]
+    fmt, keys, _ = CHECKPOINT_FORMATS[method]
     for k in q:
         if k not in keys:
             raise ConfigError(f"unsupported {method} quantization_config key {k!r}", key=k)

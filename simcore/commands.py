@@ -288,14 +288,18 @@ def models_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"name": s.name, "params": s.params, "active_params": s.active_params,
                            "experts": s.moe.experts if s.moe else None, "top_k": s.moe.top_k if s.moe else None,
-                           "layers": s.layers, "hidden": s.hidden} for s in rows]))  # fmt: skip
+                           "layers": s.layers, "hidden": s.hidden, "checkpoint": s.checkpoint_precision}
+                          for s in rows]))  # fmt: skip
         return 0
 
     def experts(s: Any) -> str:
         return f"{s.moe.top_k}/{s.moe.experts}" if s.moe else "-"
 
+    def checkpoint(s: Any) -> str:  # as an experiment's precision: key would say it
+        return ", ".join(f"{k}: {v}" for k, v in s.checkpoint_precision.items()) or "-"
+
     table = [(s.name, f"{s.params / 1e9:.1f}B", f"{s.active_params / 1e9:.1f}B", experts(s), s.layers, s.hidden,
-              s.heads, "latent" if s.mla else s.kv_heads) for s in rows]  # fmt: skip
-    print(text_table(("model", "params", "active", "experts", "layers", "hidden", "heads", "kv heads"), table,
-                     (False,) + (True,) * 7))  # fmt: skip
+              s.heads, "latent" if s.mla else s.kv_heads, checkpoint(s)) for s in rows]  # fmt: skip
+    print(text_table(("model", "params", "active", "experts", "layers", "hidden", "heads", "kv heads",
+                      "checkpoint precision"), table, (False,) + (True,) * 7 + (False,)))  # fmt: skip
     return 0

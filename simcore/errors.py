@@ -27,16 +27,18 @@ class OutOfMemory(SimError):
 
     exit_code = 3
 
-    def __init__(self, tensor: str, device: str, needed_B: float, free_B: float, capacity_B: float):
+    def __init__(self, tensor: str, device: str, needed_B: float, free_B: float, capacity_B: float,
+                 hint: str = ""):  # fmt: skip
         # the raw fields are the exception's args, so re-raising through SimPy keeps them
-        super().__init__(tensor, device, needed_B, free_B, capacity_B)
-        self.tensor, self.device, self.needed_B, self.free_B, self.capacity_B = self.args
+        super().__init__(tensor, device, needed_B, free_B, capacity_B, hint)
+        self.tensor, self.device, self.needed_B, self.free_B, self.capacity_B, self.hint = self.args
 
     def __str__(self) -> str:
         from simcore.units import fmt
 
         return (f"out of memory: tensor {self.tensor!r} needs {fmt(self.needed_B, 'bytes')} on {self.device}, "
-                f"which has {fmt(self.free_B, 'bytes')} free of {fmt(self.capacity_B, 'bytes')}")  # fmt: skip
+                f"which has {fmt(self.free_B, 'bytes')} free of {fmt(self.capacity_B, 'bytes')}"
+                + (f"; {self.hint}" if self.hint else ""))  # fmt: skip
 
 
 class InternalError(SimError):

@@ -395,8 +395,14 @@ def test_gpt_oss_120b_fits_one_h100_only_with_its_mxfp4_experts():
     weights_B = spec.routed_params() * 4.25 / 8 + (spec.params - spec.routed_params()) * 2
     assert r.summary["precision"]["experts"] == "mxfp4"
     assert weights_B < r.summary["peak_memory_B"]["gpu"] < 80 * 2**30  # weights plus KV and workspace
-    with pytest.raises(OutOfMemory, match="gpt-oss-120b weights"):
+    # in bf16 they do not fit, and the error names the format the checkpoint ships them in
+    with pytest.raises(
+        OutOfMemory, match=r"gpt-oss-120b weights.*ships them as precision: \{experts: mxfp4\}"
+    ):
         run(path, ["precision.experts=bf16"], keep_records=False)
+    assert spec.checkpoint_precision == {"experts": "mxfp4"}
+    assert load_llm("deepseek-v3").checkpoint_precision == {"weights": "fp8"}
+    assert load_llm("llama-2-7b").checkpoint_precision == {}
 
 
 def test_gpt_oss_alternates_sliding_window_and_full_attention_layers():

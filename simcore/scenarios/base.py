@@ -17,7 +17,7 @@ import simpy
 
 from models.llm import LLMSpec, SeqGroup, build_pass
 from simcore.engine import Engine
-from simcore.errors import ConfigError
+from simcore.errors import ConfigError, OutOfMemory
 from simcore.ledger import Ledger
 from simcore.mapping import ExecutionPlan, Placement, map_pass, place
 from simcore.mapping.plan import weight_bytes
@@ -178,12 +178,23 @@ class LLMRun:
         return {**out, "ep": self.plan.ep} if self.plan.ep > 1 else out
 
     def allocate_weights(self) -> None:
+        """The weights on every rank (and a host copy where they stream); a rank they do not fit is
+        OutOfMemory, which names the checkpoint's own format where the plan stores them otherwise."""
         precision = self.plan.precision
+        differ = {k: v for k, v in self.spec.checkpoint_precision.items() if getattr(precision, k) != v}
         for stages in self.placement.replicas:
             for s, group in enumerate(stages):
                 nbytes = weight_bytes(self.spec, self.placement, s, precision)
                 for dev in group:
-                    self.engine.allocate(dev, f"{self.spec.name} weights", nbytes)
+                    try:
+                        self.engine.allocate(dev, f"{self.spec.name} weights", nbytes)
+                    except OutOfMemory as e:
+                        if not differ:
+                            raise
+                        entries = ", ".join(f"{k}: {v}" for k, v in differ.items())
+                        raise OutOfMemory(
+                            *e.args[:5], f"its checkpoint ships them as precision: {{{entries}}}"
+                        ) from None
         for host in dict.fromkeys((self.placement.hosts or {}).values()):
             self.engine.allocate(
                 host,

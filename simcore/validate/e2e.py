@@ -192,14 +192,15 @@ TASK_PROMPT_TOKENS: tuple[tuple[str, int], ...] = (
     (r"gpqa", 300),  # a graduate-level multiple-choice question with its instructions
 )
 
-#: how vLLM serves a checkpoint format (the precision plan's entries): an FP8 checkpoint (a "-FP8" repository)
-#: with weights and GEMM inputs in fp8 and all-reduces in bf16; an MXFP4 one (gpt-oss: routed experts in
-#: MXFP4, attention, router, embeddings and head in bf16, its quantization_config's modules_to_not_convert)
-#: with only the experts in mxfp4, dequantized to bf16 in the MoE GEMMs on GPUs without FP4 tensor cores.
-SERVED_PRECISION: dict[str, tuple[tuple[str, str], ...]] = {
-    "fp8": (("weights", "fp8"), ("activations", "fp8"), ("communication", "bf16")),
-    "mxfp4": (("experts", "mxfp4"),),
-}
+#: how vLLM serves an FP8 checkpoint (a "-FP8" repository; the precision plan's entries): weights and GEMM
+#: inputs in fp8, all-reduces in bf16. A checkpoint quantized otherwise runs as it ships
+#: (`LLMSpec.checkpoint_precision`: gpt-oss's MXFP4 experts, dequantized to bf16 in the MoE GEMMs on GPUs
+#: without FP4 tensor cores).
+SERVED_FP8: tuple[tuple[str, str], ...] = (
+    ("weights", "fp8"),
+    ("activations", "fp8"),
+    ("communication", "bf16"),
+)
 
 _BATCH = re.compile(r"avg batch ([\d.]+)")
 _OUTPUT = re.compile(r"avg output len ([\d.]+)")
@@ -218,8 +219,7 @@ def energy_row(f: _Fields, sim: Simulator) -> list[Row]:
     name = shipped_model(f.text("model"))
     model = (name,) if name else None
     fp8 = bool(re.search(r"-fp8\b", f.text("model"), re.IGNORECASE))
-    checkpoint = "fp8" if fp8 else load_llm(name).checkpoint_format if name else None
-    precision = dict(SERVED_PRECISION[checkpoint]) if checkpoint else {}
+    precision = dict(SERVED_FP8) if fp8 else load_llm(name).checkpoint_precision if name else {}
     dtype = precision.get("activations") or precision.get("experts") or "bf16"
     prompt = next((n for pattern, n in TASK_PROMPT_TOKENS if re.search(pattern, workload)), None)
     batch_m, out_m, tp_m, ep_m = (
@@ -287,7 +287,7 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     (attention data-parallel). Energy per output token and power are the mean iteration's (joules of the GPUs used);
     the median inter-token latency is the mixed iteration's when most iterations carry prefill tokens
     (batch / output >= 1/2), else a decode-only iteration's. `precision`: the plan's entries other than bf16
-    (SERVED_PRECISION: how vLLM serves an FP8 or MXFP4 checkpoint). Under FP8 the KV cache follows the
+    (SERVED_FP8, or the checkpoint's own: `LLMSpec.checkpoint_precision`). Under FP8 the KV cache follows the
     activations into fp8
     (vLLM keeps it in bf16, but a plan's attention reads the KV in its compute format: at these batches the
     KV is under a fifth of the bytes a step reads)."""

@@ -23,7 +23,7 @@ from typing import Any
 from models.llm import load_llm
 from simcore.config import load_preset
 from simcore.system import load_system
-from simcore.validate.e2e import SERVED_PRECISION, shipped_model, steady_state
+from simcore.validate.e2e import shipped_model, steady_state
 from simcore.validate.intervals import MIN_ROWS, fit_intervals
 from simcore.validate.rows import Row, Simulator, _approx, _Fields, _read_csv, load_rows, map_device
 
@@ -169,9 +169,8 @@ def load_totals_rows(path: str | Path, sim: Simulator) -> list[Row]:
         elif devices != 1:
             row.reason = "only single-GPU totals rows are mapped"
         else:
-            fmt = load_llm(name).checkpoint_format
             state = (sim, preset, devices, name, batch, A100_PROMPT_TOKENS, output, "vllm",
-                     SERVED_PRECISION[fmt] if fmt else ())  # fmt: skip
+                     tuple(load_llm(name).checkpoint_precision.items()))  # fmt: skip
             row.predict = lambda s=state: (steady_state(*s)["power"], "serving")  # type: ignore[misc]
         rows.append(row)
     return rows
