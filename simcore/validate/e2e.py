@@ -288,9 +288,8 @@ def steady_state(sim: Simulator, preset: str, devices: int, model: str, batch: f
     the median inter-token latency is the mixed iteration's when most iterations carry prefill tokens
     (batch / output >= 1/2), else a decode-only iteration's. `precision`: the plan's entries other than bf16
     (SERVED_FP8, or the checkpoint's own: `LLMSpec.checkpoint_precision`). Under FP8 the KV cache follows the
-    activations into fp8
-    (vLLM keeps it in bf16, but a plan's attention reads the KV in its compute format: at these batches the
-    KV is under a fifth of the bytes a step reads)."""
+    activations into fp8 (vLLM keeps it in bf16, but a plan's attention reads the KV in its compute format: at
+    these batches the KV is under a fifth of the bytes a step reads)."""
     from simcore.mapping import ExecutionPlan, place, with_kernels
     from simcore.precision import plan_from
     from simcore.scenarios.base import LLMRun
